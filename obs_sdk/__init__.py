@@ -1,0 +1,61 @@
+"""obs_sdk: audit trail, product analytics and storage metering for existing functions.
+
+Who did it, and on which workspace and organization, is read from a scope carried in
+OpenTelemetry context; see ``obs.scope``. The public API is listed in ``__all__``.
+"""
+
+from obs_sdk._analytics import identify_group, track, tracked
+from obs_sdk._audit import (
+    arecord_audit_now,
+    audit_log,
+    audited,
+    record_audit,
+    record_audit_now,
+)
+from obs_sdk._config import configure, flush, posthog_on_error, shutdown, stats
+from obs_sdk._context import current_scope, scope, set_actor, suppressed, with_scope
+from obs_sdk._records import AnalyticsEvent, AuditRecord
+from obs_sdk._scope import Actor, Resource, Scope
+from obs_sdk._tables import create_tables, metadata
+from obs_sdk._tx import after_commit
+from obs_sdk.exceptions import (
+    AuditWriteError,
+    ConfigurationError,
+    MissingDependencyError,
+    ObsError,
+    QuotaExceeded,
+)
+
+__all__ = [
+    "Actor",
+    "AnalyticsEvent",
+    "AuditRecord",
+    "AuditWriteError",
+    "ConfigurationError",
+    "MissingDependencyError",
+    "ObsError",
+    "QuotaExceeded",
+    "Resource",
+    "Scope",
+    "after_commit",
+    "arecord_audit_now",
+    "audit_log",
+    "audited",
+    "configure",
+    "create_tables",
+    "current_scope",
+    "flush",
+    "identify_group",
+    "metadata",
+    "posthog_on_error",
+    "record_audit",
+    "record_audit_now",
+    "scope",
+    "set_actor",
+    "shutdown",
+    "stats",
+    "suppressed",
+    "track",
+    "tracked",
+    "with_scope",
+]

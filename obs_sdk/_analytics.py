@@ -1,0 +1,108 @@
+"""@tracked, track and identify_group: product analytics sent to PostHog off the caller's thread."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ParamSpec, TypeVar
+
+from obs_sdk._emit import emit
+from obs_sdk._records import EVENT, GROUP, SUCCESS, Instrumentation
+from obs_sdk._templates import Call, Plan, freeze
+from obs_sdk._wrapping import build_plan, instrument, params_of
+from obs_sdk.exceptions import ConfigurationError
+
+__all__ = ["identify_group", "track", "tracked"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+GROUP_KINDS = ("workspace", "organization")
+
+
+def _check_event(event: object, where: str) -> str:
+    if not isinstance(event, str) or not event.strip():
+        raise ConfigurationError(f"{where} needs an event name such as 'file_downloaded'")
+    return event
+
+
+def tracked(
+    event: str,
+    *,
+    properties: Mapping[str, Any] | Callable[[Call], Mapping[str, Any]] | None = None,
+    when: str = "success",
+    allow_anonymous: bool = False,
+    allow_system: bool = False,
+    emit_if: Callable[[Call], bool] | None = None,
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Send a PostHog event for each call of the decorated function.
+
+    ``distinct_id`` is the scope's actor id; ``$groups`` carries the scope's workspace and
+    organization. Anonymous and system actors send nothing unless ``allow_anonymous`` /
+    ``allow_system`` is set (then with ``$process_person_profile: false``). ``properties``
+    and ``when`` work like ``@audited``'s metadata and when. Inside a transaction the event
+    waits for the commit and is dropped on rollback. The capture happens on the dispatcher
+    thread; the caller never pays for building the PostHog message. Thread-safe.
+    """
+    _check_event(event, "@tracked(...)")
+    if emit_if is not None and not callable(emit_if):
+        raise ConfigurationError(f"@tracked({event!r}): emit_if= takes a callable or None")
+
+    def decorate(func: Callable[P, R]) -> Callable[P, R]:
+        params = params_of(func, "@tracked")
+        plan = build_plan(f"@tracked({event!r}) on {params.qualname}", params, when)
+        plan.add_mapping("properties", properties)
+        spec = Instrumentation(
+            EVENT,
+            event,
+            plan,
+            when=when,
+            emit_if=emit_if,
+            allow_anonymous=allow_anonymous,
+            allow_system=allow_system,
+        )
+        return instrument(func, spec)  # type: ignore[no-any-return]
+
+    return decorate
+
+
+def track(
+    event: str,
+    *,
+    properties: Mapping[str, Any] | None = None,
+    allow_anonymous: bool = False,
+    allow_system: bool = False,
+) -> None:
+    """Send one analytics event by hand; it follows the scope like ``@tracked`` does."""
+    _check_event(event, "track(...)")
+    if properties is not None and not isinstance(properties, Mapping):
+        raise ConfigurationError(f"track({event!r}): properties= takes a dict")
+    plan = Plan(f"track({event!r})", None, "success")
+    plan.whole = "properties"
+    plan.slots["properties"] = ("const", freeze(dict(properties or {})))
+    spec = Instrumentation(
+        EVENT, event, plan, allow_anonymous=allow_anonymous, allow_system=allow_system
+    )
+    emit(spec, SUCCESS, (), {}, None, None)
+
+
+def identify_group(kind: str, id: str, properties: Mapping[str, Any] | None = None) -> None:  # noqa: A002
+    """Set properties on a PostHog group (``kind`` "workspace" or "organization").
+
+    Sent from the dispatcher thread like events, under no person (``$groupidentify``).
+    """
+    if kind not in GROUP_KINDS:
+        raise ConfigurationError(f"identify_group(kind={kind!r}): use 'workspace' or 'organization'")
+    if not isinstance(id, str) or not id:
+        raise ConfigurationError("identify_group() needs a non-empty string id")
+    plan = Plan(f"identify_group({kind!r})", None, "success")
+    plan.whole = "properties"
+    plan.slots["properties"] = ("const", freeze(dict(properties or {})))
+    plan.resolvers = []
+    spec = Instrumentation(GROUP, "$groupidentify", plan, allow_anonymous=True, allow_system=True)
+    _emit_group(spec, kind, id)
+
+
+def _emit_group(spec: Instrumentation, kind: str, group_id: str) -> None:
+    # The group's kind and id travel as the record's resolved values.
+    spec.plan.resolvers = [(False, lambda a, k, r: kind), (False, lambda a, k, r: group_id)]
+    emit(spec, SUCCESS, (), {}, None, None)

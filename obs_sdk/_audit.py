@@ -1,0 +1,267 @@
+"""@audited, record_audit, record_audit_now, arecord_audit_now and audit_log."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import and_, select
+from sqlalchemy.engine import Connection, Engine
+
+from obs_sdk import _config
+from obs_sdk._context import SCOPE_KEY, SUPPRESS_KEY, current_context
+from obs_sdk._emit import build, emit
+from obs_sdk._records import AUDIT, FAILURE, SUCCESS, AuditRecord, Instrumentation, render_audit
+from obs_sdk._scope import Resource
+from obs_sdk._tables import insert_ignoring_duplicates, tables
+from obs_sdk._templates import Call, Plan, freeze
+from obs_sdk._wrapping import build_plan, instrument, params_of
+from obs_sdk.exceptions import AuditWriteError, ConfigurationError
+
+__all__ = ["arecord_audit_now", "audit_log", "audited", "record_audit", "record_audit_now"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _check_action(action: object, where: str) -> str:
+    if not isinstance(action, str) or not action.strip():
+        raise ConfigurationError(f"{where} needs an action name such as 'file.downloaded'")
+    return action
+
+
+def _check_resource(resource: object, where: str) -> Resource | None:
+    if resource is not None and not isinstance(resource, Resource):
+        raise ConfigurationError(
+            f"{where}: resource= takes obs.Resource(type, id, name=None), got {resource!r}"
+        )
+    return resource
+
+
+def audited(
+    action: str,
+    *,
+    resource: Resource | None = None,
+    metadata: Mapping[str, Any] | Callable[[Call], Mapping[str, Any]] | None = None,
+    when: str = "success",
+    emit_if: Callable[[Call], bool] | None = None,
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Write an audit record for each call of the decorated function.
+
+    ``when`` is "success" (default: only after the function returned normally),
+    "failure", "always", or "start" (when the call starts, before any result: for egress).
+    ``resource`` fields and ``metadata`` values are templates over the arguments and
+    ``result`` (``"{file_id}"``, ``"{result.size}"``), constants, or callables taking the
+    call; ``metadata`` may also be one callable returning the whole dict. ``emit_if`` (a
+    callable taking the call) drops the record when it returns False.
+
+    Templates are checked against the signature here: a mistake raises
+    ``ConfigurationError``. Works on plain and async functions, generators, async
+    generators and methods; the wrapped function keeps its name, signature and docstring.
+    Thread-safe; records follow the scope of the calling thread or task.
+    """
+    where = "@audited(...)"
+    _check_action(action, where)
+    _check_resource(resource, f"@audited({action!r})")
+    if emit_if is not None and not callable(emit_if):
+        raise ConfigurationError(f"@audited({action!r}): emit_if= takes a callable or None")
+
+    def decorate(func: Callable[P, R]) -> Callable[P, R]:
+        params = params_of(func, "@audited")
+        owner = f"@audited({action!r}) on {params.qualname}"
+        plan = build_plan(owner, params, when)
+        if resource is not None:
+            plan.add("resource.type", resource.type)
+            plan.add("resource.id", resource.id)
+            plan.add("resource.name", resource.name)
+        plan.add_mapping("metadata", metadata)
+        spec = Instrumentation(AUDIT, action, plan, when=when, emit_if=emit_if)
+        return instrument(func, spec)  # type: ignore[no-any-return]
+
+    return decorate
+
+
+def _manual_spec(
+    action: str, resource: Resource | None, metadata: Mapping[str, Any] | None, where: str
+) -> Instrumentation:
+    _check_action(action, where)
+    _check_resource(resource, where)
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise ConfigurationError(f"{where}: metadata= takes a dict, got {type(metadata).__name__}")
+    plan = Plan(where, None, "success")
+    if resource is not None:
+        plan.slots["resource.type"] = ("const", freeze(resource.type))
+        plan.slots["resource.id"] = ("const", freeze(resource.id))
+        plan.slots["resource.name"] = ("const", freeze(resource.name))
+    plan.whole = "metadata"
+    plan.slots["metadata"] = ("const", freeze(dict(metadata or {})))
+    return Instrumentation(AUDIT, action, plan)
+
+
+def _check_outcome(outcome: str, where: str) -> str:
+    if outcome not in (SUCCESS, FAILURE):
+        raise ConfigurationError(f"{where}: outcome= is 'success' or 'failure', got {outcome!r}")
+    return outcome
+
+
+def record_audit(
+    action: str,
+    *,
+    resource: Resource | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    outcome: str = "success",
+) -> None:
+    """Record an audit entry by hand; it follows the scope like a decorated call does.
+
+    A success record joins the scope's transaction (inserted at commit, dropped on
+    rollback); a failure record is queued at once. Never raises for instrumentation errors.
+    """
+    spec = _manual_spec(action, resource, metadata, f"record_audit({action!r})")
+    emit(spec, _check_outcome(outcome, "record_audit"), (), {}, None, None)
+
+
+def _render_now(
+    action: str, resource: Resource | None, metadata: Mapping[str, Any] | None, outcome: str
+) -> AuditRecord | None:
+    spec = _manual_spec(action, resource, metadata, f"record_audit_now({action!r})")
+    ctx = current_context()
+    if ctx.get(SUPPRESS_KEY):
+        return None
+    raw = build(ctx, ctx.get(SCOPE_KEY), spec, _check_outcome(outcome, "record_audit_now"), (), {}, None, None)
+    return render_audit(raw) if raw is not None else None
+
+
+def record_audit_now(
+    action: str,
+    *,
+    resource: Resource | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    outcome: str = "success",
+) -> None:
+    """Write an audit record and commit it on its own connection before returning.
+
+    For actions that must leave a trail even if what follows fails (a credential shown, a
+    permission granted). Thread-safe; blocks on the database.
+
+    Raises:
+        AuditWriteError: the record could not be committed (obs_sdk not configured, the
+            database unreachable, ...). The caller asked to wait, so it decides what to do.
+    """
+    record = _render_now(action, resource, metadata, outcome)
+    if record is None:
+        return
+    engine = _engine_or_raise()
+    try:
+        with engine.begin() as conn:
+            conn.execute(_insert_for(engine), [record.as_dict()])
+    except Exception as exc:
+        raise AuditWriteError(f"could not write audit record {action!r}: {exc}") from exc
+
+
+async def arecord_audit_now(
+    action: str,
+    *,
+    resource: Resource | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    outcome: str = "success",
+) -> None:
+    """Async twin of ``record_audit_now``: committed before it returns, without blocking the loop.
+
+    Raises:
+        AuditWriteError: the record could not be committed.
+    """
+    record = _render_now(action, resource, metadata, outcome)
+    if record is None:
+        return
+    async_engine = _config.current().async_engine
+    if async_engine is None:
+        import asyncio  # noqa: PLC0415
+
+        engine = _engine_or_raise()
+
+        def write() -> None:
+            with engine.begin() as conn:
+                conn.execute(_insert_for(engine), [record.as_dict()])
+
+        try:
+            await asyncio.to_thread(write)
+        except Exception as exc:
+            raise AuditWriteError(f"could not write audit record {action!r}: {exc}") from exc
+        return
+    try:
+        async with async_engine.begin() as conn:
+            await conn.execute(
+                insert_ignoring_duplicates(
+                    tables(_config.current().table_prefix).audit, async_engine.dialect.name
+                ),
+                [record.as_dict()],
+            )
+    except Exception as exc:
+        raise AuditWriteError(f"could not write audit record {action!r}: {exc}") from exc
+
+
+def _engine_or_raise() -> Engine:
+    engine = _config.current().engine
+    if engine is None:
+        raise AuditWriteError(
+            "obs_sdk is not configured: call obs.configure(database=...) before record_audit_now"
+        )
+    return engine
+
+
+def _insert_for(engine: Engine) -> Any:
+    return insert_ignoring_duplicates(tables(_config.current().table_prefix).audit, engine.dialect.name)
+
+
+def audit_log(
+    bind: Any,
+    *,
+    organization: str | None = None,
+    workspace: str | None = None,
+    actor_id: str | None = None,
+    resource: Resource | tuple[str, str] | None = None,
+    action: str | None = None,
+    since: datetime.datetime | None = None,
+    until: datetime.datetime | None = None,
+    limit: int = 100,
+    after: uuid.UUID | str | None = None,
+) -> list[AuditRecord]:
+    """Read audit records, oldest first, filtered; page with ``after=records[-1].id``.
+
+    *bind* is an Engine, a Connection or a Session (which sees its own uncommitted rows).
+    *since* is inclusive, *until* exclusive; timestamps come back as aware UTC datetimes.
+    """
+    t = tables(_config.current().table_prefix).audit
+    conditions = []
+    if organization is not None:
+        conditions.append(t.c.organization_id == organization)
+    if workspace is not None:
+        conditions.append(t.c.workspace_id == workspace)
+    if actor_id is not None:
+        conditions.append(t.c.actor_id == actor_id)
+    if resource is not None:
+        rtype, rid = (resource.type, resource.id) if isinstance(resource, Resource) else resource
+        conditions.append(t.c.resource_type == rtype)
+        if rid is not None:
+            conditions.append(t.c.resource_id == str(rid))
+    if action is not None:
+        conditions.append(t.c.action == action)
+    if since is not None:
+        conditions.append(t.c.occurred_at >= since)
+    if until is not None:
+        conditions.append(t.c.occurred_at < until)
+    if after is not None:
+        conditions.append(t.c.id > (after if isinstance(after, uuid.UUID) else uuid.UUID(str(after))))
+    if not 1 <= limit <= 10_000:
+        raise ConfigurationError(f"audit_log(limit={limit}): use 1 to 10000, and page with after=")
+    query = select(t).where(and_(True, *conditions)).order_by(t.c.id).limit(limit)
+    if isinstance(bind, (Engine,)):
+        with bind.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+    elif isinstance(bind, Connection):
+        rows = bind.execute(query).mappings().all()
+    else:  # a Session
+        rows = bind.execute(query).mappings().all()
+    return [AuditRecord(**dict(row)) for row in rows]

@@ -1,0 +1,326 @@
+"""The scope in OpenTelemetry context: scope(), current_scope(), set_actor(), suppressed().
+
+This is the only module that imports ``opentelemetry.context``. The scope lives under a
+private context key, not in baggage: baggage rides along in outgoing headers, and the
+actor and tenant ids must not leak to third parties.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import replace
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+from opentelemetry import context as otel_context
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
+from opentelemetry.trace.propagation import _SPAN_KEY
+
+from obs_sdk._scope import EMPTY_SCOPE, Actor, Scope
+from obs_sdk.exceptions import ConfigurationError
+
+__all__ = [
+    "SCOPE_KEY",
+    "SPAN_KEY",
+    "SUPPRESS_KEY",
+    "Frame",
+    "current_context",
+    "current_frame",
+    "current_scope",
+    "owner_token",
+    "scope",
+    "set_actor",
+    "suppressed",
+    "with_scope",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+SCOPE_KEY = otel_context.create_key("obs_sdk.scope")
+SUPPRESS_KEY = otel_context.create_key("obs_sdk.suppressed")
+SPAN_KEY = _SPAN_KEY
+
+
+def _fast_context_getter() -> Callable[[], Mapping[str, object]]:
+    # opentelemetry.context.get_current() is two Python calls deep (~100 ns); with the
+    # default contextvars runtime the current Context is one ContextVar.get() away.
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    var = getattr(runtime, "_current_context", None)
+    getter = getattr(var, "get", None)
+    if callable(getter) and getter() is otel_context.get_current():
+        return getter  # type: ignore[no-any-return]
+    return otel_context.get_current
+
+
+current_context = _fast_context_getter()
+
+# Set by configure(scope_provider=...): fills fields no scope set, read only when a record is made.
+provider: Callable[[], Mapping[str, Any]] | None = None
+
+_FIELDS = ("actor", "workspace", "organization", "ip", "user_agent", "request_id")
+
+
+def owner_token() -> tuple[int, int | None]:
+    """Identify the running thread and asyncio task (a scope's session is used only there)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running event loop on this thread
+        task = None
+    return threading.get_ident(), (id(task) if task is not None else None)
+
+
+class Frame:
+    """What one ``scope()`` put into context: the merged scope plus what records read.
+
+    ``fields`` is the tuple of plain values copied into every record; ``set_actor``
+    swaps it in place so that later records of the same request see the new actor,
+    also on threads that copied the context.
+    """
+
+    __slots__ = ("fields", "idempotency", "owner", "scope", "session")
+
+    def __init__(self, merged: Scope, idempotency: Any = None) -> None:
+        self.scope = merged
+        self.idempotency = idempotency
+        self.session = merged.session
+        self.owner = owner_token() if merged.session is not None else None
+        self.fields = _fields_of(merged)
+
+    def replace_actor(self, actor: Actor | None) -> None:
+        self.scope = replace(self.scope, actor=actor)
+        self.fields = _fields_of(self.scope)
+
+
+def _fields_of(s: Scope) -> tuple[Any, ...]:
+    return (s.actor, s.workspace, s.organization, s.ip, s.user_agent, s.request_id)
+
+
+def current_frame() -> Frame | None:
+    """Return the innermost frame, or None outside every scope."""
+    return current_context().get(SCOPE_KEY)  # type: ignore[return-value]
+
+
+def provided_fields(fields: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Fill the fields no scope set from the configured scope provider (caller's thread)."""
+    assert provider is not None
+    extra = provider() or {}
+    actor, workspace, organization, ip, user_agent, request_id = fields
+    if workspace is None and organization is None:
+        workspace, organization = extra.get("workspace"), extra.get("organization")
+    return (
+        actor if actor is not None else extra.get("actor"),
+        workspace,
+        organization,
+        ip if ip is not None else extra.get("ip"),
+        user_agent if user_agent is not None else extra.get("user_agent"),
+        request_id if request_id is not None else extra.get("request_id"),
+    )
+
+
+def current_scope() -> Scope:
+    """Return the scope in effect here, with provider fields filled in. Thread- and task-safe."""
+    frame = current_frame()
+    merged = frame.scope if frame is not None else EMPTY_SCOPE
+    if provider is None:
+        return merged
+    from obs_sdk._guard import guard  # noqa: PLC0415  (avoid an import cycle at load)
+
+    with guard("scope_provider"):
+        actor, ws, org, ip, ua, rid = provided_fields(_fields_of(merged))
+        return replace(
+            merged, actor=actor, workspace=ws, organization=org, ip=ip, user_agent=ua, request_id=rid
+        )
+    return merged
+
+
+class _ScopeManager:
+    """Context manager returned by ``scope()``; usable with ``with`` and ``async with``."""
+
+    __slots__ = ("_inner", "_tokens")
+
+    def __init__(self, inner: Scope) -> None:
+        self._inner = inner
+        self._tokens: list[object] = []
+
+    def __enter__(self) -> Scope:
+        ctx = otel_context.get_current()
+        parent: Frame | None = ctx.get(SCOPE_KEY)  # type: ignore[assignment]
+        if parent is None:
+            frame = Frame(EMPTY_SCOPE.merged(self._inner))
+        else:
+            frame = Frame(parent.scope.merged(self._inner), parent.idempotency)
+        self._tokens.append(otel_context.attach(otel_context.set_value(SCOPE_KEY, frame, ctx)))
+        return frame.scope
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        otel_context.detach(self._tokens.pop())  # type: ignore[arg-type]
+
+    async def __aenter__(self) -> Scope:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+def _optional_text(name: str, value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value or None
+    raise ConfigurationError(f"scope({name}=...) takes a string or None, got {value!r}")
+
+
+def scope(
+    *,
+    actor: Actor | None = None,
+    workspace: str | None = None,
+    organization: str | None = None,
+    ip: str | None = None,
+    user_agent: str | None = None,
+    request_id: str | None = None,
+    session: Any = None,
+) -> _ScopeManager:
+    """Open a scope for the block: records made inside carry these values.
+
+    Nested scopes merge and inner values win, except that workspace and organization are
+    one unit: an inner scope that sets either replaces both. The previous scope is
+    restored exactly on exit, also when the block raises. The scope follows ``await``,
+    stays isolated between asyncio tasks, and reaches threads through ``with_scope`` or
+    ``contextvars.copy_context()``.
+
+    *session* (a SQLAlchemy ``Session`` or ``AsyncSession``) makes success records join its
+    transaction; it is used only on the thread or task that opened the scope.
+    """
+    if actor is not None and not isinstance(actor, Actor):
+        raise ConfigurationError(
+            f"scope(actor=...) takes an obs.Actor (Actor.user(id), ...), got {actor!r}"
+        )
+    inner = Scope(
+        actor=actor,
+        workspace=_optional_text("workspace", workspace),
+        organization=_optional_text("organization", organization),
+        ip=_optional_text("ip", ip),
+        user_agent=_optional_text("user_agent", user_agent),
+        request_id=_optional_text("request_id", request_id),
+        session=getattr(session, "sync_session", session),
+    )
+    return _ScopeManager(inner)
+
+
+def set_actor(actor: Actor | None) -> None:
+    """Replace the actor of the current scope, e.g. right after authentication.
+
+    Every record made after this call in the same scope carries *actor*, also on threads
+    that copied the context. Outside any scope it opens one for the rest of the current
+    context (thread or task), like ``ContextVar.set``.
+    """
+    if actor is not None and not isinstance(actor, Actor):
+        raise ConfigurationError(f"set_actor() takes an obs.Actor or None, got {actor!r}")
+    frame = current_frame()
+    if frame is not None:
+        frame.replace_actor(actor)
+        return
+    ctx = otel_context.get_current()
+    otel_context.attach(otel_context.set_value(SCOPE_KEY, Frame(Scope(actor=actor)), ctx))
+
+
+@contextmanager
+def attached(key: str, value: object) -> Iterator[None]:
+    """Set one context key for the block (internal helper for once() and friends)."""
+    token = otel_context.attach(otel_context.set_value(key, value))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+@contextmanager
+def frame_with(**changes: Any) -> Iterator[Frame]:
+    """Open an internal frame: the current scope with *changes* (session, idempotency)."""
+    ctx = otel_context.get_current()
+    parent: Frame | None = ctx.get(SCOPE_KEY)  # type: ignore[assignment]
+    base = parent.scope if parent is not None else EMPTY_SCOPE
+    idempotency = changes.pop("idempotency", parent.idempotency if parent else None)
+    frame = Frame(replace(base, **changes), idempotency)
+    token = otel_context.attach(otel_context.set_value(SCOPE_KEY, frame, ctx))
+    try:
+        yield frame
+    finally:
+        otel_context.detach(token)
+
+
+class _Suppressed:
+    __slots__ = ("_tokens",)
+
+    def __init__(self) -> None:
+        self._tokens: list[object] = []
+
+    def __enter__(self) -> None:
+        ctx = otel_context.set_value(SUPPRESS_KEY, True)
+        # Also OTel's own key, so a sink's HTTP or DB calls are not traced by instrumentations.
+        ctx = otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True, ctx)
+        self._tokens.append(otel_context.attach(ctx))
+
+    def __exit__(self, *exc_info: object) -> None:
+        otel_context.detach(self._tokens.pop())  # type: ignore[arg-type]
+
+    async def __aenter__(self) -> None:
+        self.__enter__()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.__exit__()
+
+
+def suppressed() -> _Suppressed:
+    """Record nothing inside the block (audits, analytics, OTel instrumentation). Task-local."""
+    return _Suppressed()
+
+
+def is_suppressed() -> bool:
+    """Return True inside ``suppressed()`` (or a repeated idempotency key)."""
+    return bool(current_context().get(SUPPRESS_KEY))
+
+
+def with_scope(fn: Callable[P, R]) -> Callable[P, R]:
+    """Bind *fn* to the caller's scope (and OTel context) for a later call or another thread.
+
+    Works for plain and ``async`` functions. The captured context is attached for the call
+    and detached after it, so the thread's own context is untouched.
+    """
+    captured = otel_context.get_current()
+
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def run_async(*args: P.args, **kwargs: P.kwargs) -> Any:
+            token = otel_context.attach(captured)
+            try:
+                return await fn(*args, **kwargs)  # type: ignore[misc]
+            finally:
+                otel_context.detach(token)
+
+        return run_async  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        token = otel_context.attach(captured)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            otel_context.detach(token)
+
+    return run

@@ -1,0 +1,90 @@
+"""The internal-error boundary: guard(), the "obs_sdk" logger, and the error counter.
+
+No error of obs_sdk's own (a sink, a template, a serializer, a resolver, the queue) may
+reach the caller. ``guard(site)`` catches ``Exception`` (never ``BaseException``: a
+``KeyboardInterrupt`` or ``CancelledError`` must flow on), logs it once per site and type
+per interval, and counts it in ``obs.stats()["internal_errors"]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+__all__ = ["count_error", "guard", "logger", "set_test_hook"]
+
+logger = logging.getLogger("obs_sdk")
+
+LOG_INTERVAL_SECONDS = 60.0
+
+_lock = threading.Lock()
+_last_logged: dict[tuple[str, type[BaseException]], float] = {}
+_errors = {"internal_errors": 0}
+_test_hook: Callable[[str, BaseException], None] | None = None
+
+
+def set_test_hook(hook: Callable[[str, BaseException], None] | None) -> None:
+    """Let tests make swallowed errors loud (re-raise them); None restores swallowing."""
+    global _test_hook
+    _test_hook = hook
+
+
+def internal_errors() -> int:
+    """Return how many internal errors were swallowed since the last reset."""
+    return _errors["internal_errors"]
+
+
+def reset() -> None:
+    """Zero the counter and the log rate limiter (configure() starts a fresh count)."""
+    with _lock:
+        _errors["internal_errors"] = 0
+        _last_logged.clear()
+
+
+def count_error(site: str, exc: BaseException) -> None:
+    """Count and (rate-limited) log an error that obs_sdk swallowed at *site*."""
+    now = time.monotonic()
+    with _lock:
+        _errors["internal_errors"] += 1
+        key = (site, type(exc))
+        due = now - _last_logged.get(key, -LOG_INTERVAL_SECONDS) >= LOG_INTERVAL_SECONDS
+        if due:
+            _last_logged[key] = now
+    if due:
+        logger.warning(
+            "obs_sdk internal error in %s (the caller's operation was not affected; "
+            "further %s errors here are counted in obs.stats() but not logged for %.0f s)",
+            site,
+            type(exc).__name__,
+            LOG_INTERVAL_SECONDS,
+            exc_info=exc,
+        )
+    hook = _test_hook
+    if hook is not None:
+        hook(site, exc)
+
+
+class guard:  # noqa: N801  (used like a function: `with guard("site"):`)
+    """Swallow, count and log any ``Exception`` raised in the block. Never wrap user code in it."""
+
+    __slots__ = ("site",)
+
+    def __init__(self, site: str) -> None:
+        self.site = site
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc is None or not isinstance(exc, Exception):
+            return False
+        count_error(self.site, exc)
+        return True

@@ -1,0 +1,297 @@
+"""Records: the raw tuple the hot path builds, and the rendered AuditRecord / AnalyticsEvent.
+
+The hot path appends a small tuple of plain values; ids, timestamps, text formatting,
+redaction and JSON happen here, on the dispatcher thread or at commit.
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from obs_sdk._guard import count_error
+from obs_sdk._redact import Redactor, limit_size
+from obs_sdk._scope import ANONYMOUS, Actor
+from obs_sdk._templates import Plan
+
+__all__ = [
+    "AUDIT",
+    "EVENT",
+    "AnalyticsEvent",
+    "AuditRecord",
+    "Instrumentation",
+    "Settings",
+    "render",
+]
+
+AUDIT = "audit"
+EVENT = "event"
+GROUP = "group"  # identify_group(): a $groupidentify message
+
+SUCCESS, FAILURE, STARTED = "success", "failure", "started"
+
+# Layout of the raw record tuple (a tuple: the cheapest thing to build on the hot path).
+SPEC, OUTCOME, TIME_NS, FIELDS, TRACE, VALUES, ERROR_TYPE, IDEMPOTENCY = range(8)
+RawRecord = tuple[Any, ...]
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0a8f38-1a7e-4c55-9d1c-0b5f0c3d7e21")
+
+
+class Instrumentation:
+    """What one decorator (or one ``record_audit``/``track`` call) records. Immutable in use."""
+
+    __slots__ = (
+        "allow_anonymous",
+        "allow_system",
+        "emit_if",
+        "kind",
+        "name",
+        "plan",
+        "when",
+    )
+
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        plan: Plan,
+        when: str = "success",
+        emit_if: Callable[[Any], Any] | None = None,
+        allow_anonymous: bool = False,
+        allow_system: bool = False,
+    ) -> None:
+        self.kind = kind
+        self.name = name
+        self.plan = plan
+        self.when = when
+        self.emit_if = emit_if
+        self.allow_anonymous = allow_anonymous
+        self.allow_system = allow_system
+
+
+def uuid7(time_ns: int) -> uuid.UUID:
+    """A time-ordered UUIDv7: 48 bits of milliseconds, then 74 random bits.
+
+    ``random.getrandbits`` rather than ``os.urandom``: ids need uniqueness, not secrecy, and
+    a syscall per record costs 3 µs here. The random module reseeds itself after fork.
+    """
+    rand = random.getrandbits(74)
+    value = (
+        ((time_ns // 1_000_000) & 0xFFFF_FFFF_FFFF) << 80
+        | 0x7 << 76
+        | (rand >> 62) << 64
+        | 0b10 << 62
+        | (rand & 0x3FFF_FFFF_FFFF_FFFF)
+    )
+    return uuid.UUID(int=value)
+
+
+def to_datetime(time_ns: int) -> datetime.datetime:
+    """Turn nanoseconds since the epoch into an aware UTC datetime (microsecond precision)."""
+    return _EPOCH + datetime.timedelta(microseconds=time_ns // 1000)
+
+
+@dataclass
+class Settings:
+    """What rendering needs from ``configure()``; replaced as a whole on reconfigure."""
+
+    service: str | None = None
+    redactor: Redactor = field(default_factory=Redactor)
+    max_metadata_bytes: int = 8192
+    clock: Callable[[], int] = time.time_ns
+    id_factory: Callable[[int], uuid.UUID] = uuid7
+    person_properties: bool = False
+
+
+settings = Settings()
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One row of the audit log, as SPEC's table lists it. Immutable; ``metadata`` is a dict."""
+
+    id: uuid.UUID
+    occurred_at: datetime.datetime
+    action: str
+    outcome: str
+    actor_type: str
+    actor_id: str | None
+    actor_name: str | None
+    actor_email: str | None
+    resource_type: str | None
+    resource_id: str | None
+    resource_name: str | None
+    workspace_id: str | None
+    organization_id: str | None
+    ip: str | None
+    user_agent: str | None
+    request_id: str | None
+    trace_id: str | None
+    span_id: str | None
+    service: str | None
+    metadata: dict[str, Any]
+    error_type: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the record as a dict keyed by column name."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyticsEvent:
+    """One analytics message for PostHog: a capture, or a group identify (``kind="group"``)."""
+
+    uuid: uuid.UUID
+    event: str
+    distinct_id: str | None
+    properties: dict[str, Any]
+    groups: dict[str, str]
+    timestamp: datetime.datetime
+    outcome: str = SUCCESS
+    kind: str = EVENT
+    trace_id: str | None = None
+    span_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the event as a dict keyed by field name."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def _slot(plan: Plan, name: str, values: tuple[Any, ...]) -> Any:
+    try:
+        return plan.render(name, values)
+    except Exception as exc:  # e.g. a format spec that does not fit the value
+        count_error("render", exc)
+        return None
+
+
+def _mapping(plan: Plan, name: str, values: tuple[Any, ...]) -> dict[str, Any]:
+    try:
+        data = plan.render_mapping(name, values)
+    except Exception as exc:
+        count_error("render", exc)
+        return {}
+    s = settings
+    return limit_size(s.redactor.redact(data), s.max_metadata_bytes)
+
+
+def _trace_hex(trace: tuple[int, int] | None) -> tuple[str | None, str | None]:
+    if trace is None:
+        return None, None
+    return format(trace[0], "032x"), format(trace[1], "016x")
+
+
+def render_audit(raw: RawRecord) -> AuditRecord:
+    """Build the AuditRecord for a raw record (dispatcher thread or commit)."""
+    spec: Instrumentation = raw[SPEC]
+    plan, values = spec.plan, raw[VALUES]
+    actor, workspace, organization, ip, user_agent, request_id = raw[FIELDS]
+    actor = actor or ANONYMOUS
+    trace_id, span_id = _trace_hex(raw[TRACE])
+    s = settings
+    return AuditRecord(
+        id=s.id_factory(raw[TIME_NS]),
+        occurred_at=to_datetime(raw[TIME_NS]),
+        action=spec.name,
+        outcome=raw[OUTCOME],
+        actor_type=actor.type,
+        actor_id=actor.id,
+        actor_name=actor.name,
+        actor_email=actor.email,
+        resource_type=_text(_slot(plan, "resource.type", values)),
+        resource_id=_text(_slot(plan, "resource.id", values)),
+        resource_name=_text(_slot(plan, "resource.name", values)),
+        workspace_id=workspace,
+        organization_id=organization,
+        ip=ip,
+        user_agent=user_agent,
+        request_id=request_id,
+        trace_id=trace_id,
+        span_id=span_id,
+        service=s.service,
+        metadata=_mapping(plan, "metadata", values),
+        error_type=raw[ERROR_TYPE],
+    )
+
+
+def analytics_identity(spec: Instrumentation, actor: Actor | None) -> tuple[bool, str | None]:
+    """Decide whether an event is sent and under which distinct_id (SPEC: never invent one)."""
+    actor = actor or ANONYMOUS
+    if actor.type in ("user", "service"):
+        return True, actor.id
+    if actor.type == "system":
+        return spec.allow_system, f"system:{actor.name}"
+    return spec.allow_anonymous, actor.distinct_id
+
+
+def render_event(raw: RawRecord) -> AnalyticsEvent:
+    """Build the AnalyticsEvent for a raw record (dispatcher thread or commit)."""
+    spec: Instrumentation = raw[SPEC]
+    actor, workspace, organization = raw[FIELDS][:3]
+    actor = actor or ANONYMOUS
+    _, distinct_id = analytics_identity(spec, actor)
+    if spec.kind == GROUP:
+        properties = _mapping(spec.plan, "properties", raw[VALUES])
+        return AnalyticsEvent(
+            uuid=settings.id_factory(raw[TIME_NS]),
+            event="$groupidentify",
+            distinct_id=None,
+            properties={k: v for k, v in properties.items() if v is not None and v != ""},
+            groups={raw[VALUES][0]: raw[VALUES][1]},
+            timestamp=to_datetime(raw[TIME_NS]),
+            kind=GROUP,
+        )
+    properties = {
+        k: v
+        for k, v in _mapping(spec.plan, "properties", raw[VALUES]).items()
+        if v is not None and v != ""
+    }
+    if actor.type not in ("user", "service"):
+        properties["$process_person_profile"] = False
+    elif settings.person_properties:
+        person = {"name": actor.name, "email": actor.email}
+        person = {k: v for k, v in person.items() if v}
+        if person:
+            properties["$set"] = person
+    groups = {}
+    if workspace:
+        groups["workspace"] = workspace
+    if organization:
+        groups["organization"] = organization
+    idempotency = raw[IDEMPOTENCY]
+    if idempotency is not None:
+        key, n = idempotency
+        event_uuid = uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{key}\x00{spec.name}\x00{n}")
+    else:
+        event_uuid = settings.id_factory(raw[TIME_NS])
+    trace_id, span_id = _trace_hex(raw[TRACE])
+    return AnalyticsEvent(
+        uuid=event_uuid,
+        event=spec.name,
+        distinct_id=distinct_id,
+        properties=properties,
+        groups=groups,
+        timestamp=to_datetime(raw[TIME_NS]),
+        outcome=raw[OUTCOME],
+        trace_id=trace_id,
+        span_id=span_id,
+    )
+
+
+def render(raw: RawRecord) -> AuditRecord | AnalyticsEvent:
+    """Render a raw record of either kind."""
+    if raw[SPEC].kind == AUDIT:
+        return render_audit(raw)
+    return render_event(raw)

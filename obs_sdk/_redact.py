@@ -1,0 +1,115 @@
+"""Secret-looking keys lose their values before anything leaves the process (SPEC rule 7)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["REDACTED", "Redactor", "limit_size"]
+
+REDACTED = "[REDACTED]"
+DEFAULT_SECRET_WORDS = (
+    "token",
+    "password",
+    "passwd",
+    "secret",
+    "authorization",
+    "api_key",
+    "apikey",
+    "cookie",
+    "session",
+    "private_key",
+    "credential",
+)
+_CACHE_LIMIT = 4096
+
+
+class Redactor:
+    """Replace values under secret-looking keys, at any depth, in dicts inside lists too.
+
+    A key is secret when, lower-cased with ``-`` read as ``_``, it contains one of the
+    words. Decisions are cached per key: the same few keys recur in every record.
+    """
+
+    def __init__(self, extra_words: Iterable[str] = ()) -> None:
+        words = [*DEFAULT_SECRET_WORDS, *(w.lower().replace("-", "_") for w in extra_words)]
+        self._words = tuple(dict.fromkeys(words))
+        self._cache: dict[str, bool] = {}
+
+    def is_secret(self, key: str) -> bool:
+        hit = self._cache.get(key)
+        if hit is None:
+            normal = key.lower().replace("-", "_")
+            hit = any(word in normal for word in self._words)
+            if len(self._cache) < _CACHE_LIMIT:
+                self._cache[key] = hit
+        return hit
+
+    def redact(self, value: Any) -> Any:
+        """Return *value* with secret keys' values replaced; the input is not modified."""
+        if isinstance(value, dict):
+            return {
+                k: REDACTED if self.is_secret(str(k)) else self.redact(v) for k, v in value.items()
+            }
+        if isinstance(value, list):
+            return [self.redact(v) for v in value]
+        return value
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def to_json(value: Any) -> str:
+    """Serialise plain record data (datetimes, UUIDs, Decimals and bytes as text)."""
+    return json.dumps(value, default=_json_default, ensure_ascii=False, separators=(",", ":"))
+
+
+def limit_size(data: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+    """Keep *data* under *max_bytes* of JSON by cutting its longest strings; keys are kept.
+
+    A cut string ends with ``…[truncated N bytes]`` and the result gains ``_truncated: true``.
+    """
+    if len(to_json(data).encode()) <= max_bytes:
+        return data
+    longest = _longest_string(data)
+    low, high = 0, longest
+    best = _cut(data, 0)
+    while low <= high:  # the largest per-string cap that still fits
+        cap = (low + high) // 2
+        candidate = _cut(data, cap)
+        if len(to_json(candidate).encode()) <= max_bytes:
+            best, low = candidate, cap + 1
+        else:
+            high = cap - 1
+    best["_truncated"] = True
+    return best
+
+
+def _longest_string(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value.encode())
+    if isinstance(value, dict):
+        return max((_longest_string(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return max((_longest_string(v) for v in value), default=0)
+    return 0
+
+
+def _cut(value: Any, cap: int) -> Any:
+    if isinstance(value, str):
+        raw = value.encode()
+        if len(raw) <= cap:
+            return value
+        kept = raw[:cap].decode("utf-8", "ignore")
+        return f"{kept}…[truncated {len(raw) - len(kept.encode())} bytes]"
+    if isinstance(value, dict):
+        return {k: _cut(v, cap) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cut(v, cap) for v in value]
+    return value

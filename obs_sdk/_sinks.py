@@ -1,0 +1,128 @@
+"""Sinks deliver rendered records to one destination each: the SQL store and PostHog."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Engine
+
+from obs_sdk._records import AUDIT, EVENT, GROUP, AnalyticsEvent, AuditRecord
+from obs_sdk._tables import Tables, insert_ignoring_duplicates
+
+if TYPE_CHECKING:
+    import posthog
+
+__all__ = ["DatabaseSink", "PostHogSink", "Sink"]
+
+Record = Any  # AuditRecord | AnalyticsEvent
+
+
+class Sink(Protocol):
+    """**Protocol:** delivers rendered records to one destination.
+
+    Called only from the dispatcher thread (or at commit), with instrumentation suppressed.
+    ``export`` may raise; the dispatcher logs, counts and, when ``is_transient`` says the
+    error may pass, retries with backoff. ``kinds`` names the record kinds it takes.
+    """
+
+    name: str
+    kinds: frozenset[str]
+
+    def export(self, batch: Sequence[Record], /) -> None: ...
+    def is_transient(self, error: Exception, /) -> bool: ...
+    def flush(self, timeout: float, /) -> None: ...
+    def shutdown(self, timeout: float, /) -> None: ...
+    def after_fork(self) -> None: ...
+
+
+# SQLite reports both passing contention and permanent faults as OperationalError;
+# these messages mean retrying cannot help.
+_PERMANENT_SQLITE = ("no such table", "readonly database", "no such column", "has no column")
+
+
+class DatabaseSink:
+    """Insert audit records into ``obs_audit_log`` in batches, skipping ids already there."""
+
+    name = "database"
+    kinds = frozenset({AUDIT})
+
+    def __init__(self, engine: Engine, tables: Tables, *, owns_engine: bool) -> None:
+        self.engine = engine
+        self.table = tables.audit
+        self._owns_engine = owns_engine
+        self._insert = insert_ignoring_duplicates(self.table, engine.dialect.name)
+
+    def export(self, batch: Sequence[AuditRecord], /) -> None:
+        rows = [record.as_dict() for record in batch]
+        with self.engine.begin() as conn:
+            conn.execute(self._insert, rows)
+
+    def is_transient(self, error: Exception, /) -> bool:
+        if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+            return True
+        if isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)):
+            message = str(error).lower()
+            return not any(m in message for m in _PERMANENT_SQLITE)
+        return False
+
+    def flush(self, timeout: float, /) -> None:
+        return None
+
+    def shutdown(self, timeout: float, /) -> None:
+        if self._owns_engine:
+            self.engine.dispose()
+
+    def after_fork(self) -> None:
+        # The parent's pooled connections must not be used (or closed) by the child.
+        self.engine.dispose(close=False)
+
+
+class PostHogSink:
+    """Hand analytics events to the app's ``posthog.Posthog`` client (never shut it down).
+
+    ``capture()`` only enqueues into the client's own queue; its consumer thread uploads.
+    Upload failures reach obs.stats() through ``on_error=obs.posthog_on_error``.
+    """
+
+    name = "posthog"
+    kinds = frozenset({EVENT, GROUP})
+
+    def __init__(self, client: posthog.Posthog) -> None:
+        self.client = client
+
+    def export(self, batch: Sequence[AnalyticsEvent], /) -> None:
+        client = self.client
+        for event in batch:
+            if event.kind == GROUP:
+                ((group_type, group_key),) = event.groups.items()
+                client.group_identify(
+                    group_type,
+                    group_key,
+                    properties=event.properties,
+                    timestamp=event.timestamp,
+                    uuid=str(event.uuid),
+                )
+                continue
+            client.capture(
+                event.event,
+                distinct_id=event.distinct_id,
+                properties=event.properties,
+                timestamp=event.timestamp,
+                uuid=str(event.uuid),
+                groups=event.groups or None,
+            )
+
+    def is_transient(self, error: Exception, /) -> bool:
+        return False  # capture() only enqueues; the client retries uploads itself
+
+    def flush(self, timeout: float, /) -> None:
+        self.client.flush(timeout_seconds=max(timeout, 0.001))
+
+    def shutdown(self, timeout: float, /) -> None:
+        # The client belongs to the app: flush it, never shut it down.
+        self.flush(timeout)
+
+    def after_fork(self) -> None:
+        return None  # posthog re-creates its own consumers after fork

@@ -1,0 +1,334 @@
+"""Templates like ``"{file_id}"`` or ``"{result.name}"``: parsed and checked when decorating.
+
+A field is a parameter name (or ``result``) followed by attribute and item lookups, as in
+``str.format``. At return, on the caller's thread, each field is resolved to its value and
+frozen into plain data; formatting the text happens later, on the dispatcher thread.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import enum
+import inspect
+import string
+import uuid
+from _string import formatter_field_name_split  # type: ignore[import-not-found]
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from obs_sdk._guard import count_error
+from obs_sdk.exceptions import ConfigurationError
+
+__all__ = ["Call", "Params", "Plan", "freeze"]
+
+_MISSING: Any = object()
+_PARSER = string.Formatter()
+
+# Values stored as they are: immutable, and the dispatcher can serialise them.
+SCALARS = frozenset(
+    {
+        str,
+        int,
+        float,
+        bool,
+        type(None),
+        datetime.datetime,
+        datetime.date,
+        datetime.time,
+        datetime.timedelta,
+        uuid.UUID,
+        decimal.Decimal,
+        bytes,
+    }
+)
+_MAX_DEPTH = 8
+_MAX_ITEMS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What a callable field, ``metadata=``/``properties=`` callable or ``emit_if`` receives.
+
+    ``args`` holds the bound arguments by name (defaults applied); ``result`` the return
+    value (None for failures); ``exception`` the raised exception (None for success).
+    """
+
+    args: Mapping[str, Any]
+    result: Any = None
+    exception: BaseException | None = None
+
+
+def freeze(value: Any, depth: int = 0) -> Any:
+    """Copy *value* into plain data, so nothing reads a user object after the call returned."""
+    kind = type(value)
+    if kind in SCALARS:
+        return value
+    if isinstance(value, enum.Enum):
+        return freeze(value.value, depth)
+    if depth >= _MAX_DEPTH:
+        return _text(value)
+    if isinstance(value, Mapping):
+        return {
+            str(k): freeze(v, depth + 1)
+            for k, v in list(value.items())[:_MAX_ITEMS]  # list(): a snapshot, safe to iterate
+        }
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [freeze(v, depth + 1) for v in list(value)[:_MAX_ITEMS]]
+    if isinstance(value, (str, int, float)):  # subclasses of the scalars
+        return kind.__base__(value) if kind.__base__ in SCALARS else _text(value)
+    return _text(value)
+
+
+def _text(value: Any) -> str:
+    try:
+        return str(value)
+    except Exception:
+        try:
+            return object.__repr__(value)
+        except Exception:  # pragma: no cover - object.__repr__ does not fail in practice
+            return "<unrepresentable>"
+
+
+class Params:
+    """A function's parameters, precomputed so that calls bind without ``Signature.bind``."""
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.qualname = getattr(func, "__qualname__", repr(func))
+        self.signature = inspect.signature(func)
+        self.params = list(self.signature.parameters.values())
+        self.by_name = {p.name: (i, p) for i, p in enumerate(self.params)}
+
+    def describe(self) -> str:
+        return f"{self.qualname}{self.signature}"
+
+    def getter(self, name: str) -> Callable[[tuple[Any, ...], dict[str, Any]], Any]:
+        """Return ``get(args, kwargs)`` for the parameter *name*; KeyError if there is none."""
+        index, p = self.by_name[name]
+        default = None if p.default is inspect.Parameter.empty else p.default
+        if p.kind is p.VAR_POSITIONAL:
+            return lambda args, kwargs: args[index:]
+        if p.kind is p.VAR_KEYWORD:
+            named = {q.name for q in self.params}
+            return lambda args, kwargs: {k: v for k, v in kwargs.items() if k not in named}
+        if p.kind is p.KEYWORD_ONLY:
+            return lambda args, kwargs: kwargs.get(name, default)
+        if p.kind is p.POSITIONAL_ONLY:
+            return lambda args, kwargs: args[index] if len(args) > index else default
+
+        def positional_or_keyword(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if len(args) > index:
+                return args[index]
+            return kwargs.get(name, default)
+
+        return positional_or_keyword
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Bind a call's arguments by name, defaults applied (for callables and ``emit_if``)."""
+        return {p.name: self.getter(p.name)(args, kwargs) for p in self.params}
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    index: int  # position in the call's resolved values
+    conversion: str | None
+    spec: str
+
+
+# A slot says how one output value (resource id, a metadata key...) is made:
+#   ("const", value) | ("field", index) | ("text", parts) | ("call", index)
+Slot = tuple[str, Any]
+
+
+class Plan:
+    """How a decorator's resource/metadata/properties are resolved and rendered.
+
+    ``resolvers`` run on the caller's thread at return and yield plain values;
+    ``render`` runs later (dispatcher thread or commit) and builds the final values.
+    """
+
+    def __init__(self, owner: str, params: Params | None, when: str) -> None:
+        self._owner = owner
+        self._params = params
+        self._when = when
+        self.resolvers: list[tuple[bool, Callable[..., Any]]] = []
+        self.slots: dict[str, Slot] = {}
+        self.whole: str | None = None  # the mapping slot made by one callable, if any
+        self.needs_call = False
+
+    # -- decoration time ---------------------------------------------------------------
+
+    def add(self, name: str, spec: Any) -> None:
+        """Compile *spec* (a constant, a template string or a callable) into slot *name*."""
+        if callable(spec) and not isinstance(spec, (str, type)):
+            self.slots[name] = ("call", self._add_resolver(True, spec))
+            self.needs_call = True
+        elif isinstance(spec, str) and ("{" in spec or "}" in spec):
+            self.slots[name] = self._compile_template(name, spec)
+        else:
+            self.slots[name] = ("const", freeze(spec))
+
+    def add_mapping(self, name: str, spec: Any) -> None:
+        """Compile ``metadata=``/``properties=``: a dict of slots or one callable for all."""
+        if spec is None:
+            return
+        if callable(spec) and not isinstance(spec, Mapping):
+            self.whole = name
+            self.slots[name] = ("call", self._add_resolver(True, spec))
+            self.needs_call = True
+            return
+        if not isinstance(spec, Mapping):
+            raise ConfigurationError(
+                f"{self._owner}: {name}= takes a dict or a callable taking the call, "
+                f"got {type(spec).__name__}"
+            )
+        for key, value in spec.items():
+            if not isinstance(key, str):
+                raise ConfigurationError(f"{self._owner}: {name} keys must be strings, got {key!r}")
+            self.add(f"{name}.{key}", value)
+
+    def _add_resolver(self, is_callable: bool, fn: Callable[..., Any]) -> int:
+        self.resolvers.append((is_callable, fn))
+        return len(self.resolvers) - 1
+
+    def _compile_template(self, name: str, template: str) -> Slot:
+        try:
+            parsed = list(_PARSER.parse(template))
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"{self._owner}: {name} template {template!r} is not a valid format string ({exc})"
+            ) from None
+        parts: list[str | _Field] = []
+        for literal, field_name, format_spec, conversion in parsed:
+            if literal:
+                parts.append(literal)
+            if field_name is None:
+                continue
+            if "{" in (format_spec or ""):
+                raise ConfigurationError(
+                    f"{self._owner}: {name} template {template!r} nests a field in a format spec; "
+                    "use a callable instead"
+                )
+            getter = self._compile_field(name, template, field_name)
+            parts.append(_Field(self._add_resolver(False, getter), conversion, format_spec or ""))
+        fields = [p for p in parts if isinstance(p, _Field)]
+        if len(parts) == 1 and fields and not fields[0].spec and not fields[0].conversion:
+            return ("field", fields[0].index)  # exactly one field: keep the value and its type
+        return ("text", tuple(parts))
+
+    def _compile_field(self, name: str, template: str, field_name: str) -> Callable[..., Any]:
+        first, rest = formatter_field_name_split(field_name)
+        path = tuple(rest)
+        where = f"{self._owner}: {name} template {template!r}"
+        if first == "" or isinstance(first, int):
+            raise ConfigurationError(
+                f"{where}: fields must name a parameter (like {{file_id}}) or {{result}}, "
+                f"not {{{field_name}}}"
+            )
+        params = self._params
+        if params is not None and first in params.by_name:
+            arg = params.getter(first)
+            base: Callable[..., Any] = lambda args, kwargs, result: arg(args, kwargs)  # noqa: E731
+        elif first == "result":
+            if self._when in ("failure", "start"):
+                raise ConfigurationError(
+                    f"{where}: {{result...}} cannot be used with when={self._when!r}, where no "
+                    "result exists; use arguments only, or when='success'/'always'"
+                )
+            base = lambda args, kwargs, result: result  # noqa: E731
+        else:
+            known = ", ".join(params.by_name) if params is not None else "none"
+            shown = params.describe() if params is not None else self._owner
+            raise ConfigurationError(
+                f"{where}: {{{first}}} is not a parameter of {shown} (parameters: {known}); "
+                "name a parameter, {result...}, or pass a callable taking the call"
+            )
+        if not path:
+            return base
+
+        def lookup(args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> Any:
+            value = base(args, kwargs, result)
+            for is_attr, key in path:
+                value = getattr(value, key) if is_attr else value[key]
+            return value
+
+        return lookup
+
+    # -- call time (caller's thread) -----------------------------------------------------
+
+    def resolve(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        result: Any,
+        exception: BaseException | None,
+    ) -> tuple[Any, ...]:
+        """Resolve every field to a plain value; a field that fails is None and counted."""
+        call = None
+        values = []
+        for is_callable, fn in self.resolvers:
+            try:
+                if is_callable:
+                    if call is None:
+                        call = self.call(args, kwargs, result, exception)
+                    value = fn(call)
+                else:
+                    value = fn(args, kwargs, result)
+                if type(value) not in SCALARS:
+                    value = freeze(value)
+            except Exception as exc:
+                count_error("template", exc)
+                value = None
+            values.append(value)
+        return tuple(values)
+
+    def call(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        result: Any,
+        exception: BaseException | None,
+    ) -> Call:
+        """Build the ``Call`` that callables and ``emit_if`` receive."""
+        bound = self._params.bind(args, kwargs) if self._params is not None else {}
+        return Call(bound, result, exception)
+
+    # -- render time (dispatcher thread or commit) -----------------------------------------
+
+    def render(self, name: str, values: tuple[Any, ...]) -> Any:
+        """Return the final value of slot *name* from the resolved *values*."""
+        slot = self.slots.get(name)
+        if slot is None:
+            return None
+        kind, data = slot
+        if kind == "const":
+            return data
+        if kind in ("field", "call"):
+            return values[data] if data < len(values) else None
+        out = []
+        for part in data:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            value = values[part.index]
+            if part.conversion == "r":
+                value = repr(value)
+            elif part.conversion == "a":
+                value = ascii(value)
+            elif part.conversion == "s":
+                value = str(value)
+            out.append(format(value, part.spec) if part.spec else str(value))
+        return "".join(out)
+
+    def render_mapping(self, name: str, values: tuple[Any, ...]) -> dict[str, Any]:
+        """Render a ``metadata``/``properties`` mapping (one callable, or a dict of slots)."""
+        if self.whole == name:
+            whole = self.render(name, values)
+            return dict(whole) if isinstance(whole, Mapping) else {"value": whole}
+        prefix = name + "."
+        return {
+            key[len(prefix) :]: self.render(key, values)
+            for key in self.slots
+            if key.startswith(prefix)
+        }

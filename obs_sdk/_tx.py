@@ -1,0 +1,115 @@
+"""Work that rides on the caller's transaction: held to commit, dropped on rollback.
+
+Success records made while a scope's session is in effect are inserted from the session's
+``before_commit`` event inside a Core savepoint: a failed insert rolls back to the savepoint
+(the caller's commit still succeeds) and the record is queued after the commit instead.
+Analytics events and ``after_commit`` callbacks wait for the commit; rollback drops them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction
+
+from obs_sdk._context import suppressed
+from obs_sdk._dispatch import dispatcher
+from obs_sdk._guard import count_error
+from obs_sdk._records import AUDIT, SPEC, RawRecord, render_audit
+from obs_sdk._tables import insert_ignoring_duplicates, tables
+
+__all__ = ["after_commit", "hold", "sync_session"]
+
+logger = logging.getLogger("obs_sdk")
+
+_KEY = "obs_sdk.pending"
+table_prefix = "obs_"  # set by configure()
+
+
+class _Pending:
+    __slots__ = ("audits", "callbacks", "queued")
+
+    def __init__(self) -> None:
+        self.audits: list[RawRecord] = []  # inserted at before_commit
+        self.queued: list[RawRecord] = []  # submitted after the commit
+        self.callbacks: list[Callable[[], Any]] = []
+
+
+def sync_session(session: Any) -> Session:
+    """Return the ``Session`` whose events carry the transaction (AsyncSession → sync_session)."""
+    return getattr(session, "sync_session", session)  # type: ignore[no-any-return]
+
+
+def _pending(session: Session) -> _Pending:
+    pending: _Pending | None = session.info.get(_KEY)
+    if pending is None:
+        pending = session.info[_KEY] = _Pending()
+    return pending
+
+
+def hold(session: Session, raw: RawRecord) -> None:
+    """Keep *raw* until *session* commits: audits are inserted in its transaction."""
+    pending = _pending(session)
+    if raw[SPEC].kind == AUDIT and dispatcher.capture is None:
+        pending.audits.append(raw)
+    else:
+        pending.queued.append(raw)
+
+
+def after_commit(session: Any, fn: Callable[[], Any]) -> None:
+    """Run *fn* only once *session*'s transaction committed; a rollback drops it.
+
+    Use it for irreversible side effects (deleting a blob) that must follow the accounting.
+    *fn* runs on the committing thread; an error it raises is logged and counted, since the
+    commit it follows already happened. Works for ``Session`` and ``AsyncSession``.
+    """
+    _pending(sync_session(session)).callbacks.append(fn)
+
+
+@event.listens_for(Session, "before_commit")
+def _insert_held_audits(session: Session) -> None:
+    pending: _Pending | None = session.info.get(_KEY)
+    if pending is None or not pending.audits:
+        return
+    held, pending.audits = pending.audits, []
+    with suppressed():
+        try:
+            records = [render_audit(raw) for raw in held]
+        except Exception as exc:
+            count_error("render", exc)
+            pending.queued.extend(held)
+            return
+        try:
+            conn = session.connection()
+            statement = insert_ignoring_duplicates(tables(table_prefix).audit, conn.dialect.name)
+            with conn.begin_nested():
+                conn.execute(statement, [r.as_dict() for r in records])
+        except Exception as exc:
+            # The savepoint rolled back; the caller's commit goes on and the records take
+            # the queue after it (they keep their resolved values, and get new ids).
+            count_error("transaction_insert", exc)
+            pending.queued.extend(held)
+
+
+@event.listens_for(Session, "after_commit")
+def _release_after_commit(session: Session) -> None:
+    pending: _Pending | None = session.info.pop(_KEY, None)
+    if pending is None:
+        return
+    for raw in pending.queued:
+        dispatcher.submit(raw)
+    for fn in pending.callbacks:
+        try:
+            fn()
+        except Exception as exc:
+            logger.exception("obs_sdk after_commit callback %r failed after the commit", fn)
+            count_error("after_commit", exc)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _drop_on_rollback(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the root transaction ended without after_commit
+        session.info.pop(_KEY, None)
