@@ -4,6 +4,7 @@ Who did it, and on which workspace and organization, is read from a scope carrie
 OpenTelemetry context; see ``obs.scope``. The public API is listed in ``__all__``.
 """
 
+from obs_sdk import propagation
 from obs_sdk._analytics import identify_group, track, tracked
 from obs_sdk._audit import (
     arecord_audit_now,
@@ -14,8 +15,15 @@ from obs_sdk._audit import (
 )
 from obs_sdk._config import configure, flush, posthog_on_error, shutdown, stats
 from obs_sdk._context import current_scope, scope, set_actor, suppressed, with_scope
+from obs_sdk._idempotency import once, purge_idempotency_keys
 from obs_sdk._records import AnalyticsEvent, AuditRecord
 from obs_sdk._scope import Actor, Resource, Scope
+from obs_sdk._storage import (
+    StorageDrift,
+    metered_storage,
+    reconcile_storage,
+    storage_usage,
+)
 from obs_sdk._tables import create_tables, metadata
 from obs_sdk._tx import after_commit
 from obs_sdk.exceptions import (
@@ -37,6 +45,7 @@ __all__ = [
     "QuotaExceeded",
     "Resource",
     "Scope",
+    "StorageDrift",
     "after_commit",
     "arecord_audit_now",
     "audit_log",
@@ -47,13 +56,19 @@ __all__ = [
     "flush",
     "identify_group",
     "metadata",
+    "metered_storage",
+    "once",
     "posthog_on_error",
+    "propagation",
+    "purge_idempotency_keys",
+    "reconcile_storage",
     "record_audit",
     "record_audit_now",
     "scope",
     "set_actor",
     "shutdown",
     "stats",
+    "storage_usage",
     "suppressed",
     "track",
     "tracked",

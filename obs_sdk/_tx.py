@@ -52,6 +52,10 @@ def _pending(session: Session) -> _Pending:
 
 def hold(session: Session, raw: RawRecord) -> None:
     """Keep *raw* until *session* commits: audits are inserted in its transaction."""
+    if not session.in_transaction():
+        # Begin now (no I/O: the connection is acquired lazily) so that a rollback before any
+        # SQL ran still ends this transaction and drops what it held.
+        session.begin()
     pending = _pending(session)
     if raw[SPEC].kind == AUDIT and dispatcher.capture is None:
         pending.audits.append(raw)
@@ -66,7 +70,10 @@ def after_commit(session: Any, fn: Callable[[], Any]) -> None:
     *fn* runs on the committing thread; an error it raises is logged and counted, since the
     commit it follows already happened. Works for ``Session`` and ``AsyncSession``.
     """
-    _pending(sync_session(session)).callbacks.append(fn)
+    session = sync_session(session)
+    if not session.in_transaction():
+        session.begin()
+    _pending(session).callbacks.append(fn)
 
 
 @event.listens_for(Session, "before_commit")
