@@ -7,7 +7,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from obs_sdk._emit import emit
 from obs_sdk._records import EVENT, GROUP, SUCCESS, Instrumentation
-from obs_sdk._templates import Call, Plan, freeze
+from obs_sdk._templates import ARGS, Call, Plan, freeze
 from obs_sdk._wrapping import build_plan, instrument, params_of
 from obs_sdk.exceptions import ConfigurationError
 
@@ -104,5 +104,5 @@ def identify_group(kind: str, id: str, properties: Mapping[str, Any] | None = No
 
 def _emit_group(spec: Instrumentation, kind: str, group_id: str) -> None:
     # The group's kind and id travel as the record's resolved values.
-    spec.plan.resolvers = [(False, lambda a, k, r: kind), (False, lambda a, k, r: group_id)]
+    spec.plan.resolvers = [(ARGS, lambda a, k, r: kind), (ARGS, lambda a, k, r: group_id)]
     emit(spec, SUCCESS, (), {}, None, None)

@@ -44,6 +44,7 @@ SCALARS = frozenset(
     }
 )
 _MAX_DEPTH = 8
+ARGS, RESULT, CALL = range(3)  # what a resolver reads
 _MAX_ITEMS = 1000
 
 
@@ -152,7 +153,8 @@ class Plan:
         self._owner = owner
         self._params = params
         self._when = when
-        self.resolvers: list[tuple[bool, Callable[..., Any]]] = []
+        # (kind, fn): kind is ARGS (a template over arguments), RESULT (over the result) or CALL.
+        self.resolvers: list[tuple[int, Callable[..., Any]]] = []
         self.slots: dict[str, Slot] = {}
         self.whole: str | None = None  # the mapping slot made by one callable, if any
         self.needs_call = False
@@ -162,7 +164,7 @@ class Plan:
     def add(self, name: str, spec: Any) -> None:
         """Compile *spec* (a constant, a template string or a callable) into slot *name*."""
         if callable(spec) and not isinstance(spec, (str, type)):
-            self.slots[name] = ("call", self._add_resolver(True, spec))
+            self.slots[name] = ("call", self._add_resolver(CALL, spec))
             self.needs_call = True
         elif isinstance(spec, str) and ("{" in spec or "}" in spec):
             self.slots[name] = self._compile_template(name, spec)
@@ -175,7 +177,7 @@ class Plan:
             return
         if callable(spec) and not isinstance(spec, Mapping):
             self.whole = name
-            self.slots[name] = ("call", self._add_resolver(True, spec))
+            self.slots[name] = ("call", self._add_resolver(CALL, spec))
             self.needs_call = True
             return
         if not isinstance(spec, Mapping):
@@ -188,8 +190,8 @@ class Plan:
                 raise ConfigurationError(f"{self._owner}: {name} keys must be strings, got {key!r}")
             self.add(f"{name}.{key}", value)
 
-    def _add_resolver(self, is_callable: bool, fn: Callable[..., Any]) -> int:
-        self.resolvers.append((is_callable, fn))
+    def _add_resolver(self, kind: int, fn: Callable[..., Any]) -> int:
+        self.resolvers.append((kind, fn))
         return len(self.resolvers) - 1
 
     def _compile_template(self, name: str, template: str) -> Slot:
@@ -210,14 +212,16 @@ class Plan:
                     f"{self._owner}: {name} template {template!r} nests a field in a format spec; "
                     "use a callable instead"
                 )
-            getter = self._compile_field(name, template, field_name)
-            parts.append(_Field(self._add_resolver(False, getter), conversion, format_spec or ""))
+            kind, getter = self._compile_field(name, template, field_name)
+            parts.append(_Field(self._add_resolver(kind, getter), conversion, format_spec or ""))
         fields = [p for p in parts if isinstance(p, _Field)]
         if len(parts) == 1 and fields and not fields[0].spec and not fields[0].conversion:
             return ("field", fields[0].index)  # exactly one field: keep the value and its type
         return ("text", tuple(parts))
 
-    def _compile_field(self, name: str, template: str, field_name: str) -> Callable[..., Any]:
+    def _compile_field(
+        self, name: str, template: str, field_name: str
+    ) -> tuple[int, Callable[..., Any]]:
         first, rest = formatter_field_name_split(field_name)
         path = tuple(rest)
         where = f"{self._owner}: {name} template {template!r}"
@@ -229,6 +233,7 @@ class Plan:
         params = self._params
         if params is not None and first in params.by_name:
             arg = params.getter(first)
+            kind = ARGS
             base: Callable[..., Any] = lambda args, kwargs, result: arg(args, kwargs)  # noqa: E731
         elif first == "result":
             if self._when in ("failure", "start"):
@@ -236,6 +241,7 @@ class Plan:
                     f"{where}: {{result...}} cannot be used with when={self._when!r}, where no "
                     "result exists; use arguments only, or when='success'/'always'"
                 )
+            kind = RESULT
             base = lambda args, kwargs, result: result  # noqa: E731
         else:
             known = ", ".join(params.by_name) if params is not None else "none"
@@ -245,7 +251,7 @@ class Plan:
                 "name a parameter, {result...}, or pass a callable taking the call"
             )
         if not path:
-            return base
+            return kind, base
 
         def lookup(args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> Any:
             value = base(args, kwargs, result)
@@ -253,7 +259,7 @@ class Plan:
                 value = getattr(value, key) if is_attr else value[key]
             return value
 
-        return lookup
+        return kind, lookup
 
     # -- call time (caller's thread) -----------------------------------------------------
 
@@ -267,14 +273,17 @@ class Plan:
         """Resolve every field to a plain value; a field that fails is None and counted."""
         call = None
         values = []
-        for is_callable, fn in self.resolvers:
+        for kind, fn in self.resolvers:
             try:
-                if is_callable:
+                if kind == ARGS:
+                    value = fn(args, kwargs, result)
+                elif kind == RESULT:
+                    # A failure record has no result: its {result...} fields are NULL.
+                    value = fn(args, kwargs, result) if exception is None else None
+                else:
                     if call is None:
                         call = self.call(args, kwargs, result, exception)
                     value = fn(call)
-                else:
-                    value = fn(args, kwargs, result)
                 if type(value) not in SCALARS:
                     value = freeze(value)
             except Exception as exc:

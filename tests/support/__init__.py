@@ -1,0 +1,1 @@
+"""Test support that drives the real libraries: a loopback PostHog, Stripe signing."""
