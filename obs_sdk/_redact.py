@@ -77,12 +77,12 @@ def limit_size(data: dict[str, Any], max_bytes: int) -> dict[str, Any]:
     """
     if len(to_json(data).encode()) <= max_bytes:
         return data
-    longest = _longest_string(data)
-    low, high = 0, longest
+    low, high = 0, _longest_string(data)
     best = _cut(data, 0)
-    while low <= high:  # the largest per-string cap that still fits
+    while low <= high:  # the largest per-string cap that still fits, marker included
         cap = (low + high) // 2
         candidate = _cut(data, cap)
+        candidate["_truncated"] = True
         if len(to_json(candidate).encode()) <= max_bytes:
             best, low = candidate, cap + 1
         else:

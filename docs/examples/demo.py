@@ -1,0 +1,222 @@
+"""obs_sdk demo: a small file-sharing service, instrumented only with decorators.
+
+Run it with ``scripts/demo`` (or ``python docs/examples/demo.py``). It uses the embedded
+SQLite default: the app's tables and the obs_ tables share one database file, so audit
+rows commit and roll back with the app's own transactions. At the end it prints the audit
+trail read back with ``obs.audit_log`` and the dispatcher's counters.
+
+Set POSTHOG_API_KEY (and POSTHOG_HOST) to send the analytics events to PostHog; without
+them the demo prints what would be sent.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Column, Integer, String, create_engine, delete, select
+from sqlalchemy.orm import DeclarativeBase, Session
+
+import obs_sdk as obs
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class FileRow(Base):
+    __tablename__ = "app_files"
+    id = Column(String, primary_key=True)
+    owner_id = Column(String, nullable=False)
+    name = Column(String, nullable=False)
+    size = Column(Integer, nullable=False)
+    public = Column(Integer, nullable=False, default=0)
+
+
+@dataclass(frozen=True)
+class Download:
+    name: str
+    size: int
+
+
+class NotFound(Exception):
+    pass
+
+
+# --- the service: plain functions, instrumented only by decorators -----------------------
+
+
+@obs.tracked("file_downloaded", properties={"file_id": "{file_id}", "bytes": "{result.size}"})
+@obs.audited(
+    "file.downloaded",
+    resource=obs.Resource("file", "{file_id}", name="{result.name}"),
+    metadata={"bytes": "{result.size}"},
+)
+def download(session: Session, file_id: str) -> Download:
+    row = session.get(FileRow, file_id)
+    if row is None:
+        raise NotFound(file_id)
+    return Download(row.name, row.size)
+
+
+@obs.tracked("shared_file_downloaded", properties={"file_id": "{file_id}"}, allow_anonymous=True)
+@obs.audited(
+    "file.downloaded",
+    resource=obs.Resource("file", "{file_id}"),
+    # The owner goes into metadata: an anonymous download is never blamed on the owner.
+    metadata=lambda call: {"via": "public_share", "shared_by_user_id": call.result["owner_id"]},
+)
+def download_shared(session: Session, file_id: str) -> dict[str, Any]:
+    row = session.get(FileRow, file_id)
+    if row is None or not row.public:
+        raise NotFound(file_id)
+    return {"owner_id": row.owner_id, "name": row.name}
+
+
+@obs.audited("files.exported", when="start", metadata={"organization": "{org_id}"})
+def export_all(session: Session, org_id: str) -> list[str]:
+    return [row.name for row in session.scalars(select(FileRow))]
+
+
+@obs.tracked("file_deleted", properties={"file_id": "{file_id}"}, emit_if=lambda call: call.result)
+@obs.audited("file.deleted", resource=obs.Resource("file", "{file_id}"), emit_if=lambda call: call.result)
+def delete_file(session: Session, file_id: str) -> bool:
+    return session.execute(delete(FileRow).where(FileRow.id == file_id)).rowcount > 0
+
+
+# --- analytics: a real PostHog client when configured, else a printer ------------------------
+
+
+class PrintingPostHog:
+    """Stands in for posthog.Posthog when no API key is set: prints each message instead."""
+
+    def capture(self, event: str, **kwargs: Any) -> None:
+        groups = kwargs.get("groups") or {}
+        props = {k: v for k, v in (kwargs.get("properties") or {}).items()}
+        print(f"  posthog.capture({event!r}, distinct_id={kwargs.get('distinct_id')!r}, "
+              f"properties={props}, groups={groups})")  # fmt: skip
+
+    def group_identify(self, group_type: str, group_key: str, **kwargs: Any) -> None:
+        print(f"  posthog.group_identify({group_type!r}, {group_key!r}, {kwargs.get('properties')})")
+
+    def flush(self, timeout_seconds: float | None = None) -> None:
+        return None
+
+
+def posthog_client() -> Any:
+    key = os.environ.get("POSTHOG_API_KEY")
+    if not key:
+        return PrintingPostHog()
+    import posthog
+
+    return posthog.Posthog(
+        key, host=os.environ.get("POSTHOG_HOST"), on_error=obs.posthog_on_error
+    )
+
+
+# --- the story ------------------------------------------------------------------------------------
+
+
+def section(title: str) -> None:
+    print(f"\n== {title}")
+
+
+def run(workdir: Path) -> None:
+    url = f"sqlite:///{workdir / 'obs.db'}"
+    engine = create_engine(url)
+    Base.metadata.create_all(engine)
+    print(f"database: {workdir / 'obs.db'} (app tables and obs_ tables together)")
+    print("analytics:", "PostHog" if os.environ.get("POSTHOG_API_KEY") else "printed below (no POSTHOG_API_KEY)")
+    obs.configure(database=engine, posthog=posthog_client(), service="files-api")
+
+    with Session(engine) as session, session.begin():
+        session.add_all(
+            [
+                FileRow(id="f_1", owner_id="u_ada", name="q3-report.pdf", size=48_213),
+                FileRow(id="f_2", owner_id="u_ada", name="logo.png", size=9_876, public=1),
+                FileRow(id="f_3", owner_id="u_bob", name="notes.txt", size=512),
+            ]
+        )
+
+    ada = obs.Actor.user("u_ada", name="Ada", email="ada@example.com")
+    request = {"ip": "203.0.113.5", "user_agent": "curl/8.5", "workspace": "ws_eng", "organization": "org_acme"}
+
+    section("Ada downloads her report")
+    with Session(engine) as session, obs.scope(actor=ada, request_id="req_1", **request):
+        download(session, "f_1")
+        obs.flush()
+
+    section("an anonymous visitor downloads through a public share (actor anonymous, owner in metadata)")
+    with Session(engine) as session, obs.scope(actor=obs.Actor.anonymous("ph_visitor_7"), ip="198.51.100.9", request_id="req_2"):
+        download_shared(session, "f_2")
+        obs.flush()
+
+    section("the admin API exports everything (system actor, recorded when the export starts)")
+    with Session(engine) as session, obs.scope(actor=obs.Actor.system("admin-api"), organization="org_acme", request_id="req_3"):
+        export_all(session, "org_acme")
+
+    section("a download of a missing file fails: no success row, the caller sees NotFound")
+    with Session(engine) as session, obs.scope(actor=ada, request_id="req_4", **request):
+        try:
+            download(session, "f_404")
+        except NotFound as exc:
+            print(f"  caller got NotFound({exc}) unchanged")
+
+    section("Bob deletes a file, then the transaction rolls back: no audit row, no event")
+    bob = obs.Actor.user("u_bob", name="Bob")
+    with Session(engine) as session, obs.scope(actor=bob, session=session, request_id="req_5", **request):
+        delete_file(session, "f_3")
+        session.rollback()
+        print("  rolled back")
+
+    section("Bob deletes it again and commits: the audit row commits with the delete")
+    with Session(engine) as session, obs.scope(actor=bob, session=session, request_id="req_6", **request):
+        delete_file(session, "f_3")
+        delete_file(session, "f_3")  # already gone: emit_if drops the no-op
+        session.commit()
+        obs.flush()
+
+    obs.flush()
+    section("the audit trail, read back with obs.audit_log(engine)")
+    print_trail(obs.audit_log(engine, limit=100))
+    section("obs.stats()")
+    stats = obs.stats()
+    print("  " + ", ".join(f"{k}={v}" for k, v in stats.items() if k != "by_sink"))
+    print("  by sink: " + ", ".join(f"{k}: {v}" for k, v in stats["by_sink"].items()))
+    obs.shutdown()
+
+
+def print_trail(records: list[obs.AuditRecord]) -> None:
+    columns = [
+        ("time", lambda r: r.occurred_at.strftime("%H:%M:%S.%f")[:-3]),
+        ("action", lambda r: r.action),
+        ("outcome", lambda r: r.outcome),
+        ("actor", lambda r: f"{r.actor_type}:{r.actor_id or r.actor_name or '-'}"),
+        ("resource", lambda r: f"{r.resource_type}:{r.resource_id}" if r.resource_type else "-"),
+        ("org/ws", lambda r: f"{r.organization_id or '-'}/{r.workspace_id or '-'}"),
+        ("ip", lambda r: r.ip or "-"),
+        ("request", lambda r: r.request_id or "-"),
+        ("metadata", lambda r: ", ".join(f"{k}={v}" for k, v in r.metadata.items()) or "-"),
+    ]
+    rows = [[str(get(r)) for _, get in columns] for r in records]
+    widths = [max([len(name)] + [len(row[i]) for row in rows]) for i, (name, _) in enumerate(columns)]
+    print("  " + "  ".join(name.ljust(w) for (name, _), w in zip(columns, widths)))
+    print("  " + "  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+
+
+def main() -> int:
+    workdir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="obs-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "obs.db").unlink(missing_ok=True)
+    run(workdir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
