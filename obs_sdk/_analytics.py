@@ -85,13 +85,15 @@ def track(
     emit(spec, SUCCESS, (), {}, None, None)
 
 
-def identify_group(kind: str, id: str, properties: Mapping[str, Any] | None = None) -> None:  # noqa: A002
+def identify_group(kind: str, id: str, properties: Mapping[str, Any] | None = None) -> None:
     """Set properties on a PostHog group (``kind`` "workspace" or "organization").
 
     Sent from the dispatcher thread like events, under no person (``$groupidentify``).
     """
     if kind not in GROUP_KINDS:
-        raise ConfigurationError(f"identify_group(kind={kind!r}): use 'workspace' or 'organization'")
+        raise ConfigurationError(
+            f"identify_group(kind={kind!r}): use 'workspace' or 'organization'"
+        )
     if not isinstance(id, str) or not id:
         raise ConfigurationError("identify_group() needs a non-empty string id")
     plan = Plan(f"identify_group({kind!r})", None, "success")

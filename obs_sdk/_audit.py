@@ -11,9 +11,16 @@ from sqlalchemy import and_, select
 from sqlalchemy.engine import Connection, Engine
 
 from obs_sdk import _config
-from obs_sdk._context import SCOPE_KEY, SUPPRESS_KEY, current_context
-from obs_sdk._emit import build, emit
-from obs_sdk._records import AUDIT, FAILURE, SUCCESS, AuditRecord, Instrumentation, render_audit
+from obs_sdk._emit import emit
+from obs_sdk._records import (
+    AUDIT,
+    FAILURE,
+    SUCCESS,
+    AuditRecord,
+    Instrumentation,
+    RawRecord,
+    render_audit,
+)
 from obs_sdk._scope import Resource
 from obs_sdk._tables import insert_ignoring_duplicates, tables
 from obs_sdk._templates import Call, Plan, freeze
@@ -22,6 +29,7 @@ from obs_sdk.exceptions import AuditWriteError, ConfigurationError
 
 __all__ = ["arecord_audit_now", "audit_log", "audited", "record_audit", "record_audit_now"]
 
+MAX_PAGE = 10_000
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -126,11 +134,9 @@ def _render_now(
     action: str, resource: Resource | None, metadata: Mapping[str, Any] | None, outcome: str
 ) -> AuditRecord | None:
     spec = _manual_spec(action, resource, metadata, f"record_audit_now({action!r})")
-    ctx = current_context()
-    if ctx.get(SUPPRESS_KEY):
-        return None
-    raw = build(ctx, ctx.get(SCOPE_KEY), spec, _check_outcome(outcome, "record_audit_now"), (), {}, None, None)
-    return render_audit(raw) if raw is not None else None
+    made: list[RawRecord] = []
+    emit(spec, _check_outcome(outcome, "record_audit_now"), (), {}, None, None, made.append)
+    return render_audit(made[0]) if made else None
 
 
 def record_audit_now(
@@ -177,7 +183,7 @@ async def arecord_audit_now(
         return
     async_engine = _config.current().async_engine
     if async_engine is None:
-        import asyncio  # noqa: PLC0415
+        import asyncio
 
         engine = _engine_or_raise()
 
@@ -212,7 +218,9 @@ def _engine_or_raise() -> Engine:
 
 
 def _insert_for(engine: Engine) -> Any:
-    return insert_ignoring_duplicates(tables(_config.current().table_prefix).audit, engine.dialect.name)
+    return insert_ignoring_duplicates(
+        tables(_config.current().table_prefix).audit, engine.dialect.name
+    )
 
 
 def audit_log(
@@ -253,8 +261,10 @@ def audit_log(
     if until is not None:
         conditions.append(t.c.occurred_at < until)
     if after is not None:
-        conditions.append(t.c.id > (after if isinstance(after, uuid.UUID) else uuid.UUID(str(after))))
-    if not 1 <= limit <= 10_000:
+        conditions.append(
+            t.c.id > (after if isinstance(after, uuid.UUID) else uuid.UUID(str(after)))
+        )
+    if not 1 <= limit <= MAX_PAGE:
         raise ConfigurationError(f"audit_log(limit={limit}): use 1 to 10000, and page with after=")
     query = select(t).where(and_(True, *conditions)).order_by(t.c.id).limit(limit)
     if isinstance(bind, (Engine,)):

@@ -182,17 +182,12 @@ def configure(
         raise ConfigurationError("configure(redact_keys=...) takes a list of words, not one string")
     prefix_tables = tables(table_prefix)  # validates the prefix
     engine, async_engine, owns_engine = _engines(database)
-    if create_tables:
-        try:
-            _create(engine, table_prefix)
-        except ConfigurationError:
-            raise
-        except Exception as exc:
-            raise ConfigurationError(
-                f"obs_sdk could not create its tables in {engine.url!r}: {exc}"
-            ) from exc
-    else:
-        check_schema(engine, table_prefix)
+    try:
+        _prepare(engine, table_prefix, create=create_tables)
+    except BaseException:
+        if owns_engine:  # a failed configure() must not leak the pooled connections it opened
+            engine.dispose()
+        raise
 
     sinks: list[Sink] = [DatabaseSink(engine, prefix_tables, owns_engine=owns_engine)]
     if posthog is not None:
@@ -213,6 +208,7 @@ def configure(
         id_factory=id_factory or _records.uuid7,
         person_properties=person_properties,
     )
+    _emit.clock = _records.settings.clock
     _context.provider = scope_provider
     _tx.table_prefix = table_prefix
     _emit.events_wanted = any(sink.kinds & {"event"} for sink in sinks)
@@ -229,9 +225,19 @@ def configure(
     _register_atexit()
 
 
-def _create(engine: Engine, prefix: str) -> None:
+def _prepare(engine: Engine, prefix: str, *, create: bool) -> None:
     # configure()'s create_tables flag shadows the function of the same name there.
-    create_tables(engine, prefix)
+    if not create:
+        check_schema(engine, prefix)
+        return
+    try:
+        create_tables(engine, prefix)
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        raise ConfigurationError(
+            f"obs_sdk could not create its tables in {engine.url!r}: {exc}"
+        ) from exc
 
 
 def _register_atexit() -> None:

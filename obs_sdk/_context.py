@@ -129,12 +129,18 @@ def current_scope() -> Scope:
     merged = frame.scope if frame is not None else EMPTY_SCOPE
     if provider is None:
         return merged
-    from obs_sdk._guard import guard  # noqa: PLC0415  (avoid an import cycle at load)
+    from obs_sdk._guard import guard
 
     with guard("scope_provider"):
         actor, ws, org, ip, ua, rid = provided_fields(_fields_of(merged))
         return replace(
-            merged, actor=actor, workspace=ws, organization=org, ip=ip, user_agent=ua, request_id=rid
+            merged,
+            actor=actor,
+            workspace=ws,
+            organization=org,
+            ip=ip,
+            user_agent=ua,
+            request_id=rid,
         )
     return merged
 
@@ -309,7 +315,7 @@ def with_scope(fn: Callable[P, R]) -> Callable[P, R]:
         async def run_async(*args: P.args, **kwargs: P.kwargs) -> Any:
             token = otel_context.attach(captured)
             try:
-                return await fn(*args, **kwargs)  # type: ignore[misc]
+                return await fn(*args, **kwargs)
             finally:
                 otel_context.detach(token)
 

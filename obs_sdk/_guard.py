@@ -67,7 +67,7 @@ def count_error(site: str, exc: BaseException) -> None:
         hook(site, exc)
 
 
-class guard:  # noqa: N801  (used like a function: `with guard("site"):`)
+class guard:
     """Swallow, count and log any ``Exception`` raised in the block. Never wrap user code in it."""
 
     __slots__ = ("site",)

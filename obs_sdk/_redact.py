@@ -78,7 +78,7 @@ def limit_size(data: dict[str, Any], max_bytes: int) -> dict[str, Any]:
     if len(to_json(data).encode()) <= max_bytes:
         return data
     low, high = 0, _longest_string(data)
-    best = _cut(data, 0)
+    best: dict[str, Any] = _cut(data, 0)
     while low <= high:  # the largest per-string cap that still fits, marker included
         cap = (low + high) // 2
         candidate = _cut(data, cap)

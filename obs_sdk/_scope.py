@@ -33,12 +33,12 @@ class Actor:
     distinct_id: str | None = None
 
     @classmethod
-    def user(cls, id: str, name: str | None = None, email: str | None = None) -> Actor:  # noqa: A002
+    def user(cls, id: str, name: str | None = None, email: str | None = None) -> Actor:
         """A signed-in person: ``actor_type`` "user", ``actor_id`` = *id*."""
         return cls("user", _require_text("user", "id", id), name, email)
 
     @classmethod
-    def service(cls, id: str, name: str | None = None) -> Actor:  # noqa: A002
+    def service(cls, id: str, name: str | None = None) -> Actor:
         """A machine identity such as an API key or a service account."""
         return cls("service", _require_text("service", "id", id), name)
 

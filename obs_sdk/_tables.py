@@ -85,7 +85,7 @@ class Tables:
     schema_version: Table
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tables(prefix: str = DEFAULT_PREFIX) -> Tables:
     """Return the Table objects for *prefix* (cached: one MetaData per prefix)."""
     if not prefix.replace("_", "").isalnum():

@@ -77,8 +77,10 @@ def freeze(value: Any, depth: int = 0) -> Any:
         }
     if isinstance(value, (list, tuple, set, frozenset)):
         return [freeze(v, depth + 1) for v in list(value)[:_MAX_ITEMS]]
-    if isinstance(value, (str, int, float)):  # subclasses of the scalars
-        return kind.__base__(value) if kind.__base__ in SCALARS else _text(value)
+    if isinstance(value, int):  # subclasses of the scalars become the plain scalar
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
     return _text(value)
 
 

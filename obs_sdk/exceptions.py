@@ -53,7 +53,7 @@ class MissingDependencyError(ObsError, ImportError):
 def _human_bytes(n: int) -> str:
     value = float(n)
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
+        if abs(value) < 1024 or unit == "TiB":  # noqa: PLR2004  (binary units)
             return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")  # pragma: no cover

@@ -44,19 +44,24 @@ class CaptureSink:
         self.export([render(raw)])
 
     def export(self, batch: Sequence[AuditRecord | AnalyticsEvent], /) -> None:
+        """Keep *batch*."""
         with self._lock:
             self.records.extend(batch)
 
     def is_transient(self, error: Exception, /) -> bool:
+        """Nothing here is transient."""
         return False
 
     def flush(self, timeout: float, /) -> None:
+        """Nothing to flush."""
         return None
 
     def shutdown(self, timeout: float, /) -> None:
+        """Nothing to stop."""
         return None
 
     def after_fork(self) -> None:
+        """Nothing to reset."""
         return None
 
     @property
@@ -106,6 +111,7 @@ class SteppingClock:
         self._counter = itertools.count(start_ns, step_ns)
 
     def __call__(self) -> int:
+        """Return the next time, in ns since the epoch."""
         return next(self._counter)
 
 
@@ -116,4 +122,5 @@ class IncrementingIds:
         self._counter = itertools.count(1)
 
     def __call__(self, time_ns: int) -> uuid.UUID:
+        """Return the next id."""
         return uuid.UUID(int=next(self._counter))

@@ -83,7 +83,9 @@ def export_all(session: Session, org_id: str) -> list[str]:
 
 
 @obs.tracked("file_deleted", properties={"file_id": "{file_id}"}, emit_if=lambda call: call.result)
-@obs.audited("file.deleted", resource=obs.Resource("file", "{file_id}"), emit_if=lambda call: call.result)
+@obs.audited(
+    "file.deleted", resource=obs.Resource("file", "{file_id}"), emit_if=lambda call: call.result
+)
 def delete_file(session: Session, file_id: str) -> bool:
     return session.execute(delete(FileRow).where(FileRow.id == file_id)).rowcount > 0
 
@@ -101,7 +103,9 @@ class PrintingPostHog:
               f"properties={props}, groups={groups})")  # fmt: skip
 
     def group_identify(self, group_type: str, group_key: str, **kwargs: Any) -> None:
-        print(f"  posthog.group_identify({group_type!r}, {group_key!r}, {kwargs.get('properties')})")
+        print(
+            f"  posthog.group_identify({group_type!r}, {group_key!r}, {kwargs.get('properties')})"
+        )
 
     def flush(self, timeout_seconds: float | None = None) -> None:
         return None
@@ -113,9 +117,7 @@ def posthog_client() -> Any:
         return PrintingPostHog()
     import posthog
 
-    return posthog.Posthog(
-        key, host=os.environ.get("POSTHOG_HOST"), on_error=obs.posthog_on_error
-    )
+    return posthog.Posthog(key, host=os.environ.get("POSTHOG_HOST"), on_error=obs.posthog_on_error)
 
 
 # --- the story ------------------------------------------------------------------------------------
@@ -130,7 +132,10 @@ def run(workdir: Path) -> None:
     engine = create_engine(url)
     Base.metadata.create_all(engine)
     print(f"database: {workdir / 'obs.db'} (app tables and obs_ tables together)")
-    print("analytics:", "PostHog" if os.environ.get("POSTHOG_API_KEY") else "printed below (no POSTHOG_API_KEY)")
+    print(
+        "analytics:",
+        "PostHog" if os.environ.get("POSTHOG_API_KEY") else "printed below (no POSTHOG_API_KEY)",
+    )
     obs.configure(database=engine, posthog=posthog_client(), service="files-api")
 
     with Session(engine) as session, session.begin():
@@ -143,20 +148,33 @@ def run(workdir: Path) -> None:
         )
 
     ada = obs.Actor.user("u_ada", name="Ada", email="ada@example.com")
-    request = {"ip": "203.0.113.5", "user_agent": "curl/8.5", "workspace": "ws_eng", "organization": "org_acme"}
+    request = {
+        "ip": "203.0.113.5",
+        "user_agent": "curl/8.5",
+        "workspace": "ws_eng",
+        "organization": "org_acme",
+    }
 
     section("Ada downloads her report")
     with Session(engine) as session, obs.scope(actor=ada, request_id="req_1", **request):
         download(session, "f_1")
         obs.flush()
 
-    section("an anonymous visitor downloads through a public share (actor anonymous, owner in metadata)")
-    with Session(engine) as session, obs.scope(actor=obs.Actor.anonymous("ph_visitor_7"), ip="198.51.100.9", request_id="req_2"):
+    section(
+        "an anonymous visitor downloads through a public share (actor anonymous, owner in metadata)"
+    )
+    with (
+        Session(engine) as session,
+        obs.scope(actor=obs.Actor.anonymous("ph_visitor_7"), ip="198.51.100.9", request_id="req_2"),
+    ):
         download_shared(session, "f_2")
         obs.flush()
 
     section("the admin API exports everything (system actor, recorded when the export starts)")
-    with Session(engine) as session, obs.scope(actor=obs.Actor.system("admin-api"), organization="org_acme", request_id="req_3"):
+    with (
+        Session(engine) as session,
+        obs.scope(actor=obs.Actor.system("admin-api"), organization="org_acme", request_id="req_3"),
+    ):
         export_all(session, "org_acme")
 
     section("a download of a missing file fails: no success row, the caller sees NotFound")
@@ -168,13 +186,19 @@ def run(workdir: Path) -> None:
 
     section("Bob deletes a file, then the transaction rolls back: no audit row, no event")
     bob = obs.Actor.user("u_bob", name="Bob")
-    with Session(engine) as session, obs.scope(actor=bob, session=session, request_id="req_5", **request):
+    with (
+        Session(engine) as session,
+        obs.scope(actor=bob, session=session, request_id="req_5", **request),
+    ):
         delete_file(session, "f_3")
         session.rollback()
         print("  rolled back")
 
     section("Bob deletes it again and commits: the audit row commits with the delete")
-    with Session(engine) as session, obs.scope(actor=bob, session=session, request_id="req_6", **request):
+    with (
+        Session(engine) as session,
+        obs.scope(actor=bob, session=session, request_id="req_6", **request),
+    ):
         delete_file(session, "f_3")
         delete_file(session, "f_3")  # already gone: emit_if drops the no-op
         session.commit()
@@ -203,11 +227,13 @@ def print_trail(records: list[obs.AuditRecord]) -> None:
         ("metadata", lambda r: ", ".join(f"{k}={v}" for k, v in r.metadata.items()) or "-"),
     ]
     rows = [[str(get(r)) for _, get in columns] for r in records]
-    widths = [max([len(name)] + [len(row[i]) for row in rows]) for i, (name, _) in enumerate(columns)]
-    print("  " + "  ".join(name.ljust(w) for (name, _), w in zip(columns, widths)))
+    widths = [
+        max([len(name)] + [len(row[i]) for row in rows]) for i, (name, _) in enumerate(columns)
+    ]
+    print("  " + "  ".join(name.ljust(w) for (name, _), w in zip(columns, widths, strict=True)))
     print("  " + "  ".join("-" * w for w in widths))
     for row in rows:
-        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
 
 
 def main() -> int:

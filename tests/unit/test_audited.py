@@ -336,7 +336,7 @@ class TestMethods:
 
 class TestTemplates:
     def test_single_field_keeps_type_and_mixed_renders_text(self) -> None:
-        """"{result.size}" stays an int; "{a}-{b}" becomes a string."""
+        """ "{result.size}" stays an int; "{a}-{b}" becomes a string."""
 
         @obs.audited(
             "file.downloaded",
@@ -389,7 +389,9 @@ class TestTemplates:
             calls.append(call)
             return {"n": call.args["n"], "doubled": call.result, "err": repr(call.exception)}
 
-        @obs.audited("op", resource=obs.Resource("thing", lambda call: f"t{call.args['n']}"), metadata=whole)
+        @obs.audited(
+            "op", resource=obs.Resource("thing", lambda call: f"t{call.args['n']}"), metadata=whole
+        )
         def op(n: int, scale: int = 2) -> int:
             return n * scale
 

@@ -40,7 +40,12 @@ class TestPublicAPI:
         """Every obs exception is an ObsError; configuration and import errors keep their bases."""
         assert issubclass(obs_sdk.ConfigurationError, ValueError)
         assert issubclass(obs_sdk.MissingDependencyError, ImportError)
-        for name in ("QuotaExceeded", "AuditWriteError", "ConfigurationError", "MissingDependencyError"):
+        for name in (
+            "QuotaExceeded",
+            "AuditWriteError",
+            "ConfigurationError",
+            "MissingDependencyError",
+        ):
             assert issubclass(getattr(obs_sdk, name), obs_sdk.ObsError)
 
 
@@ -53,7 +58,9 @@ class TestImportCost:
             "{'posthog','stripe','starlette','fastapi','flask','werkzeug','contextvars_extras'} "
             "or m.startswith('opentelemetry.sdk'))))"
         )
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
         assert json.loads(out.stdout) == []
 
     def test_no_file_is_created_by_importing(self, tmp_path: object) -> None:

@@ -28,7 +28,9 @@ class TestRedaction:
         """Nested dicts and dicts inside lists are redacted too, without changing the input."""
         data = {"a": {"b": [{"token": "t", "ok": 1}, {"c": {"password": "p"}}]}}
         redacted = Redactor().redact(data)
-        assert redacted == {"a": {"b": [{"token": "[REDACTED]", "ok": 1}, {"c": {"password": "[REDACTED]"}}]}}
+        assert redacted == {
+            "a": {"b": [{"token": "[REDACTED]", "ok": 1}, {"c": {"password": "[REDACTED]"}}]}
+        }
         assert data["a"]["b"][0]["token"] == "t"
 
     def test_configured_extra_keys(self, sqlite_url: str) -> None:
@@ -41,7 +43,11 @@ class TestRedaction:
         with capture() as cap, obs.scope(actor=obs.Actor.user("u")):
             op("123")
             obs.track("ev", properties={"SSN": "1", "Cookie": "c", "fine": "f"})
-        assert cap.audits[0]["metadata"] == {"user_ssn": "[REDACTED]", "api_key": "[REDACTED]", "n": "123"}
+        assert cap.audits[0]["metadata"] == {
+            "user_ssn": "[REDACTED]",
+            "api_key": "[REDACTED]",
+            "n": "123",
+        }
         assert {k: v for k, v in cap.events[0]["properties"].items() if not k.startswith("$")} == {
             "SSN": "[REDACTED]",
             "Cookie": "[REDACTED]",
@@ -51,7 +57,7 @@ class TestRedaction:
 
 class TestTruncation:
     def test_keeps_keys_cuts_long_strings_and_marks(self) -> None:
-        """Oversized metadata keeps every key, cuts long strings and sets _truncated (compact JSON)."""
+        """Oversized metadata keeps every key, cuts long strings, sets _truncated."""
         data = {"short": "ok", "long": "x" * 20_000, "n": 5}
         cut = limit_size(data, 1024)
         assert set(cut) == {"short", "long", "n", "_truncated"}

@@ -25,7 +25,9 @@ def do_thing() -> None:
 class TestActor:
     def test_constructors_set_type_and_never_invent_ids(self) -> None:
         """Each Actor constructor fills type and id as SPEC says; system/anonymous get no id."""
-        assert obs.Actor.user("u_1", name="Ada", email="a@x") == obs.Actor("user", "u_1", "Ada", "a@x")
+        assert obs.Actor.user("u_1", name="Ada", email="a@x") == obs.Actor(
+            "user", "u_1", "Ada", "a@x"
+        )
         assert obs.Actor.service("key_1", name="CI").type == "service"
         system = obs.Actor.system("cron")
         assert (system.type, system.id, system.name) == ("system", None, "cron")
@@ -112,7 +114,7 @@ class TestMerge:
 
     def test_bad_field_types_fail_loudly(self) -> None:
         """A non-Actor actor or a non-string field is a ConfigurationError."""
-        with pytest.raises(obs.ConfigurationError, match="obs.Actor"):
+        with pytest.raises(obs.ConfigurationError, match=r"obs\.Actor"):
             obs.scope(actor="u_1")  # type: ignore[arg-type]
         with pytest.raises(obs.ConfigurationError, match="workspace"):
             obs.scope(workspace=7)  # type: ignore[arg-type]
@@ -167,7 +169,9 @@ class TestIsolation:
             await asyncio.gather(*(request(i) for i in range(100)))
         assert len(cap.audits) == 300
         for record in cap.audits:
-            assert record["actor_id"].removeprefix("u_") == record["workspace_id"].removeprefix("ws_")
+            assert record["actor_id"].removeprefix("u_") == record["workspace_id"].removeprefix(
+                "ws_"
+            )
 
     def test_eight_threads_never_see_each_others_actor(self) -> None:
         """8 threads with different actors, interleaved, each record only their own actor."""

@@ -30,7 +30,10 @@ class Download:
     size: int
 
 
-@obs.tracked("file_downloaded", properties={"file_id": "{file_id}", "bytes": "{result.size}", "note": "{note}"})
+@obs.tracked(
+    "file_downloaded",
+    properties={"file_id": "{file_id}", "bytes": "{result.size}", "note": "{note}"},
+)
 def download(file_id: str, note: str | None = None) -> Download:
     return Download("a.txt", 2048)
 
@@ -54,7 +57,9 @@ def client(request: pytest.FixtureRequest, receiver: PosthogReceiver) -> Iterato
 
 
 class TestDelivery:
-    def test_event_fields_arrive(self, sqlite_url: str, client: posthog.Posthog, receiver: PosthogReceiver) -> None:
+    def test_event_fields_arrive(
+        self, sqlite_url: str, client: posthog.Posthog, receiver: PosthogReceiver
+    ) -> None:
         """Name, distinct_id, typed properties, $groups, timestamp and uuid reach PostHog."""
         obs.configure(database=sqlite_url, posthog=client)
         with obs.scope(actor=ADA, workspace="ws_1", organization="org_1"):
@@ -100,7 +105,7 @@ class TestDelivery:
     def test_opt_ins_send_personless_events(
         self, sqlite_url: str, client: posthog.Posthog, receiver: PosthogReceiver
     ) -> None:
-        """allow_anonymous / allow_system send under the visitor id / "system:<label>", personless."""
+        """The opt-ins send under the visitor id / "system:<label>", personless."""
         obs.configure(database=sqlite_url, posthog=client)
 
         @obs.tracked("shared_download", allow_anonymous=True, allow_system=True)
@@ -118,7 +123,9 @@ class TestDelivery:
             ("system:stripe", False),
         ]
 
-    def test_identify_group(self, sqlite_url: str, client: posthog.Posthog, receiver: PosthogReceiver) -> None:
+    def test_identify_group(
+        self, sqlite_url: str, client: posthog.Posthog, receiver: PosthogReceiver
+    ) -> None:
         """identify_group sends $groupidentify with the group's properties."""
         obs.configure(database=sqlite_url, posthog=client)
         obs.identify_group("organization", "org_1", {"name": "Acme", "plan": "pro", "empty": None})
@@ -129,7 +136,9 @@ class TestDelivery:
         assert event["properties"]["$group_key"] == "org_1"
         assert event["properties"]["$group_set"] == {"name": "Acme", "plan": "pro"}
 
-    def test_person_properties_opt_in(self, sqlite_url: str, client: posthog.Posthog, receiver: PosthogReceiver) -> None:
+    def test_person_properties_opt_in(
+        self, sqlite_url: str, client: posthog.Posthog, receiver: PosthogReceiver
+    ) -> None:
         """configure(person_properties=True) adds the actor's name and email as $set."""
         obs.configure(database=sqlite_url, posthog=client, person_properties=True)
         with obs.scope(actor=ADA):
@@ -144,7 +153,9 @@ class TestDelivery:
         """Secret-looking property keys never leave the process."""
         obs.configure(database=sqlite_url, posthog=client)
         with obs.scope(actor=ADA):
-            obs.track("api_called", properties={"api_key": "sk_live_1", "nested": [{"Password": "p"}]})
+            obs.track(
+                "api_called", properties={"api_key": "sk_live_1", "nested": [{"Password": "p"}]}
+            )
         assert obs.flush(5.0)
         (event,) = arrived(receiver, 1)
         assert event["properties"]["api_key"] == "[REDACTED]"
@@ -169,7 +180,9 @@ class TestTransactions:
         events = arrived(receiver, 1)
         assert [e["properties"]["file_id"] for e in events] == ["committed"]
 
-    async def test_async_session(self, tmp_path: Path, client: posthog.Posthog, receiver: PosthogReceiver) -> None:
+    async def test_async_session(
+        self, tmp_path: Path, client: posthog.Posthog, receiver: PosthogReceiver
+    ) -> None:
         """AsyncSession commits release the event; rollbacks drop it."""
         from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
@@ -191,7 +204,9 @@ class TestIsolation:
         """100 concurrent tasks with different actors and workspaces never mix identities."""
 
         async def request(i: int) -> None:
-            with obs.scope(actor=obs.Actor.user(f"u_{i}"), workspace=f"ws_{i}", organization=f"org_{i}"):
+            with obs.scope(
+                actor=obs.Actor.user(f"u_{i}"), workspace=f"ws_{i}", organization=f"org_{i}"
+            ):
                 await asyncio.sleep(0)
                 download(f"f_{i}")
 
@@ -206,7 +221,9 @@ class TestIsolation:
 
 class TestFailures:
     @pytest.mark.swallows_internal_errors
-    def test_5xx_is_counted_and_the_caller_unaffected(self, sqlite_url: str, receiver: PosthogReceiver) -> None:
+    def test_5xx_is_counted_and_the_caller_unaffected(
+        self, sqlite_url: str, receiver: PosthogReceiver
+    ) -> None:
         """PostHog answering 5xx: calls return normally and upload failures are counted."""
         recorder = ErrorRecorder()
 
@@ -226,7 +243,9 @@ class TestFailures:
         finally:
             client.shutdown()
 
-    def test_analytics_off_without_a_client(self, sqlite_url: str, receiver: PosthogReceiver) -> None:
+    def test_analytics_off_without_a_client(
+        self, sqlite_url: str, receiver: PosthogReceiver
+    ) -> None:
         """With no PostHog client, tracked calls work, nothing is queued, audits still land."""
         obs.configure(database=sqlite_url)
 
@@ -249,7 +268,7 @@ class TestFailures:
             s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
             client = posthog.Posthog("phc_test", host=f"http://127.0.0.1:{{port}}", max_retries=1,
                                      on_error=obs.posthog_on_error, flush_interval=0.05)
-            obs.configure(database="sqlite:///{tmp_path / 'x.db'}", posthog=client)
+            obs.configure(database="sqlite:///{tmp_path / "x.db"}", posthog=client)
             with obs.scope(actor=obs.Actor.user("u")):
                 for i in range(50):
                     obs.track("e", properties={{"i": i}})
@@ -257,7 +276,9 @@ class TestFailures:
             """
         )
         started = time.monotonic()
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+        )
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == "done"
         assert time.monotonic() - started < 30  # bounded by the shutdown timeouts, not a hang
@@ -269,7 +290,10 @@ class TestConfiguration:
         with pytest.raises(obs.ConfigurationError, match="not the posthog module"):
             obs.configure(database=sqlite_url, posthog=posthog)
         with pytest.raises(obs.ConfigurationError, match="AsyncPosthog"):
-            obs.configure(database=sqlite_url, posthog=posthog.AsyncPosthog("phc_x", host="http://127.0.0.1:9"))
+            obs.configure(
+                database=sqlite_url,
+                posthog=posthog.AsyncPosthog("phc_x", host="http://127.0.0.1:9"),
+            )
 
 
 def arrived(receiver: PosthogReceiver, count: int) -> list[dict[str, object]]:
