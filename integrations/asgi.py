@@ -1,0 +1,187 @@
+"""ASGI middleware: one obs_sdk scope per request, for any ASGI app.
+
+::
+
+    from obs_sdk.integrations.asgi import ScopeMiddleware
+
+    app = ScopeMiddleware(app, actor=resolve_actor, trusted_proxies=["10.0.0.0/8"])
+
+It works for Starlette, FastAPI or a bare ASGI callable. It is pure ASGI (no
+framework import), so it costs nothing at import time. Wrap the outermost app as
+above: ``Starlette(middleware=[Middleware(ScopeMiddleware, ...)])`` works too, but
+runs inside Starlette's ``ServerErrorMiddleware``, so the 500 page of an unhandled
+error then goes out without the request id header.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from contextlib import ExitStack
+from typing import Any
+
+import obs_sdk as obs
+from obs_sdk._guard import count_error
+
+from . import _http
+
+__all__ = ["ActorResolver", "ScopeMiddleware"]
+
+# The ASGI types, spelled out so that no framework is needed even for annotations.
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+ActorResolver = Callable[[Scope], "obs.Actor | Awaitable[obs.Actor | None] | None"]
+"""Takes the ASGI connection scope; returns an ``Actor`` or None, maybe awaitable."""
+
+_FORWARDED_FOR = b"x-forwarded-for"
+_USER_AGENT = b"user-agent"
+_COOKIE = b"cookie"
+_POSTHOG_DISTINCT_ID = b"x-posthog-distinct-id"
+
+# Messages that carry response headers: HTTP start and WebSocket accept (ASGI 2.1+).
+_HEADER_MESSAGES = frozenset({"http.response.start", "websocket.accept"})
+
+
+class ScopeMiddleware:
+    """Run each ASGI request inside its own ``obs.scope(...)``.
+
+    For ``http`` and ``websocket`` connections the scope carries the client IP
+    (read through *trusted_proxies* only), the ``User-Agent``, a request id and
+    the actor; ``lifespan`` and any other type pass through untouched. The scope
+    is held for the whole ``await app(...)``, so a streaming response records
+    with it until its last chunk is sent, and ``obs.set_actor(...)`` inside the
+    app (after authentication) applies to the records made later in that request
+    only. The request id is the inbound *request_id_header* if it is 1 to 128
+    visible ASCII characters, otherwise a new one; it is echoed in the response
+    headers (and on ``websocket.accept``) unless the app set that header itself.
+
+    *actor* receives the ASGI connection scope and returns an ``obs.Actor`` or
+    None; it may be sync or async (a sync one runs on the event loop, so keep it
+    cheap). None, or no resolver, records ``obs.Actor.anonymous(distinct_id=...)``
+    with the PostHog id from the ``X-POSTHOG-DISTINCT-ID`` header or the
+    posthog-js cookie. A resolver that raises or returns something else is logged
+    and counted in ``obs.stats()`` and the request proceeds anonymous. No error of
+    the middleware's own ever fails a request.
+
+    Thread- and task-safe: one instance serves any number of concurrent requests.
+
+    Args:
+        app: the ASGI application to wrap.
+        actor: resolves the authenticated actor from the connection scope.
+        trusted_proxies: IPs and CIDR networks of the reverse proxies whose
+            ``X-Forwarded-For`` is believed (or a ``TrustedProxies``).
+        request_id_header: the header read and echoed as the request id.
+
+    Raises:
+        ConfigurationError: an option is invalid (a bad proxy entry, a header name
+            that is not a token, a resolver that is not callable).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        actor: ActorResolver | None = None,
+        trusted_proxies: Iterable[str] | _http.TrustedProxies = (),
+        request_id_header: str = "x-request-id",
+    ) -> None:
+        _http.check_resolver(actor, allow_async=True)
+        self.app = app
+        self._actor = actor
+        self._trusted = _http.TrustedProxies(trusted_proxies)
+        # Compared with lowercased header names as bytes, so nothing is decoded.
+        name = _http.header_name(request_id_header).lower()
+        self._request_id_header = name.encode("latin-1")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI connection inside its own scope (lifespan passes through)."""
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        fields, distinct_id, rid = self._read_request(scope)
+        actor = await self._resolve(scope)
+        with ExitStack() as stack:
+            try:
+                if actor is None:
+                    actor = obs.Actor.anonymous(distinct_id=distinct_id)
+                stack.enter_context(obs.scope(actor=actor, request_id=rid, **fields))
+            except Exception as exc:
+                # The request runs unscoped rather than failing (SPEC rule 4).
+                count_error("asgi.scope", exc)
+            await self.app(scope, receive, self._echoing(send, rid))
+
+    def _read_request(self, scope: Scope) -> tuple[dict[str, str | None], str | None, str]:
+        """Read ip, user agent, PostHog id and request id from the connection scope.
+
+        Malformed scopes (a server bug) are counted and yield what could be read.
+        """
+        fields: dict[str, str | None] = {}
+        distinct_id = None
+        inbound_id = None
+        try:
+            forwarded: list[bytes] = []
+            cookies: list[bytes] = []
+            agent = posthog_header = None
+            for raw_name, value in scope.get("headers") or ():
+                # ASGI asks servers for lowercase names, but not all comply (the
+                # OTel ASGI instrumentation reads them case-insensitively too).
+                name = bytes(raw_name).lower()
+                if name == _FORWARDED_FOR:
+                    forwarded.append(value)
+                elif name == _USER_AGENT:
+                    agent = agent if agent is not None else value
+                elif name == self._request_id_header:
+                    inbound_id = inbound_id if inbound_id is not None else value
+                elif name == _COOKIE:
+                    # HTTP/2 may split Cookie into several fields (RFC 9113 8.2.3).
+                    cookies.append(value)
+                elif name == _POSTHOG_DISTINCT_ID:
+                    posthog_header = posthog_header or value
+            client = scope.get("client")
+            peer = client[0] if client else None
+            fields["ip"] = _http.client_ip(peer, forwarded, self._trusted)
+            fields["user_agent"] = _http.user_agent(agent)
+            distinct_id = _http.posthog_distinct_id(b"; ".join(cookies), posthog_header)
+        except Exception as exc:
+            count_error("asgi.request", exc)
+        return fields, distinct_id, _http.request_id(inbound_id)
+
+    async def _resolve(self, scope: Scope) -> obs.Actor | None:
+        """Call the actor resolver; count its failure and fall back to anonymous."""
+        if self._actor is None:
+            return None
+        try:
+            result = self._actor(scope)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:
+            # The resolver is the app's code, but its failure must not fail the
+            # request: the request proceeds anonymous (issue #8).
+            count_error("asgi.actor_resolver", exc)
+            return None
+        return _http.checked_actor(result, "asgi.actor_resolver")
+
+    def _echoing(self, send: Send, rid: str) -> Send:
+        """Wrap *send* so the response start (or WebSocket accept) carries the id."""
+        header = self._request_id_header
+        value = rid.encode("ascii")
+
+        async def send_with_request_id(message: Message) -> None:
+            if message.get("type") in _HEADER_MESSAGES:
+                headers = list(message.get("headers") or ())
+                if not any(bytes(name).lower() == header for name, _ in headers):
+                    headers.append((header, value))
+                    # A copy: the app may reuse its message dict.
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        return send_with_request_id
+
+
+# TODO(#8): Stripe webhook route (`webhook_endpoint(handler)`: raw body and
+# Stripe-Signature in, WebhookHandler.ahandle() result out) goes here once
+# obs_sdk.integrations.stripe.WebhookHandler lands.

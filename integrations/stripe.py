@@ -1,0 +1,313 @@
+"""WebhookHandler: verified Stripe webhooks whose effects happen exactly once.
+
+Stripe delivers each event at least once, for up to three days, out of order and
+sometimes concurrently. ``WebhookHandler`` verifies the signature with the ``stripe``
+library, then runs the handlers registered for the event's type in one transaction,
+inside ``obs.once("stripe:" + event.id)``: the dedup key, the handlers' writes and their
+audit records commit together, and a redelivery (even a concurrent one) is a duplicate.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from obs_sdk._context import scope
+from obs_sdk._idempotency import once
+from obs_sdk._scope import Actor
+from obs_sdk.exceptions import ConfigurationError, MissingDependencyError
+
+try:
+    import stripe
+except ImportError:
+    raise MissingDependencyError(package="stripe", extra="stripe") from None
+
+__all__ = ["WebhookHandler", "WebhookResult"]
+
+logger = logging.getLogger(__name__)
+
+ALL_EVENTS = "*"
+KEY_PREFIX = "stripe:"
+DEFAULT_TOLERANCE = 300  # seconds, as stripe.Webhook.DEFAULT_TOLERANCE
+
+Handler = Callable[[Any, Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookResult:
+    """What to answer Stripe: an HTTP ``status`` and a small JSON-able ``body``.
+
+    200 ``{"status": "processed" | "duplicate" | "unhandled", ...}``;
+    400 ``{"status": "rejected", "reason": ..., "detail": ...}`` (nothing was recorded);
+    500 ``{"status": "failed", ...}`` (the transaction rolled back; Stripe's retry runs
+    it again). Immutable.
+    """
+
+    status: int
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+def _rejected(reason: str, detail: str) -> WebhookResult:
+    logger.info("rejected a Stripe webhook delivery: %s (%s)", reason, detail)
+    return WebhookResult(400, {"status": "rejected", "reason": reason, "detail": detail})
+
+
+def _check_secrets(secret: object) -> tuple[str, ...]:
+    secrets = (secret,) if isinstance(secret, str) else secret
+    if (
+        not isinstance(secrets, Sequence)
+        or not secrets
+        or not all(isinstance(s, str) and s.strip() for s in secrets)
+    ):
+        raise ConfigurationError(
+            "WebhookHandler(secret=...) takes the endpoint's signing secret "
+            "('whsec_...'), or a list of them while rolling it; find it in Stripe's "
+            "dashboard under Developers > Webhooks"
+        )
+    return tuple(secrets)
+
+
+class WebhookHandler:
+    """Verify Stripe webhook deliveries and run their handlers exactly once.
+
+    ``secret`` is the endpoint's signing secret, or a list of secrets tried in turn
+    while one is being rolled. ``sessionmaker`` opens the transaction the handlers run
+    in: a ``sessionmaker`` for ``handle()``, an ``async_sessionmaker`` for
+    ``ahandle()``; its database must hold the obs_ tables (``obs_idempotency_keys``),
+    since the dedup key commits with the handlers' work. ``tolerance`` is the
+    signature's maximum age in seconds.
+
+    Register handlers with ``@hooks.on("invoice.paid")`` (several per type run in
+    registration order; ``"*"`` receives every type). Each receives the verified
+    ``stripe.Event`` and the session, inside a scope whose actor is
+    ``Actor.system("stripe")``; a handler may ``obs.set_actor(...)`` to the actor it
+    resolves (e.g. the customer's owner) and should register before deliveries arrive.
+    ``handle()`` and ``ahandle()`` are thread- and task-safe.
+    """
+
+    def __init__(
+        self,
+        *,
+        secret: str | Sequence[str],
+        sessionmaker: Callable[[], Any],
+        tolerance: int = DEFAULT_TOLERANCE,
+    ) -> None:
+        self._secrets = _check_secrets(secret)
+        if not callable(sessionmaker):
+            raise ConfigurationError(
+                "WebhookHandler(sessionmaker=...) takes a SQLAlchemy sessionmaker "
+                "(or async_sessionmaker for ahandle())"
+            )
+        if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance <= 0:
+            raise ConfigurationError(
+                "WebhookHandler(tolerance=...) takes a positive number of seconds, "
+                f"got {tolerance!r}"
+            )
+        self._sessionmaker = sessionmaker
+        self._tolerance = tolerance
+        # Replaced whole on registration: a delivery in flight sees no half update.
+        self._handlers: tuple[tuple[str, Handler], ...] = ()
+
+    def on(self, event_type: str) -> Callable[[Handler], Handler]:
+        """Register the decorated function for *event_type* (``"*"``: every type).
+
+        The function is returned unchanged; it is called as ``fn(event, session)``.
+        An ``async def`` handler needs ``ahandle()``.
+        """
+        if not isinstance(event_type, str) or not event_type.strip():
+            raise ConfigurationError(
+                "hooks.on(...) takes a Stripe event type such as 'invoice.paid', or '*'"
+            )
+
+        def register(fn: Handler) -> Handler:
+            if not callable(fn):
+                raise ConfigurationError(f"hooks.on({event_type!r}) decorates a function")
+            self._handlers = (*self._handlers, (event_type, fn))
+            return fn
+
+        return register
+
+    # -- verification ---------------------------------------------------------------
+
+    def _verify(self, payload: bytes | str, signature_header: str | None) -> Any:
+        """Return the verified ``stripe.Event``, or the 400 ``WebhookResult``."""
+        if not signature_header:
+            return _rejected(
+                "missing_signature_header",
+                "no Stripe-Signature header: pass the request's Stripe-Signature "
+                "header value and the raw, unparsed request body",
+            )
+        if isinstance(payload, (bytes, bytearray)):
+            try:
+                payload = bytes(payload).decode("utf-8")
+            except UnicodeDecodeError:
+                return _rejected("invalid_json", "the body is not UTF-8 text")
+        stale = False
+        for secret in self._secrets:
+            try:
+                event = stripe.Webhook.construct_event(
+                    payload, signature_header, secret, self._tolerance
+                )
+            except stripe.SignatureVerificationError as exc:
+                # stripe-python tells the cases apart only by message (stripe/_webhook.py,
+                # verify_header); tests/integration/stripe pins each one.
+                message = str(getattr(exc, "user_message", None) or exc)
+                if message.startswith("Timestamp outside the tolerance zone"):
+                    stale = True  # the signature matched this secret; it is merely old
+                elif message.startswith(("Unable to extract", "No signatures found with")):
+                    return _rejected(
+                        "invalid_signature_header",
+                        "the Stripe-Signature header has no t=... and v1=... parts: "
+                        "pass the header's value unchanged",
+                    )
+                continue
+            except json.JSONDecodeError as exc:
+                return _rejected("invalid_json", f"the signed body is not valid JSON: {exc}")
+            except ValueError as exc:  # e.g. a thin (v2) event notification
+                return _rejected("unsupported_event", str(exc))
+            except (AttributeError, TypeError):
+                return _rejected(
+                    "missing_id_or_type",
+                    "the signed body is JSON but not a Stripe event object",
+                )
+            return self._check_event(event)
+        if stale:
+            return _rejected(
+                "timestamp_outside_tolerance",
+                f"the signature is older than {self._tolerance} s: a replay, or this "
+                "server's clock is wrong",
+            )
+        return _rejected(
+            "invalid_signature",
+            f"no signature matches the configured secret(s) ({len(self._secrets)} "
+            "tried): check the endpoint's signing secret, and pass the raw request "
+            "body unchanged",
+        )
+
+    @staticmethod
+    def _check_event(event: Any) -> Any:
+        event_id, event_type = getattr(event, "id", None), getattr(event, "type", None)
+        if not (
+            isinstance(event_id, str) and event_id and isinstance(event_type, str) and event_type
+        ):
+            return _rejected("missing_id_or_type", "the signed event has no string id and type")
+        return event
+
+    def _handlers_for(self, event_type: str) -> list[Handler]:
+        return [fn for t, fn in self._handlers if t in (event_type, ALL_EVENTS)]
+
+    # -- handling -------------------------------------------------------------------
+
+    def handle(self, payload: bytes | str, signature_header: str | None) -> WebhookResult:
+        """Verify one delivery and run its handlers in one transaction, exactly once.
+
+        *payload* is the raw request body (the exact bytes Stripe signed) and
+        *signature_header* the ``Stripe-Signature`` header value. Returns the result to
+        answer Stripe with; never raises for a delivery's content or a handler's error
+        (500: rolled back, logged with the event id). Blocks on the database.
+
+        Raises:
+            ConfigurationError: the handler was built with an ``async_sessionmaker``,
+                or a handler is ``async def`` (use ``ahandle()``).
+        """
+        if isinstance(self._sessionmaker, async_sessionmaker):
+            raise ConfigurationError(
+                "WebhookHandler.handle() needs a sync sessionmaker: with an "
+                "async_sessionmaker use `await hooks.ahandle(...)`"
+            )
+        event = self._verify(payload, signature_header)
+        if isinstance(event, WebhookResult):
+            return event
+        handlers = self._handlers_for(event.type)
+        if not handlers:
+            return _unhandled(event)
+        for fn in handlers:
+            if inspect.iscoroutinefunction(fn):
+                raise ConfigurationError(
+                    f"Stripe handler {fn.__qualname__} is async: use `await hooks.ahandle(...)`"
+                )
+        try:
+            with (
+                self._sessionmaker() as session,
+                session.begin(),
+                once(session, KEY_PREFIX + event.id) as first,
+            ):
+                if not first:
+                    return _duplicate(event)
+                with scope(actor=Actor.system("stripe"), session=session):
+                    for fn in handlers:
+                        fn(event, session)
+        except Exception as exc:
+            return _failed(event, exc)
+        return _processed(event, len(handlers))
+
+    async def ahandle(self, payload: bytes | str, signature_header: str | None) -> WebhookResult:
+        """Async twin of ``handle()`` for an ``async_sessionmaker``.
+
+        Handlers receive the ``AsyncSession``; ``async def`` handlers are awaited, plain
+        ones called. Verification is CPU-only and runs on the event loop.
+
+        Raises:
+            ConfigurationError: the handler was built with a sync ``sessionmaker``.
+        """
+        if not isinstance(self._sessionmaker, async_sessionmaker):
+            raise ConfigurationError(
+                "WebhookHandler.ahandle() needs an async_sessionmaker: with a sync "
+                "sessionmaker use hooks.handle(...)"
+            )
+        event = self._verify(payload, signature_header)
+        if isinstance(event, WebhookResult):
+            return event
+        handlers = self._handlers_for(event.type)
+        if not handlers:
+            return _unhandled(event)
+        try:
+            async with (
+                self._sessionmaker() as session,
+                session.begin(),
+                once(session, KEY_PREFIX + event.id) as first,
+            ):
+                if not first:
+                    return _duplicate(event)
+                with scope(actor=Actor.system("stripe"), session=session):
+                    for fn in handlers:
+                        outcome = fn(event, session)
+                        if inspect.isawaitable(outcome):
+                            await outcome
+        except Exception as exc:
+            return _failed(event, exc)
+        return _processed(event, len(handlers))
+
+
+def _summary(event: Any) -> dict[str, Any]:
+    return {"event_id": event.id, "type": event.type}
+
+
+def _processed(event: Any, handlers: int) -> WebhookResult:
+    return WebhookResult(200, {"status": "processed", **_summary(event), "handlers": handlers})
+
+
+def _duplicate(event: Any) -> WebhookResult:
+    return WebhookResult(200, {"status": "duplicate", **_summary(event)})
+
+
+def _unhandled(event: Any) -> WebhookResult:
+    # 200: Stripe stops retrying an event type this endpoint does not handle.
+    return WebhookResult(200, {"status": "unhandled", **_summary(event)})
+
+
+def _failed(event: Any, exc: Exception) -> WebhookResult:
+    logger.error(
+        "Stripe webhook %s (%s) failed and was rolled back; Stripe will retry it",
+        event.id,
+        event.type,
+        exc_info=exc,
+    )
+    # Only the class: Stripe's dashboard shows the body, and a message may hold data.
+    return WebhookResult(500, {"status": "failed", **_summary(event), "error": type(exc).__name__})
