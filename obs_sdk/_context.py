@@ -113,8 +113,11 @@ def provided_fields(fields: tuple[Any, ...]) -> tuple[Any, ...]:
     actor, workspace, organization, ip, user_agent, request_id = fields
     if workspace is None and organization is None:
         workspace, organization = extra.get("workspace"), extra.get("organization")
+    provided_actor = extra.get("actor")
+    if provided_actor is not None and not isinstance(provided_actor, Actor):
+        raise TypeError(f"scope_provider returned actor={provided_actor!r}; return an obs.Actor")
     return (
-        actor if actor is not None else extra.get("actor"),
+        actor if actor is not None else provided_actor,
         workspace,
         organization,
         ip if ip is not None else extra.get("ip"),

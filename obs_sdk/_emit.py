@@ -51,7 +51,10 @@ def emit(
         frame = ctx.get(SCOPE_KEY)
         fields = frame.fields if frame is not None else _NO_FIELDS  # type: ignore[attr-defined]
         if _context.provider is not None:
-            fields = _context.provided_fields(fields)
+            try:
+                fields = _context.provided_fields(fields)
+            except Exception as exc:  # a broken provider costs its fields, not the record
+                count_error("scope_provider", exc)
         if spec.kind != AUDIT:
             if not (events_wanted or dispatcher.capture is not None):
                 return

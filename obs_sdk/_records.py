@@ -273,7 +273,10 @@ def render_event(raw: RawRecord) -> AnalyticsEvent:
     idempotency = raw[IDEMPOTENCY]
     if idempotency is not None:
         key, n = idempotency
-        event_uuid = uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{key}\x00{spec.name}\x00{n}")
+        # A failure event sent from an attempt that rolled back must not share the uuid of
+        # the retry's success event (PostHog would keep one of them): the outcome is mixed in.
+        suffix = "" if raw[OUTCOME] == SUCCESS else f"\x00{raw[OUTCOME]}"
+        event_uuid = uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{key}\x00{spec.name}\x00{n}{suffix}")
     else:
         event_uuid = settings.id_factory(raw[TIME_NS])
     trace_id, span_id = _trace_hex(raw[TRACE])
