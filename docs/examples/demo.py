@@ -5,23 +5,33 @@ SQLite default: the app's tables and the obs_ tables share one database file, so
 rows commit and roll back with the app's own transactions. At the end it prints the audit
 trail read back with ``obs.audit_log`` and the dispatcher's counters.
 
+It then meters uploads against a small storage quota (a refused upload, a delete, a
+retried delete, a connector-synced document that is never charged) and takes Stripe webhook
+deliveries: one signed ``invoice.paid`` delivered three times, a forged one, and a failing
+handler that Stripe retries.
+
 Set POSTHOG_API_KEY (and POSTHOG_HOST) to send the analytics events to PostHog; without
 them the demo prints what would be sent.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import os
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Integer, String, create_engine, delete, select
-from sqlalchemy.orm import DeclarativeBase, Session
+from sqlalchemy import Column, Integer, String, create_engine, delete, func, select
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 import obs_sdk as obs
+from obs_sdk.integrations.stripe import WebhookHandler
 
 
 class Base(DeclarativeBase):
@@ -35,6 +45,13 @@ class FileRow(Base):
     name = Column(String, nullable=False)
     size = Column(Integer, nullable=False)
     public = Column(Integer, nullable=False, default=0)
+
+
+class Payment(Base):
+    __tablename__ = "app_payments"
+    invoice_id = Column(String, primary_key=True)
+    customer = Column(String, nullable=False)
+    amount = Column(Integer, nullable=False)
 
 
 @dataclass(frozen=True)
@@ -90,6 +107,59 @@ def delete_file(session: Session, file_id: str) -> bool:
     return session.execute(delete(FileRow).where(FileRow.id == file_id)).rowcount > 0
 
 
+QUOTA = 100_000  # bytes per organization: small, so the demo reaches it
+
+
+@obs.audited(
+    "file.uploaded", resource=obs.Resource("file", "{file_id}"), metadata={"bytes": "{size}"}
+)
+def upload(session: Session, file_id: str, name: str, size: int) -> None:
+    with obs.metered_storage(session, object_id=file_id, bytes=size):
+        session.add(
+            FileRow(id=file_id, owner_id=obs.current_scope().actor.id, name=name, size=size)
+        )
+
+
+def sync_from_connector(session: Session, file_id: str, name: str, size: int) -> None:
+    """A document mirrored from a connector: stored, but not charged to anyone's quota."""
+    session.add(FileRow(id=file_id, owner_id="connector", name=name, size=size))
+
+
+@obs.audited(
+    "file.purged", resource=obs.Resource("file", "{file_id}"), emit_if=lambda call: call.result
+)
+def purge(session: Session, file_id: str) -> bool:
+    with obs.metered_storage(session, object_id=file_id, release=True):
+        return session.execute(delete(FileRow).where(FileRow.id == file_id)).rowcount > 0
+
+
+# --- Stripe: verified, exactly-once webhook handling ---------------------------------------------
+
+WEBHOOK_SECRET = "whsec_demo"
+
+
+@obs.tracked("invoice_paid", properties={"amount": "{amount}"})
+@obs.audited(
+    "invoice.paid",
+    resource=obs.Resource("invoice", "{invoice_id}"),
+    metadata={"amount": "{amount}"},
+)
+def record_payment(session: Session, invoice_id: str, customer: str, amount: int) -> None:
+    session.add(Payment(invoice_id=invoice_id, customer=customer, amount=amount))
+
+
+def stripe_delivery(
+    event_id: str, event_type: str, obj: dict[str, Any], secret: str = WEBHOOK_SECRET
+) -> tuple[bytes, str]:
+    """Sign a payload the way Stripe does: t=<time>,v1=HMAC-SHA256(secret, "<t>.<body>")."""
+    body = json.dumps(
+        {"id": event_id, "object": "event", "type": event_type, "data": {"object": obj}}
+    ).encode()
+    stamp = int(time.time())
+    digest = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return body, f"t={stamp},v1={digest}"
+
+
 # --- analytics: a real PostHog client when configured, else a printer ------------------------
 
 
@@ -136,7 +206,9 @@ def run(workdir: Path) -> None:
         "analytics:",
         "PostHog" if os.environ.get("POSTHOG_API_KEY") else "printed below (no POSTHOG_API_KEY)",
     )
-    obs.configure(database=engine, posthog=posthog_client(), service="files-api")
+    obs.configure(
+        database=engine, posthog=posthog_client(), service="files-api", storage_quota=QUOTA
+    )
 
     with Session(engine) as session, session.begin():
         session.add_all(
@@ -204,6 +276,9 @@ def run(workdir: Path) -> None:
         session.commit()
         obs.flush()
 
+    storage_story(engine)
+    stripe_story(engine)
+
     obs.flush()
     section("the audit trail, read back with obs.audit_log(engine)")
     print_trail(obs.audit_log(engine, limit=100))
@@ -212,6 +287,81 @@ def run(workdir: Path) -> None:
     print("  " + ", ".join(f"{k}={v}" for k, v in stats.items() if k != "by_sink"))
     print("  by sink: " + ", ".join(f"{k}: {v}" for k, v in stats["by_sink"].items()))
     obs.shutdown()
+
+
+def storage_story(engine: Any) -> None:
+    ada = obs.Actor.user("u_ada", name="Ada")
+    scope = {"actor": ada, "organization": "org_acme", "workspace": "ws_eng"}
+    section(f"uploads are metered against the organization's quota ({QUOTA:,} bytes)")
+    for file_id, size in [("up_1", 40_000), ("up_2", 50_000), ("up_3", 30_000)]:
+        with Session(engine) as session, obs.scope(**scope):
+            try:
+                upload(session, file_id, f"{file_id}.bin", size)
+                session.commit()
+                print(f"  {file_id}: {size:,} bytes charged")
+            except obs.QuotaExceeded as exc:
+                session.rollback()
+                print(f"  {file_id}: refused before anything was stored: {exc}")
+    with Session(engine) as session, obs.scope(**scope):
+        sync_from_connector(session, "sync_1", "from-drive.docx", 25_000)
+        session.commit()
+        print("  sync_1: 25,000 bytes synced from a connector, never charged")
+
+    section("a delete gives back exactly what was charged; a retried delete changes nothing")
+    for attempt in ("delete", "retried delete", "delete of the synced document"):
+        file_id = "sync_1" if "synced" in attempt else "up_1"
+        with Session(engine) as session, obs.scope(**scope):
+            purge(session, file_id)
+            session.commit()
+        print(f"  {attempt} of {file_id}: usage now {obs.storage_usage('org_acme'):,} bytes")
+    with Session(engine) as session:
+        ledger = session.execute(
+            select(func.coalesce(func.sum(obs.metadata().tables["obs_storage_objects"].c.bytes), 0))
+        ).scalar_one()
+        drift = obs.reconcile_storage(session)
+    print(
+        f"  usage {obs.storage_usage('org_acme'):,} bytes == ledger sum {ledger:,} bytes; drift: {drift or 'none'}"
+    )
+
+
+def stripe_story(engine: Any) -> None:
+    hooks = WebhookHandler(secret=WEBHOOK_SECRET, sessionmaker=sessionmaker(engine))
+    failures = {"count": 0}
+
+    @hooks.on("invoice.paid")
+    def invoice_paid(event: Any, session: Session) -> None:
+        invoice = event["data"]["object"]
+        obs.set_actor(obs.Actor.user(invoice["customer_owner"]))  # the customer's owner
+        record_payment(session, invoice["id"], invoice["customer"], invoice["amount_paid"])
+
+    @hooks.on("invoice.payment_failed")
+    def payment_failed(event: Any, session: Session) -> None:
+        failures["count"] += 1
+        if failures["count"] == 1:
+            raise ConnectionError("the billing service timed out")
+        record_payment(session, event["data"]["object"]["id"], "cus_2", 0)
+
+    invoice = {"id": "in_1", "customer": "cus_1", "customer_owner": "u_ada", "amount_paid": 4900}
+    section("Stripe delivers one invoice.paid three times: one payment, one audit row, one event")
+    body, signature = stripe_delivery("evt_1", "invoice.paid", invoice)
+    for attempt in range(1, 4):
+        result = hooks.handle(body, signature)
+        print(f"  delivery {attempt}: {result.status} {result.body['status']}")
+
+    section("a forged delivery is rejected with its reason, and records nothing")
+    forged_body, forged_signature = stripe_delivery(
+        "evt_2", "invoice.paid", invoice, secret="whsec_wrong"
+    )
+    result = hooks.handle(forged_body, forged_signature)
+    print(f"  {result.status} {result.body['reason']}: {result.body['detail']}")
+
+    section("a handler fails: 500 and nothing committed; Stripe's retry succeeds once")
+    body, signature = stripe_delivery("evt_3", "invoice.payment_failed", {"id": "in_2"})
+    for attempt in range(1, 4):
+        result = hooks.handle(body, signature)
+        print(f"  delivery {attempt}: {result.status} {result.body['status']}")
+    with Session(engine) as session:
+        print(f"  payments stored: {session.scalar(select(func.count()).select_from(Payment))}")
 
 
 def print_trail(records: list[obs.AuditRecord]) -> None:
