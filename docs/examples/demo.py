@@ -319,9 +319,8 @@ def storage_story(engine: Any) -> None:
             select(func.coalesce(func.sum(obs.metadata().tables["obs_storage_objects"].c.bytes), 0))
         ).scalar_one()
         drift = obs.reconcile_storage(session)
-    print(
-        f"  usage {obs.storage_usage('org_acme'):,} bytes == ledger sum {ledger:,} bytes; drift: {drift or 'none'}"
-    )
+    usage = obs.storage_usage("org_acme")
+    print(f"  usage {usage:,} bytes == ledger sum {ledger:,} bytes; drift: {drift or 'none'}")
 
 
 def stripe_story(engine: Any) -> None:
