@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from obs_sdk.integrations.stripe import WebhookHandler
 from sqlalchemy.orm import Session, sessionmaker
 
 import obs_sdk as obs
+from obs_sdk.integrations.stripe import WebhookHandler
 from tests.support.posthog_receiver import PosthogReceiver, make_client
 from tests.support.stripe_signing import TEST_SECRET, event_payload, sign
 

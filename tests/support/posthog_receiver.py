@@ -218,8 +218,7 @@ class PosthogReceiver:
         with self._cond:
             if not self._cond.wait_for(lambda: self._arrived >= count, timeout):
                 raise AssertionError(
-                    f"expected {count} request(s) within {timeout}s, "
-                    f"got {self._arrived}"
+                    f"expected {count} request(s) within {timeout}s, got {self._arrived}"
                 )
             return self._arrived
 
@@ -283,9 +282,7 @@ class PosthogReceiver:
                 self._events.extend(events)
                 reply = _success_reply(protocol, events)
             self._requests.append(
-                ReceivedRequest(
-                    method, path, protocol, dict(headers), body, api_key, status
-                )
+                ReceivedRequest(method, path, protocol, dict(headers), body, api_key, status)
             )
             self._cond.notify_all()
         return status, reply
@@ -438,8 +435,7 @@ class ErrorRecorder:
         with self._cond:
             if not self._cond.wait_for(lambda: len(self._calls) >= count, timeout):
                 raise AssertionError(
-                    f"expected {count} on_error call(s) within {timeout}s, "
-                    f"got {len(self._calls)}"
+                    f"expected {count} on_error call(s) within {timeout}s, got {len(self._calls)}"
                 )
             return list(self._calls)
 

@@ -74,17 +74,13 @@ def sign(payload: bytes | str, secret: str, timestamp: int | None = None) -> str
     return sign_rolled(payload, [secret], timestamp)
 
 
-def sign_rolled(
-    payload: bytes | str, secrets: Sequence[str], timestamp: int | None = None
-) -> str:
+def sign_rolled(payload: bytes | str, secrets: Sequence[str], timestamp: int | None = None) -> str:
     """Return the header Stripe sends while rolling a secret: one ``v1=`` per secret."""
     t = int(time.time()) if timestamp is None else timestamp
     return ",".join([f"t={t}", *(f"v1={signature(payload, s, t)}" for s in secrets)])
 
 
-def sign_stale(
-    payload: bytes | str, secret: str, age: int = DEFAULT_TOLERANCE + 60
-) -> str:
+def sign_stale(payload: bytes | str, secret: str, age: int = DEFAULT_TOLERANCE + 60) -> str:
     """Return a correct signature *age* seconds old, past the default tolerance."""
     return sign(payload, secret, int(time.time()) - age)
 

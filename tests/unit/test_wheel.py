@@ -69,15 +69,11 @@ class TestWheelContents:
         assert [name for name in wheel_names if name.startswith("integrations/")] == []
 
     @pytest.mark.parametrize("directory", ["tests/", "benchmarks/"])
-    def test_excludes_development_trees(
-        self, wheel_names: list[str], directory: str
-    ) -> None:
+    def test_excludes_development_trees(self, wheel_names: list[str], directory: str) -> None:
         """Tests and benchmarks stay out of the wheel."""
         assert [name for name in wheel_names if name.startswith(directory)] == []
 
-    def test_only_obs_sdk_and_metadata_at_top_level(
-        self, wheel_names: list[str]
-    ) -> None:
+    def test_only_obs_sdk_and_metadata_at_top_level(self, wheel_names: list[str]) -> None:
         """Every entry is under ``obs_sdk/`` or the wheel's ``.dist-info`` directory."""
         top_level = {name.split("/", 1)[0] for name in wheel_names}
         packages = {name for name in top_level if not name.endswith(".dist-info")}

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 from contextvars_extras import ContextVarsRegistry
-from obs_sdk.integrations.contextvars_extras import scope_provider
 
 import obs_sdk as obs
+from obs_sdk.integrations.contextvars_extras import scope_provider
 from obs_sdk.testing import capture
 
 KEYS = (

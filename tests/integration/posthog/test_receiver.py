@@ -61,9 +61,7 @@ def capture_three(client) -> None:
     )
 
 
-def post(
-    url: str, path: str, body: bytes, headers: dict[str, str]
-) -> tuple[int, object]:
+def post(url: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, object]:
     connection = http.client.HTTPConnection(urlsplit(url).netloc, timeout=5)
     try:
         connection.request("POST", path, body=body, headers=headers)
@@ -82,9 +80,7 @@ class TestBatchEndpoint:
             client.flush()
             events = receiver.events
 
-        assert [
-            (e["event"], e["distinct_id"], e["uuid"], e["timestamp"]) for e in events
-        ] == [
+        assert [(e["event"], e["distinct_id"], e["uuid"], e["timestamp"]) for e in events] == [
             ("file_uploaded", "user-1", str(IDS[0]), "2026-11-27T12:00:00+00:00"),
             ("file_deleted", "user-1", str(IDS[1]), "2026-11-27T12:00:01+00:00"),
             ("report_sent", "system:cron", str(IDS[2]), "2026-11-27T12:00:02+00:00"),
@@ -108,9 +104,7 @@ class TestBatchEndpoint:
     def test_group_identify_arrives_as_groupidentify_event(self, receiver):
         """group_identify() sends $groupidentify with group type, key and $group_set."""
         with posthog_client(receiver) as client:
-            client.group_identify(
-                "organization", "org-1", {"name": "Acme"}, distinct_id="user-1"
-            )
+            client.group_identify("organization", "org-1", {"name": "Acme"}, distinct_id="user-1")
             client.flush()
 
         (event,) = receiver.events_named("$groupidentify")
@@ -132,9 +126,7 @@ class TestCaptureV1Endpoint:
     @pytest.mark.parametrize("compression", ["none", "gzip", "deflate"])
     def test_decodes_v1_events_with_options(self, receiver, compression):
         """v1 posts to /i/v1/analytics/events with Bearer auth, in any encoding."""
-        with posthog_client(
-            receiver, capture_mode="v1", capture_compression=compression
-        ) as client:
+        with posthog_client(receiver, capture_mode="v1", capture_compression=compression) as client:
             capture_three(client)
             client.flush()
             events = receiver.events
@@ -159,9 +151,9 @@ class TestCaptureV1Endpoint:
             (r.path, r.protocol, r.status, r.api_key, r.headers.get("content-encoding"))
             for r in receiver.requests
         } == {(V1_PATH, "v1", 200, TEST_API_KEY, encoding)}
-        assert {
-            r.headers["posthog-sdk-info"].split("/")[0] for r in receiver.requests
-        } == {"posthog-python"}
+        assert {r.headers["posthog-sdk-info"].split("/")[0] for r in receiver.requests} == {
+            "posthog-python"
+        }
 
     def test_as_legacy_gives_both_protocols_one_shape(self, receiver):
         """as_legacy() gives v1 events the /batch/ shape, options included."""
@@ -283,13 +275,8 @@ class TestReceiver:
         batch = json.dumps({"api_key": "k", "batch": [{"event": "x"}]}).encode()
 
         assert post(receiver.url, "/capture/", batch, {})[0] == 404
-        assert (
-            post(receiver.url, V0_PATH, b"not gzip", {"Content-Encoding": "gzip"})[0]
-            == 400
-        )
-        assert post(
-            receiver.url, V0_PATH, gzip.compress(batch), {"Content-Encoding": "gzip"}
-        ) == (
+        assert post(receiver.url, V0_PATH, b"not gzip", {"Content-Encoding": "gzip"})[0] == 400
+        assert post(receiver.url, V0_PATH, gzip.compress(batch), {"Content-Encoding": "gzip"}) == (
             200,
             {"status": 1},
         )

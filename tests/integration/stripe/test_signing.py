@@ -37,9 +37,7 @@ class TestValidSignature:
         """A fresh signature verifies into a stripe.Event with id, type, object."""
         body = payload()
 
-        event = stripe.Webhook.construct_event(
-            body, sign(body, TEST_SECRET), TEST_SECRET
-        )
+        event = stripe.Webhook.construct_event(body, sign(body, TEST_SECRET), TEST_SECRET)
 
         assert isinstance(event, stripe.Event)
         assert (event.id, event.type, event.api_version, event.livemode) == (
@@ -90,9 +88,7 @@ class TestRejectedSignature:
         body = payload()
         header = sign(body, TEST_SECRET)
 
-        with pytest.raises(
-            stripe.SignatureVerificationError, match="No signatures found matching"
-        ):
+        with pytest.raises(stripe.SignatureVerificationError, match="No signatures found matching"):
             stripe.Webhook.construct_event(tampered(body), header, TEST_SECRET)
 
     def test_reserialised_body_raises(self):
@@ -101,18 +97,14 @@ class TestRejectedSignature:
         header = sign(body, TEST_SECRET)
 
         with pytest.raises(stripe.SignatureVerificationError):
-            stripe.Webhook.construct_event(
-                json.dumps(json.loads(body)), header, TEST_SECRET
-            )
+            stripe.Webhook.construct_event(json.dumps(json.loads(body)), header, TEST_SECRET)
 
     def test_stale_timestamp_raises(self):
         """A signature older than the 300 s tolerance raises the error."""
         body = payload()
 
         with pytest.raises(stripe.SignatureVerificationError, match="tolerance zone"):
-            stripe.Webhook.construct_event(
-                body, sign_stale(body, TEST_SECRET), TEST_SECRET
-            )
+            stripe.Webhook.construct_event(body, sign_stale(body, TEST_SECRET), TEST_SECRET)
 
     def test_wrong_secret_raises(self):
         """A signature made with another secret raises SignatureVerificationError."""
@@ -150,9 +142,7 @@ class TestLibraryContract:
     def test_event_is_not_a_dict(self):
         """A stripe.Event has [] and attributes but no dict.get: use .to_dict()."""
         body = payload()
-        event = stripe.Webhook.construct_event(
-            body, sign(body, TEST_SECRET), TEST_SECRET
-        )
+        event = stripe.Webhook.construct_event(body, sign(body, TEST_SECRET), TEST_SECRET)
 
         with pytest.raises(AttributeError, match="not a dict"):
             event.get("id")

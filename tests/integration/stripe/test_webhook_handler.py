@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from obs_sdk.integrations.stripe import WebhookHandler, WebhookResult
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import sessionmaker
 
 import obs_sdk as obs
+from obs_sdk.integrations.stripe import WebhookHandler, WebhookResult
 from tests.support.posthog_receiver import PosthogReceiver, make_client
 from tests.support.stripe_signing import (
     TEST_SECRET,

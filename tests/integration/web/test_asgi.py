@@ -12,7 +12,6 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from obs_sdk.integrations.asgi import ScopeMiddleware
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -22,6 +21,7 @@ from starlette.types import Message, Scope
 from starlette.websockets import WebSocket
 
 import obs_sdk as obs
+from obs_sdk.integrations.asgi import ScopeMiddleware
 from obs_sdk.testing import capture
 
 with warnings.catch_warnings():

@@ -10,6 +10,8 @@ from urllib.parse import quote
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
+from obs_sdk.exceptions import ConfigurationError
 from obs_sdk.integrations._http import (
     MAX_USER_AGENT_LENGTH,
     TrustedProxies,
@@ -20,8 +22,6 @@ from obs_sdk.integrations._http import (
     request_id,
     user_agent,
 )
-
-from obs_sdk.exceptions import ConfigurationError
 
 TRUSTED = TrustedProxies(["10.0.0.0/8", "192.0.2.1", "2001:db8:1::/48"])
 

@@ -16,10 +16,10 @@ import pytest
 from flask import Flask, Response, jsonify, request
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from obs_sdk.integrations.wsgi import ScopeMiddleware
 from werkzeug.serving import make_server
 
 import obs_sdk as obs
+from obs_sdk.integrations.wsgi import ScopeMiddleware
 from obs_sdk.testing import capture
 
 CLIENT = "203.0.113.5"
