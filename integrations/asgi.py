@@ -182,6 +182,59 @@ class ScopeMiddleware:
         return send_with_request_id
 
 
-# TODO(#8): Stripe webhook route (`webhook_endpoint(handler)`: raw body and
-# Stripe-Signature in, WebhookHandler.ahandle() result out) goes here once
-# obs_sdk.integrations.stripe.WebhookHandler lands.
+# -- Stripe webhook route (issue #8) ---------------------------------------------------
+
+__all__ += ["stripe_webhook_endpoint"]
+
+
+def stripe_webhook_endpoint(handler: Any) -> Callable[[Any], Awaitable[Any]]:
+    """Return a Starlette endpoint that answers Stripe webhook deliveries with *handler*.
+
+    *handler* is an ``obs_sdk.integrations.stripe.WebhookHandler``; the endpoint is
+    ``async (starlette.requests.Request) -> starlette.responses.Response`` (the names
+    are not imported here, so that this module needs no framework).
+
+    ::
+
+        hooks = WebhookHandler(secret="whsec_...", sessionmaker=Session)
+        app = Starlette(routes=[
+            Route("/stripe/webhook", stripe_webhook_endpoint(hooks), methods=["POST"]),
+        ])
+        # FastAPI: app.add_api_route("/stripe/webhook", stripe_webhook_endpoint(hooks),
+        #                            methods=["POST"], include_in_schema=False)
+
+    The endpoint reads the raw request body (the exact bytes Stripe signed) and the
+    ``Stripe-Signature`` header, and answers with the ``WebhookResult``: its status
+    (200, 400 or 500) and its body as JSON. With an ``async_sessionmaker`` it awaits
+    ``handler.ahandle(...)`` on the event loop; with a sync ``sessionmaker`` it runs
+    ``handler.handle(...)`` in Starlette's thread pool (the scope goes with it), so
+    the database never blocks the loop. Task-safe.
+
+    Raises:
+        MissingDependencyError: Starlette is not installed.
+    """
+    try:
+        from starlette.concurrency import run_in_threadpool
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse, Response
+    except ImportError:
+        raise obs.MissingDependencyError(package="starlette", extra="starlette") from None
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    # Decided once here: which twin to call depends only on the sessionmaker's kind,
+    # and WebhookHandler exposes no public way to ask (same package, so read it).
+    is_async = isinstance(getattr(handler, "_sessionmaker", None), async_sessionmaker)
+
+    async def stripe_webhook(request: Request) -> Response:
+        payload = await request.body()
+        signature = request.headers.get("stripe-signature")
+        if is_async:
+            result = await handler.ahandle(payload, signature)
+        else:
+            result = await run_in_threadpool(handler.handle, payload, signature)
+        return JSONResponse(result.body, status_code=result.status)
+
+    # Real classes rather than strings: FastAPI resolves annotations in this module's
+    # globals, where the lazily imported names do not exist, to inject the Request.
+    stripe_webhook.__annotations__ = {"request": Request, "return": Response}
+    return stripe_webhook

@@ -224,6 +224,52 @@ class _ScopedResponse:
             self._context.run(self._stack.close)
 
 
-# TODO(#8): Stripe webhook view (`webhook_view(handler)`: raw body and
-# Stripe-Signature in, WebhookHandler.handle() result out) goes here once
-# obs_sdk.integrations.stripe.WebhookHandler lands.
+# -- Stripe webhook view (issue #8) ----------------------------------------------------
+
+__all__ += ["stripe_webhook_view"]
+
+
+def stripe_webhook_view(handler: Any) -> Callable[[], Any]:
+    """Return a Flask view that answers Stripe webhook deliveries with *handler*.
+
+    ::
+
+        hooks = WebhookHandler(secret="whsec_...", sessionmaker=Session)
+        app.add_url_rule(
+            "/stripe/webhook", view_func=stripe_webhook_view(hooks), methods=["POST"]
+        )
+
+    *handler* is an ``obs_sdk.integrations.stripe.WebhookHandler`` built with a sync
+    ``sessionmaker``. The view reads the raw request body (the exact bytes Stripe
+    signed, never parsed as a form) and the ``Stripe-Signature`` header, calls
+    ``handler.handle(...)`` and answers with the result's status (200, 400 or 500)
+    and its body as JSON. Its endpoint name is ``stripe_webhook``. Thread-safe.
+
+    Raises:
+        MissingDependencyError: Flask is not installed.
+        ConfigurationError: *handler* was built with an ``async_sessionmaker``
+            (serve it from an ASGI app with ``asgi.stripe_webhook_endpoint``).
+    """
+    try:
+        from flask import jsonify, request
+    except ImportError:
+        raise obs.MissingDependencyError(package="flask", extra="flask") from None
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    # WebhookHandler exposes no public way to ask (same package, so read it); failing
+    # here beats a 500 on Stripe's first delivery.
+    if isinstance(getattr(handler, "_sessionmaker", None), async_sessionmaker):
+        raise obs.ConfigurationError(
+            "stripe_webhook_view() needs a WebhookHandler with a sync sessionmaker; "
+            "for an async_sessionmaker serve obs_sdk.integrations.asgi."
+            "stripe_webhook_endpoint(...) from an ASGI app"
+        )
+
+    def stripe_webhook() -> Any:
+        # cache=False: the body is read once; parse_form_data stays False, so a
+        # form content type cannot make Flask consume the signed bytes.
+        payload = request.get_data(cache=False)
+        result = handler.handle(payload, request.headers.get("Stripe-Signature"))
+        return jsonify(result.body), result.status
+
+    return stripe_webhook
