@@ -112,14 +112,18 @@ def _check_posthog(client: object) -> None:
             "pass posthog.Posthog(project_api_key, host=..., on_error=obs.posthog_on_error)"
         )
     names = {cls.__name__ for cls in type(client).__mro__}
-    if "AsyncPosthog" in names or "AsyncClient" in names or inspect.iscoroutinefunction(
-        getattr(client, "capture", None)
+    if (
+        "AsyncPosthog" in names
+        or "AsyncClient" in names
+        or inspect.iscoroutinefunction(getattr(client, "capture", None))
     ):
         raise ConfigurationError(
             "configure(posthog=...) needs the threaded posthog.Posthog client, not AsyncPosthog: "
             "obs_sdk already sends from its own background thread, never from your event loop"
         )
-    if not callable(getattr(client, "capture", None)) or not callable(getattr(client, "flush", None)):
+    if not callable(getattr(client, "capture", None)) or not callable(
+        getattr(client, "flush", None)
+    ):
         raise ConfigurationError(
             f"configure(posthog=...) takes a posthog.Posthog instance, got {type(client).__name__}"
         )
@@ -138,10 +142,10 @@ def configure(
     storage_quota: int | Callable[[str], int | None] | None = None,
     queue_size: int = DEFAULT_QUEUE_SIZE,
     table_prefix: str = DEFAULT_PREFIX,
-    create_tables: bool = True,  # noqa: FBT001, FBT002
+    create_tables: bool = True,
     redact_keys: Iterable[str] = (),
     max_metadata_bytes: int = 8192,
-    audit_storage: bool = False,  # noqa: FBT001, FBT002
+    audit_storage: bool = False,
     idempotency_retention: datetime.timedelta = datetime.timedelta(days=30),
     otel_logs: Any = None,
     scope_provider: Callable[[], Mapping[str, Any]] | None = None,
@@ -193,7 +197,7 @@ def configure(
     if posthog is not None:
         sinks.append(PostHogSink(posthog))
     if otel_logs is not None:
-        from obs_sdk._otel import OtelLogSink  # noqa: PLC0415  (imports opentelemetry-sdk)
+        from obs_sdk._otel import OtelLogSink
 
         sinks.append(OtelLogSink(otel_logs))
 
@@ -285,9 +289,12 @@ def shutdown(timeout: float = 5.0) -> bool:
 
 
 def stats() -> dict[str, Any]:
-    """Counters since the last configure(): submitted, queued, delivered, dropped, failed,
-    retried, internal_errors, by_sink. Invariant: submitted == queued + delivered + dropped + failed.
-    """  # noqa: D205
+    """Return the counters since the last configure().
+
+    Keys: submitted, queued, delivered, dropped, failed, retried, internal_errors, by_sink.
+    Invariant: submitted == queued + delivered + dropped + failed. Records written at a
+    transaction's commit go straight to its database and are not counted here.
+    """
     return dispatcher.stats()
 
 

@@ -188,7 +188,7 @@ class Dispatcher:
     # -- stats ----------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Counters since the last configure(); submitted == queued + delivered + dropped + failed."""
+        """Counters since configure(); submitted == queued + delivered + dropped + failed."""
         with self._lock:
             queued = len(self.queue) + self._in_flight
             result: dict[str, Any] = {
@@ -227,19 +227,23 @@ class Dispatcher:
             with self._lock:
                 batch = [queue.popleft() for _ in range(min(len(queue), BATCH_SIZE))]
                 self._in_flight = len(batch)
+            delivered = 0
             try:
-                self._deliver(batch)
+                delivered = self._deliver(batch)
             except Exception as exc:  # pragma: no cover - _deliver guards itself
                 count_error("dispatch", exc)
-                with self._lock:
-                    self.failed += len(batch)
             finally:
+                # One lock for the counters and in_flight: stats() must never see a batch
+                # both in flight and delivered (submitted would count it twice).
                 with self._lock:
+                    self.delivered += delivered
+                    self.failed += len(batch) - delivered
                     self._in_flight = 0
         with self._idle:
             self._idle.notify_all()
 
-    def _deliver(self, batch: list[RawRecord]) -> None:
+    def _deliver(self, batch: list[RawRecord]) -> int:
+        """Export *batch* to every sink that takes its kinds; return how many were delivered."""
         rendered: list[Any] = []
         ok: list[bool] = []
         for raw in batch:
@@ -251,20 +255,13 @@ class Dispatcher:
                 rendered.append(None)
                 ok.append(False)
         for sink in self.sinks:
-            positions = [
-                i
-                for i, raw in enumerate(batch)
-                if ok[i] and raw[SPEC].kind in sink.kinds
-            ]
+            positions = [i for i, raw in enumerate(batch) if ok[i] and raw[SPEC].kind in sink.kinds]
             if not positions:
                 continue
             results = self._export(sink, [rendered[i] for i in positions])
-            for i, good in zip(positions, results):
+            for i, good in zip(positions, results, strict=True):
                 ok[i] = ok[i] and good
-        delivered = sum(ok)
-        with self._lock:
-            self.delivered += delivered
-            self.failed += len(batch) - delivered
+        return sum(ok)
 
     def _export(self, sink: Sink, records: list[Any]) -> list[bool]:
         """Export with retries; a batch that failed for good is retried row by row."""

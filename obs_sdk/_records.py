@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -75,21 +76,35 @@ class Instrumentation:
         self.allow_system = allow_system
 
 
-def uuid7(time_ns: int) -> uuid.UUID:
-    """A time-ordered UUIDv7: 48 bits of milliseconds, then 74 random bits.
+class _Uuid7:
+    """Time-ordered UUIDv7 ids, monotonic within this process (RFC 9562, method 3).
 
-    ``random.getrandbits`` rather than ``os.urandom``: ids need uniqueness, not secrecy, and
-    a syscall per record costs 3 µs here. The random module reseeds itself after fork.
+    48 bits of milliseconds, a 12-bit sequence that counts within one millisecond (so ids
+    made in the same millisecond keep their order), then 62 random bits.
+    ``random.getrandbits`` rather than ``os.urandom``: ids need uniqueness, not secrecy,
+    and a syscall per record costs 3 µs here. The random module reseeds after fork.
     """
-    rand = random.getrandbits(74)
-    value = (
-        ((time_ns // 1_000_000) & 0xFFFF_FFFF_FFFF) << 80
-        | 0x7 << 76
-        | (rand >> 62) << 64
-        | 0b10 << 62
-        | (rand & 0x3FFF_FFFF_FFFF_FFFF)
-    )
-    return uuid.UUID(int=value)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_ms = -1
+        self._seq = 0
+
+    def __call__(self, time_ns: int) -> uuid.UUID:
+        ms = (time_ns // 1_000_000) & 0xFFFF_FFFF_FFFF
+        with self._lock:
+            if ms > self._last_ms:
+                self._last_ms, self._seq = ms, random.getrandbits(10)  # room to count up
+            else:  # same (or an earlier) millisecond: continue the last one's sequence
+                self._seq += 1
+                if self._seq > 0xFFF:
+                    self._last_ms, self._seq = self._last_ms + 1, 0
+            ms, seq = self._last_ms, self._seq
+        value = ms << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | random.getrandbits(62)
+        return uuid.UUID(int=value)
+
+
+uuid7 = _Uuid7()
 
 
 def to_datetime(time_ns: int) -> datetime.datetime:

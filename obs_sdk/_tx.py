@@ -78,6 +78,8 @@ def after_commit(session: Any, fn: Callable[[], Any]) -> None:
 
 @event.listens_for(Session, "before_commit")
 def _insert_held_audits(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a SAVEPOINT released (SQLAlchemy fires commit events for it): not the commit
     pending: _Pending | None = session.info.get(_KEY)
     if pending is None or not pending.audits:
         return
@@ -91,6 +93,7 @@ def _insert_held_audits(session: Session) -> None:
             return
         try:
             conn = session.connection()
+            _begin_sqlite(conn)
             statement = insert_ignoring_duplicates(tables(table_prefix).audit, conn.dialect.name)
             with conn.begin_nested():
                 conn.execute(statement, [r.as_dict() for r in records])
@@ -101,8 +104,22 @@ def _insert_held_audits(session: Session) -> None:
             pending.queued.extend(held)
 
 
+def _begin_sqlite(conn: Any) -> None:
+    # SQLite's default driver mode sends BEGIN only before the caller's first DML: a
+    # SAVEPOINT sent first would open the transaction itself and its RELEASE would commit
+    # the records on their own, before the caller's flush (which may still fail and roll
+    # back). Begin the real transaction first, as the driver would have.
+    if conn.dialect.name != "sqlite":
+        return
+    driver = conn.connection.driver_connection
+    if getattr(driver, "in_transaction", True) is False:
+        conn.exec_driver_sql("BEGIN")
+
+
 @event.listens_for(Session, "after_commit")
 def _release_after_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a SAVEPOINT released: the transaction can still roll back
     pending: _Pending | None = session.info.pop(_KEY, None)
     if pending is None:
         return

@@ -1,0 +1,227 @@
+"""configure() and the SQL store: databases accepted, table creation, schema checks, lifecycle.
+
+Tests that touch a database run on a SQLite file and on the real PostgreSQL
+(``database_url``); argument checks need no database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import posthog
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+import obs_sdk as obs
+
+SPEC_COLUMNS = [
+    "id",
+    "occurred_at",
+    "action",
+    "outcome",
+    "actor_type",
+    "actor_id",
+    "actor_name",
+    "actor_email",
+    "resource_type",
+    "resource_id",
+    "resource_name",
+    "workspace_id",
+    "organization_id",
+    "ip",
+    "user_agent",
+    "request_id",
+    "trace_id",
+    "span_id",
+    "service",
+    "metadata",
+    "error_type",
+]
+
+
+@pytest.fixture
+def reader(database_url: str) -> Iterator[sa.Engine]:
+    """An engine of the test's own (NullPool: it holds no connection between reads)."""
+    engine = sa.create_engine(database_url, poolclass=sa.NullPool)
+    yield engine
+    engine.dispose()
+
+
+def count(engine: sa.Engine, table: str = "obs_audit_log") -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+
+class TestDatabaseArgument:
+    """configure(database=) takes a URL, an Engine or an AsyncEngine."""
+
+    def test_url(self, database_url: str, reader: sa.Engine) -> None:
+        """A URL string: tables are created and records land there."""
+        obs.configure(database_url)
+        obs.record_audit("a.b")
+        assert obs.flush()
+        assert count(reader) == 1
+
+    def test_engine_is_used_and_left_open(self, database_url: str, reader: sa.Engine) -> None:
+        """An app's Engine is written to and still works after shutdown; obs_sdk does not own it."""
+        engine = sa.create_engine(database_url)
+        try:
+            obs.configure(engine)
+            obs.record_audit("a.b")
+            assert obs.shutdown()
+            with engine.connect() as conn:
+                assert conn.execute(sa.text("SELECT count(*) FROM obs_audit_log")).scalar() == 1
+        finally:
+            engine.dispose()
+
+    def test_async_engine(self, database_url: str, reader: sa.Engine) -> None:
+        """An AsyncEngine (aiosqlite / psycopg async): the worker writes to the same database."""
+        if database_url.startswith("sqlite"):
+            url = database_url.replace("sqlite://", "sqlite+aiosqlite://", 1)
+        else:
+            url = database_url.replace("postgresql+psycopg://", "postgresql+psycopg_async://", 1)
+
+        async def scenario() -> None:
+            engine = create_async_engine(url)
+            try:
+                obs.configure(engine)
+                obs.record_audit("a.b")
+                assert obs.flush()
+            finally:
+                obs.shutdown()
+                await engine.dispose()
+
+        asyncio.run(scenario())
+        assert count(reader) == 1
+
+    def test_table_has_the_spec_columns(self, database_url: str, reader: sa.Engine) -> None:
+        """obs_audit_log has exactly SPEC's columns, id as primary key."""
+        obs.configure(database_url)
+        inspector = sa.inspect(reader)
+        columns = [c["name"] for c in inspector.get_columns("obs_audit_log")]
+        assert columns == SPEC_COLUMNS
+        assert inspector.get_pk_constraint("obs_audit_log")["constrained_columns"] == ["id"]
+
+    def test_table_prefix(self, database_url: str, reader: sa.Engine) -> None:
+        """table_prefix names every table; audit_log reads the configured prefix."""
+        obs.configure(database_url, table_prefix="app_obs_")
+        obs.record_audit("a.b")
+        assert obs.flush()
+        assert count(reader, "app_obs_audit_log") == 1
+        assert [r.action for r in obs.audit_log(reader)] == ["a.b"]
+        assert "obs_audit_log" not in sa.inspect(reader).get_table_names()
+
+
+class TestBadArguments:
+    """Mistakes are a ConfigurationError whose message says what to fix."""
+
+    @pytest.mark.parametrize(
+        ("kwargs", "message"),
+        [
+            ({"database": 42}, "URL string"),
+            ({"database": "no such driver://x"}, "not a usable SQLAlchemy URL"),
+            ({"database": "nosuchdialect://x"}, "not a usable SQLAlchemy URL"),
+            ({"queue_size": 0}, "queue_size"),
+            ({"queue_size": True}, "queue_size"),
+            ({"max_metadata_bytes": 10}, "max_metadata_bytes"),
+            ({"table_prefix": "obs-"}, "letters, digits and underscores"),
+            ({"redact_keys": "token"}, "list of words"),
+            ({"posthog": posthog}, "not the posthog module"),
+            ({"posthog": object()}, "posthog.Posthog instance"),
+            ({"storage_quota": -1}, "storage_quota"),
+            ({"scope_provider": 3}, "scope_provider"),
+        ],
+    )
+    def test_configuration_error(
+        self, sqlite_url: str, kwargs: dict[str, Any], message: str
+    ) -> None:
+        """Each bad argument raises ConfigurationError (a ValueError) naming the fix."""
+        kwargs.setdefault("database", sqlite_url)
+        with pytest.raises(obs.ConfigurationError, match=message) as raised:
+            obs.configure(**kwargs)
+        assert isinstance(raised.value, ValueError)
+
+    def test_unreachable_database_is_a_configuration_error(self, tmp_path: Path) -> None:
+        """A database that cannot be opened fails configure(), not a later call."""
+        with pytest.raises(obs.ConfigurationError, match="could not create its tables"):
+            obs.configure(f"sqlite:///{tmp_path / 'missing-dir' / 'obs.db'}")
+
+
+class TestSchema:
+    """create_tables, the schema-version check and metadata() for Alembic."""
+
+    def test_create_tables_false_on_an_empty_database(self, database_url: str) -> None:
+        """Without tables, create_tables=False says how to create them."""
+        with pytest.raises(obs.ConfigurationError, match=r"obs\.create_tables\(engine\)"):
+            obs.configure(database_url, create_tables=False)
+
+    def test_create_tables_then_configure_without_creating(
+        self, database_url: str, reader: sa.Engine
+    ) -> None:
+        """obs.create_tables(engine) prepares the database for configure(create_tables=False)."""
+        obs.create_tables(reader)
+        obs.create_tables(reader)  # idempotent
+        obs.configure(database_url, create_tables=False)
+        obs.record_audit("a.b")
+        assert obs.flush()
+        assert count(reader) == 1
+
+    @pytest.mark.parametrize("create", [True, False])
+    def test_wrong_schema_version(self, database_url: str, reader: sa.Engine, create: bool) -> None:
+        """Tables at another schema version fail configure() with a migration hint."""
+        obs.create_tables(reader)
+        with reader.begin() as conn:
+            conn.execute(sa.text("UPDATE obs_schema_version SET version = 99"))
+        with pytest.raises(obs.ConfigurationError, match=r"schema version 99.*migrate"):
+            obs.configure(database_url, create_tables=create)
+
+    def test_metadata_for_alembic(self, database_url: str, reader: sa.Engine) -> None:
+        """obs.metadata(prefix) describes the tables configure() creates."""
+        md = obs.metadata("obs_")
+        assert "obs_audit_log" in md.tables
+        md.create_all(reader)
+        obs.configure(database_url, create_tables=False)
+        obs.record_audit("a.b")
+        assert obs.flush()
+        assert count(reader) == 1
+
+
+class TestLifecycle:
+    """configure() twice, configure() after shutdown(), and shutdown's delivery."""
+
+    def test_configure_twice_flushes_the_first(self, tmp_path: Path, database_url: str) -> None:
+        """Records of the first configuration are in its database when configure() returns."""
+        first = f"sqlite:///{tmp_path / 'first.db'}"
+        obs.configure(first)
+        for i in range(700):
+            obs.record_audit("first", metadata={"i": i})
+        obs.configure(database_url)
+        first_engine = sa.create_engine(first, poolclass=sa.NullPool)
+        second_engine = sa.create_engine(database_url, poolclass=sa.NullPool)
+        try:
+            assert count(first_engine) == 700
+            obs.record_audit("second")
+            assert obs.flush()
+            assert count(first_engine) == 700
+            assert [r.action for r in obs.audit_log(second_engine)] == ["second"]
+            assert obs.stats()["submitted"] == 1
+        finally:
+            first_engine.dispose()
+            second_engine.dispose()
+
+    def test_configure_after_shutdown(self, database_url: str, reader: sa.Engine) -> None:
+        """After shutdown() records wait; the next configure() delivers them."""
+        obs.configure(database_url)
+        obs.record_audit("before")
+        assert obs.shutdown()
+        obs.record_audit("between")
+        assert obs.flush(timeout=0.1) is False
+        assert count(reader) == 1
+        obs.configure(database_url)
+        obs.record_audit("after")
+        assert obs.flush()
+        assert sorted(r.action for r in obs.audit_log(reader)) == ["after", "before", "between"]
