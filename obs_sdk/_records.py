@@ -76,6 +76,9 @@ class Instrumentation:
         self.allow_system = allow_system
 
 
+_MAX_SEQUENCE = 0xFFF  # 12 bits
+
+
 class _Uuid7:
     """Time-ordered UUIDv7 ids, monotonic within this process (RFC 9562, method 3).
 
@@ -97,7 +100,7 @@ class _Uuid7:
                 self._last_ms, self._seq = ms, random.getrandbits(10)  # room to count up
             else:  # same (or an earlier) millisecond: continue the last one's sequence
                 self._seq += 1
-                if self._seq > 0xFFF:
+                if self._seq > _MAX_SEQUENCE:
                     self._last_ms, self._seq = self._last_ms + 1, 0
             ms, seq = self._last_ms, self._seq
         value = ms << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | random.getrandbits(62)
