@@ -184,14 +184,15 @@ class TestTransactionAware:
             session.execute(app_items.insert().values(id=1, name="a"))
             session.commit()
         item = type("Item", (), {})
-        sa.orm.registry().map_imperatively(item, app_items)
+        mappers = sa.orm.registry()  # its own registry: clear_mappers() would unmap every model
+        mappers.map_imperatively(item, app_items)
         with Session(app_engine) as session, obs.scope(session=session):
             session.add(item(id=1, name="duplicate"))  # flushed only by commit()
             download("f_lost")
             with pytest.raises(sa.exc.IntegrityError):
                 session.commit()
             session.rollback()
-        sa.orm.clear_mappers()
+        mappers.dispose()
         assert obs.flush()
         assert actions(reader) == []
 
@@ -260,7 +261,8 @@ class TestTransactionAware:
             session.execute(app_items.insert().values(id=1, name="a"))
             session.commit()
         item = type("AsyncItem", (), {})
-        sa.orm.registry().map_imperatively(item, app_items)
+        mappers = sa.orm.registry()
+        mappers.map_imperatively(item, app_items)
 
         async def scenario() -> None:
             engine = create_async_engine(async_url(database_url))
@@ -278,7 +280,7 @@ class TestTransactionAware:
         try:
             asyncio.run(scenario())
         finally:
-            sa.orm.clear_mappers()
+            mappers.dispose()
         assert obs.flush()
         assert actions(reader) == []
 
