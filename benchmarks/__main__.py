@@ -124,7 +124,7 @@ def main() -> None:
         print(throughput.memory_per_record(control, calls=5_000 if args.quick else 50_000))
 
         if args.plot is not None:
-            report.plot_overhead(results, args.plot)
+            report.plot_overhead(results, args.plot, args.clock)
             print(f"\nPlot written to {args.plot}")
         control.close()
         client.shutdown()

@@ -68,13 +68,13 @@ class Entry:
     key: str
     label: str
     func: Callable[..., Any]
-    kind: str  # "baseline" | "obs" | "peer"
+    kind: str  # "baseline" | "obs" | "obs-e2e" | "peer"
     records: str  # what the contender records per call, for the docs
     is_async: bool = False
     context: Callable[[], AbstractContextManager[Any]] = nullcontext
     between: Callable[[], None] | None = None
     check: Callable[[], None] | None = None
-    block_scale: float = 1.0  # < 1: shorter blocks, for entries whose ``finish`` is slow
+    block_scale: float = 1.0  # this entry's blocks take block_ms x block_scale
     finish: Callable[[], None] | None = None  # runs inside the timed region, after the calls
 
 

@@ -27,6 +27,7 @@ from benchmarks.report import TIMES, markdown_table
 from obs_sdk.exceptions import QuotaExceeded
 
 OWNER = "org_1"
+_DATABASES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 QUOTA = 10**15
 SIZE = 4096
 
@@ -146,7 +147,7 @@ def run(engine: Engine, url: str, *, rounds: int, per_round: int) -> list[tuple[
         theirs = [statistics.median(t[i] for t in times[("meter_hand_", action)]) for i in (0, 1)]
         rows.append(
             (
-                engine.dialect.name,
+                _DATABASES.get(engine.dialect.name, engine.dialect.name),
                 f"{action} + commit",
                 f"{mine[0]:,.0f} / {theirs[0]:,.0f}",
                 f"{mine[0] / theirs[0]:.2f}{TIMES}",
@@ -179,7 +180,7 @@ def report(workdir: Path, *, quick: bool, postgres_url: str | None) -> str:
         finally:
             engine.dispose()
     if not postgres_url:
-        rows.append(("postgresql", "skipped: set OBS_TEST_POSTGRES_URL", "—", "—", "—", "—"))
+        rows.append(("PostgreSQL", "skipped: set OBS_TEST_POSTGRES_URL", "—", "—", "—", "—"))
     note = (
         f"{rounds} interleaved rounds of {per_round} operations, one transaction each; median "
         "µs per operation, metered_storage / hand-written, with the body's own INSERT/DELETE "

@@ -156,10 +156,16 @@ def budget_lines(results: dict[str, Result]) -> list[str]:
     ]
 
 
-_COLOURS = {"baseline": "#9e9e9e", "obs": "#1f77b4", "peer": "#d62728"}
+_COLOURS = {"baseline": "#9e9e9e", "obs": "#1f77b4", "obs-e2e": "#9ecae1", "peer": "#d62728"}
+_LEGEND = (
+    ("baseline", "baseline"),
+    ("obs", "obs_sdk, caller's cost"),
+    ("obs-e2e", "obs_sdk, caller + worker writing the row"),
+    ("peer", "peer"),
+)
 
 
-def plot_overhead(results: dict[str, Result], path: Path) -> None:
+def plot_overhead(results: dict[str, Result], path: Path, clock: str) -> None:
     """Draw ns per call of every contender on a log axis (median, with the IQR as error bar)."""
     import matplotlib
 
@@ -171,27 +177,21 @@ def plot_overhead(results: dict[str, Result], path: Path) -> None:
     labels = [r.entry.label for r in ordered]
     medians = [r.median for r in ordered]
     errors = [[r.median - r.iqr[0] for r in ordered], [r.iqr[1] - r.median for r in ordered]]
-    fig, ax = plt.subplots(figsize=(10, 0.34 * len(ordered) + 1.6))
+    fig, ax = plt.subplots(figsize=(11, 0.34 * len(ordered) + 2.2))
     ax.barh(
         labels, medians, xerr=errors, color=[_COLOURS[r.entry.kind] for r in ordered], capsize=2
     )
     ax.set_xscale("log")
-    ax.set_xlabel("ns per call of f(x) (median of interleaved rounds; log scale)")
+    what = "CPU ns (process)" if clock == "cpu" else "wall-clock ns"
+    ax.set_xlabel(f"{what} per call of f(x): median over rounds, bar = IQR; log scale")
     ax.set_title("Per-call overhead, one process, one run")
     for y, result in enumerate(ordered):
         ax.text(result.iqr[1] * 1.1, y, _ns(result.median), va="center", fontsize=8)
     ax.set_xlim(min(medians) / 2, max(medians) * 4)
-    handles = [
-        Patch(color=c, label=k)
-        for k, c in (
-            ("baseline", _COLOURS["baseline"]),
-            ("obs_sdk", _COLOURS["obs"]),
-            ("peer", _COLOURS["peer"]),
-        )
-    ]
-    ax.legend(handles=handles, loc="lower right")
+    handles = [Patch(color=_COLOURS[kind], label=label) for kind, label in _LEGEND]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
     ax.grid(axis="x", which="both", alpha=0.25)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -383,7 +383,8 @@ def memory_per_record(control: contenders.ObsControl, calls: int) -> str:
             contenders.clear_floor()
             rows.append((label, f"{(after - before) / calls:,.0f}"))
     note = (
-        f"{calls:,} records queued (worker paused); includes the queue's own slots and the "
-        "argument int each record keeps, not the shared spec, scope and actor objects."
+        f"{calls:,} records queued (worker paused). Per record: the queue's slot, the record "
+        "tuple, its timestamp and the resolved template values (fresh ints here); not the "
+        "spec, scope and actor objects that every record of a call site shares."
     )
     return note + "\n\n" + markdown_table(("record", "bytes per queued record"), rows)
