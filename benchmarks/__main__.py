@@ -36,7 +36,9 @@ def _parse() -> argparse.Namespace:
         help="cpu: the process's CPU time, all threads (default); wall: perf_counter",
     )
     parser.add_argument("--plot", type=Path, help="write the overhead chart here (PNG)")
-    parser.add_argument("--skip-throughput", action="store_true", help="per-call overhead only")
+    parser.add_argument(
+        "--skip-throughput", action="store_true", help="skip the throughput and metering rows"
+    )
     parser.add_argument(
         "--postgres",
         default=os.environ.get("OBS_TEST_POSTGRES_URL"),
@@ -94,8 +96,8 @@ def main() -> None:
                 entries += found
         gc.collect()
 
-        _section("Per-call overhead (ns per call of f(x), interleaved, one process)")
         clock = CLOCKS[args.clock]
+        _section(f"Per-call overhead ({args.clock} ns per call of f(x), interleaved, one process)")
         harness = Harness(entries, rounds=rounds, block_ms=block_ms, seed=args.seed, clock=clock)
         try:
             results = harness.run(_progress)
@@ -104,6 +106,8 @@ def main() -> None:
         print(report.overhead_table(results, missing))
         print("\nBudget ratios (medians of this run):\n")
         print("\n".join(report.budget_lines(results)))
+        print("\nWhat each contender records per call:\n")
+        print(report.records_table(results))
 
         _section("How @audited grows with template fields and scope fields")
         baselines = [e for e in contenders.baseline_entries() if e.key in ("bare", "floor")]

@@ -102,8 +102,19 @@ def _timed_ops(
     return wall * 1e6 / len(ids), cpu * 1e6 / len(ids)
 
 
+def _drop(engine: Engine, prefixes: list[str]) -> None:
+    with engine.begin() as conn:
+        for prefix in prefixes:
+            conn.execute(text(f"DROP TABLE IF EXISTS {prefix}app_docs"))
+    for prefix in prefixes:
+        obs.metadata(prefix).drop_all(engine)
+
+
 def run(engine: Engine, url: str, *, rounds: int, per_round: int) -> list[tuple[str, ...]]:
     """Interleave obs_sdk and hand-written uploads and deletes; return the table rows."""
+    shared = engine.dialect.name != "sqlite"  # a server: start clean, leave nothing behind
+    if shared:
+        _drop(engine, ["meter_obs_", "meter_hand_"])
     obs.configure(database=url, service="bench", table_prefix="meter_obs_")
     hand = HandWritten("meter_hand_")
     obs.create_tables(engine, "meter_hand_")
@@ -135,12 +146,8 @@ def run(engine: Engine, url: str, *, rounds: int, per_round: int) -> list[tuple[
     obs.shutdown()
     if any(usage.values()):
         raise RuntimeError(f"every upload was deleted, yet usage is {usage}")
-    if engine.dialect.name != "sqlite":  # a shared server: leave nothing behind
-        with engine.begin() as conn:
-            for prefix in contenders:
-                conn.execute(text(f"DROP TABLE {prefix}app_docs"))
-        for prefix in contenders:
-            obs.metadata(prefix).drop_all(engine)
+    if shared:
+        _drop(engine, list(contenders))
     rows = []
     for action in ("upload", "delete"):
         mine = [statistics.median(t[i] for t in times[("meter_obs_", action)]) for i in (0, 1)]

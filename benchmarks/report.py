@@ -136,6 +136,12 @@ def overhead_table(results: dict[str, Result], missing: Sequence[Missing]) -> st
     return markdown_table(header, rows)
 
 
+def records_table(results: dict[str, Result]) -> str:
+    """What each contender records per call (from the entries' own descriptions)."""
+    rows = [(f"`{key}`", r.entry.records) for key, r in results.items() if r.entry.records]
+    return markdown_table(("contender", "records per call"), rows, right_from=2)
+
+
 def budget_lines(results: dict[str, Result]) -> list[str]:
     """The SPEC / issue 7 budget ratios, from this run's medians."""
 

@@ -186,6 +186,8 @@ class Target:
             else self.url
         )
         engine = create_engine(url)
+        if not self.is_sqlite:
+            tables(prefix).metadata.drop_all(engine)  # leftovers of an interrupted run
         obs.create_tables(engine, prefix)
         try:
             yield url, prefix
