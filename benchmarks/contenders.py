@@ -189,13 +189,13 @@ def audited_with(fields: int) -> Callable[[Callable[..., Any]], Callable[..., An
 class ObsControl:
     """obs_sdk configured on a temp SQLite file, held in the state the overhead rows need.
 
-    The queued rows measure what the caller pays: obs_sdk is configured (tables, queue
-    bound, PostHog client), then shut down, so records wait in the bounded queue exactly as
-    they do before ``configure()``, and the worker does not run inside a timed block. Between
-    blocks, outside the timed region, the waiting records are discarded. The end-to-end row
-    configures obs_sdk for its block (the worker drains while the caller runs, as in
-    production) and waits, inside the timed region, until every record of the block is
-    written: the caller's cost plus the worker's render and INSERT, per call.
+    The queued rows measure what the caller pays on the production path: obs_sdk is
+    configured (tables, queue bound, PostHog client, the worker thread started) and the
+    worker's draining is paused, so it does not run inside a timed block. Between blocks,
+    outside the timed region, the waiting records are discarded. The end-to-end row unpauses
+    the worker for its block (it drains while the caller runs, as in production) and waits,
+    inside the timed region, until every record of the block is written: the caller's cost
+    plus the worker's render and INSERT, per call.
     """
 
     def __init__(self, workdir: Path, posthog_client: Any) -> None:
@@ -203,7 +203,7 @@ class ObsControl:
         self.posthog = posthog_client
         self.engine = create_engine(f"sqlite:///{workdir / 'app.db'}")
         self._configure()
-        obs.shutdown()
+        dispatcher.paused = True
 
     def _configure(self) -> None:
         obs.configure(
@@ -234,13 +234,13 @@ class ObsControl:
 
     @contextmanager
     def worker_running(self) -> Iterator[None]:
-        """Configured for the block: the worker drains while the caller runs."""
-        self._configure()
+        """The worker drains while the caller runs, for this block only."""
+        dispatcher.paused = False
         try:
             with self.scope():
                 yield
         finally:
-            obs.shutdown(timeout=60.0)
+            dispatcher.paused = True
 
     def deliver(self) -> None:
         """Wait until the worker wrote every record of the block (timed: its CPU counts)."""
@@ -248,6 +248,7 @@ class ObsControl:
             raise RuntimeError(f"obs_sdk did not deliver a block's records: {obs.stats()}")
 
     def close(self) -> None:
+        dispatcher.paused = False
         obs.shutdown()
         self.engine.dispose()
 

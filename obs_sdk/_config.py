@@ -216,6 +216,7 @@ def configure(
     _context.provider = scope_provider
     _tx.table_prefix = table_prefix
     _emit.events_wanted = any(sink.kinds & {"event"} for sink in sinks)
+    dispatcher.set_lanes(audits=scope_provider is None, events=_emit.events_wanted)
     _current = Config(
         engine=engine,
         async_engine=async_engine,

@@ -53,13 +53,22 @@ class Dispatcher:
         self.sinks: list[Sink] = []
         self.configured = False
         self.ever_configured = False
-        self.capture: Callable[[RawRecord], None] | None = None
+        self._capture: Callable[[RawRecord], None] | None = None
         self.retry_seconds = 30.0  # how long a transient outage is waited out per batch
+        # The benchmarks pause draining to time the caller's path alone; nothing else should.
+        self.paused = False
+        self.lane_allowed = True  # False while a scope provider must fill fields (configure)
+        self.events_allowed = True  # False when no sink takes analytics events (configure)
         self._init_runtime()
         self._reset_counters()
         os.register_at_fork(after_in_child=self._after_fork)
 
     def _init_runtime(self) -> None:
+        # The fast lane (see _emit.record_on_success): while `open` (audits) or `events_open`
+        # (analytics) is True, a wrapper may append straight to the queue. One flag each, so
+        # the hot path checks one attribute; _update_lanes() derives them.
+        self.open = False
+        self.events_open = False
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._idle = threading.Condition(threading.Lock())
@@ -75,11 +84,36 @@ class Dispatcher:
         self.retried = 0
         self.by_sink: dict[str, _SinkStats] = {}
 
+    @property
+    def capture(self) -> Callable[[RawRecord], None] | None:
+        """The test capture that receives records instead of the queue (testing.capture())."""
+        return self._capture
+
+    @capture.setter
+    def capture(self, receiver: Callable[[RawRecord], None] | None) -> None:
+        self._capture = receiver
+        self._update_lanes()
+
+    def set_lanes(self, *, audits: bool, events: bool) -> None:
+        """Allow or forbid the fast lane (configure(): no provider; events have a sink)."""
+        self.lane_allowed = audits
+        self.events_allowed = events
+        self._update_lanes()
+
+    def _update_lanes(self) -> None:
+        running = self._thread is not None and not self._stop and self._capture is None
+        self.open = running and self.lane_allowed
+        self.events_open = self.open and self.events_allowed
+
+    def wake(self) -> None:
+        """Wake the worker now (a batch is full)."""
+        self._wake.set()
+
     # -- hot path ---------------------------------------------------------------------------
 
     def submit(self, raw: RawRecord) -> bool:
         """Queue *raw* for delivery; False (and counted) when the queue is full."""
-        capture = self.capture
+        capture = self._capture
         if capture is not None:
             capture(raw)
             return True
@@ -106,8 +140,7 @@ class Dispatcher:
             self.by_sink = {sink.name: _SinkStats() for sink in sinks}
             self.configured = True
             self.ever_configured = True
-        if self.queue:
-            self._start()
+        self._start()  # an idle daemon thread costs nothing; records then skip submit()
 
     def _start(self) -> None:
         with self._lock:
@@ -117,6 +150,7 @@ class Dispatcher:
             self._deadline = float("inf")
             self._thread = threading.Thread(target=self._run, name="obs-sdk-dispatch", daemon=True)
             self._thread.start()
+        self._update_lanes()
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything queued was exported and every sink flushed, or *timeout*."""
@@ -154,6 +188,7 @@ class Dispatcher:
         deadline = time.monotonic() + timeout
         done = self.flush(timeout) if self.configured else not self.queue
         self._deadline = deadline
+        self.open = self.events_open = False  # records take submit() and wait for a new worker
         thread = self._thread
         self._stop = True
         self._wake.set()
@@ -223,7 +258,7 @@ class Dispatcher:
 
     def _drain(self) -> None:
         queue = self.queue
-        while queue and self.configured:
+        while queue and self.configured and not self.paused:
             with self._lock:
                 batch = [queue.popleft() for _ in range(min(len(queue), BATCH_SIZE))]
                 self._in_flight = len(batch)

@@ -53,6 +53,7 @@ class Instrumentation:
         "emit_if",
         "kind",
         "name",
+        "plain",
         "plan",
         "when",
     )
@@ -74,6 +75,8 @@ class Instrumentation:
         self.emit_if = emit_if
         self.allow_anonymous = allow_anonymous
         self.allow_system = allow_system
+        # An audit with nothing to resolve and no predicate: the hot path skips straight on.
+        self.plain = kind == AUDIT and emit_if is None and not plan.resolvers
 
 
 _MAX_SEQUENCE = 0xFFF  # 12 bits

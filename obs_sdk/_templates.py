@@ -11,6 +11,7 @@ import datetime
 import decimal
 import enum
 import inspect
+import keyword
 import string
 import uuid
 from _string import formatter_field_name_split  # type: ignore[import-not-found]
@@ -44,6 +45,12 @@ SCALARS = frozenset(
     }
 )
 _MAX_DEPTH = 8
+
+
+def _NO_FAST(*args: Any) -> tuple[Any, ...]:
+    raise NotImplementedError
+
+
 ARGS, RESULT, CALL = range(3)  # what a resolver reads
 _MAX_ITEMS = 1000
 
@@ -106,6 +113,29 @@ class Params:
     def describe(self) -> str:
         return f"{self.qualname}{self.signature}"
 
+    def source(self, name: str, namespace: dict[str, Any]) -> str:
+        """Return a Python expression over ``a`` (args) and ``k`` (kwargs) reading *name*.
+
+        Constants it needs are added to *namespace*. Used to compile a plan's fields into one
+        straight-line function (see ``Plan._compile_fast``).
+        """
+        index, p = self.by_name[name]
+        tag = f"_{len(namespace)}"
+        namespace[f"n{tag}"] = name
+        namespace[f"d{tag}"] = None if p.default is inspect.Parameter.empty else p.default
+        if p.kind is p.VAR_POSITIONAL:
+            return f"a[{index}:]"
+        if p.kind is p.VAR_KEYWORD:
+            namespace[f"g{tag}"] = self.getter(name)
+            return f"g{tag}(a, k)"
+        if p.kind is p.KEYWORD_ONLY:
+            return f"k.get(n{tag}, d{tag})"
+        # `a` (a tuple's truth) is cheaper than `len(a) > 0` for the usual first argument.
+        given = "a" if index == 0 else f"len(a) > {index}"
+        if p.kind is p.POSITIONAL_ONLY:
+            return f"(a[{index}] if {given} else d{tag})"
+        return f"(a[{index}] if {given} else k.get(n{tag}, d{tag}))"
+
     def getter(self, name: str) -> Callable[[tuple[Any, ...], dict[str, Any]], Any]:
         """Return ``get(args, kwargs)`` for the parameter *name*; KeyError if there is none."""
         index, p = self.by_name[name]
@@ -160,6 +190,10 @@ class Plan:
         self.slots: dict[str, Slot] = {}
         self.whole: str | None = None  # the mapping slot made by one callable, if any
         self.needs_call = False
+        # Template fields as Python expressions, compiled into one function on first use.
+        self._sources: list[str | None] = []
+        self._namespace: dict[str, Any] = {"S": SCALARS, "F": freeze}
+        self._fast: Callable[..., tuple[Any, ...]] | None = None
 
     # -- decoration time ---------------------------------------------------------------
 
@@ -192,8 +226,10 @@ class Plan:
                 raise ConfigurationError(f"{self._owner}: {name} keys must be strings, got {key!r}")
             self.add(f"{name}.{key}", value)
 
-    def _add_resolver(self, kind: int, fn: Callable[..., Any]) -> int:
+    def _add_resolver(self, kind: int, fn: Callable[..., Any], source: str | None = None) -> int:
         self.resolvers.append((kind, fn))
+        self._sources.append(source)
+        self._fast = None
         return len(self.resolvers) - 1
 
     def _compile_template(self, name: str, template: str) -> Slot:
@@ -214,8 +250,9 @@ class Plan:
                     f"{self._owner}: {name} template {template!r} nests a field in a format spec; "
                     "use a callable instead"
                 )
-            kind, getter = self._compile_field(name, template, field_name)
-            parts.append(_Field(self._add_resolver(kind, getter), conversion, format_spec or ""))
+            kind, getter, source = self._compile_field(name, template, field_name)
+            index = self._add_resolver(kind, getter, source)
+            parts.append(_Field(index, conversion, format_spec or ""))
         fields = [p for p in parts if isinstance(p, _Field)]
         if len(parts) == 1 and fields and not fields[0].spec and not fields[0].conversion:
             return ("field", fields[0].index)  # exactly one field: keep the value and its type
@@ -223,7 +260,7 @@ class Plan:
 
     def _compile_field(
         self, name: str, template: str, field_name: str
-    ) -> tuple[int, Callable[..., Any]]:
+    ) -> tuple[int, Callable[..., Any], str]:
         first, rest = formatter_field_name_split(field_name)
         path = tuple(rest)
         where = f"{self._owner}: {name} template {template!r}"
@@ -235,6 +272,7 @@ class Plan:
         params = self._params
         if params is not None and first in params.by_name:
             arg = params.getter(first)
+            source = params.source(first, self._namespace)
             kind = ARGS
             base: Callable[..., Any] = lambda args, kwargs, result: arg(args, kwargs)  # noqa: E731
         elif first == "result":
@@ -244,6 +282,7 @@ class Plan:
                     "result exists; use arguments only, or when='success'/'always'"
                 )
             kind = RESULT
+            source = "r"
             base = lambda args, kwargs, result: result  # noqa: E731
         else:
             known = ", ".join(params.by_name) if params is not None else "none"
@@ -252,8 +291,15 @@ class Plan:
                 f"{where}: {{{first}}} is not a parameter of {shown} (parameters: {known}); "
                 "name a parameter, {result...}, or pass a callable taking the call"
             )
+        for is_attr, key in path:
+            if is_attr and key.isidentifier() and not keyword.iskeyword(key):
+                source += f".{key}"
+            else:
+                const = f"c_{len(self._namespace)}"
+                self._namespace[const] = key
+                source = f"getattr({source}, {const})" if is_attr else f"{source}[{const}]"
         if not path:
-            return kind, base
+            return kind, base, source
 
         def lookup(args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> Any:
             value = base(args, kwargs, result)
@@ -261,7 +307,7 @@ class Plan:
                 value = getattr(value, key) if is_attr else value[key]
             return value
 
-        return kind, lookup
+        return kind, lookup, source
 
     # -- call time (caller's thread) -----------------------------------------------------
 
@@ -273,6 +319,12 @@ class Plan:
         exception: BaseException | None,
     ) -> tuple[Any, ...]:
         """Resolve every field to a plain value; a field that fails is None and counted."""
+        fast = self._fast or self._compile_fast()
+        if fast is not _NO_FAST:
+            try:
+                return fast(args, kwargs, result, exception)
+            except Exception:
+                pass
         call = None
         values = []
         for kind, fn in self.resolvers:
@@ -293,6 +345,33 @@ class Plan:
                 value = None
             values.append(value)
         return tuple(values)
+
+    def values_source(self) -> tuple[str, dict[str, Any]] | None:
+        """Return Python source of a tuple of every field's frozen value, and its namespace.
+
+        The source reads ``a`` (args), ``k`` (kwargs), ``r`` (result) and ``x`` (exception)
+        and raises on the first failing field (fall back to ``resolve``, which nulls and
+        counts that field alone). One straight-line expression per field costs ~50 ns,
+        against ~300 ns through the per-field getters. None when a field is a callable:
+        those need the Call.
+        """
+        if any(source is None for source in self._sources):
+            return None
+        items = []
+        for i, ((kind, _), source) in enumerate(zip(self.resolvers, self._sources, strict=True)):
+            value = source if kind == ARGS else f"({source} if x is None else None)"
+            items.append(f"(v{i} if type(v{i} := {value}) in S else F(v{i}))")
+        return (f"({', '.join(items)},)" if items else "()"), dict(self._namespace)
+
+    def _compile_fast(self) -> Callable[..., tuple[Any, ...]]:
+        compiled = self.values_source() if self._sources else None
+        if compiled is None:
+            self._fast = _NO_FAST
+            return _NO_FAST
+        source, namespace = compiled
+        exec(f"def fast(a, k, r, x):\n    return {source}\n", namespace)
+        self._fast = namespace["fast"]
+        return self._fast
 
     def call(
         self,

@@ -14,8 +14,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from obs_sdk._emit import emit
-from obs_sdk._records import FAILURE, STARTED, SUCCESS, Instrumentation
+from obs_sdk._emit import emit, record_on_success
+from obs_sdk._records import AUDIT, EVENT, FAILURE, STARTED, SUCCESS, Instrumentation
 from obs_sdk._templates import Params, Plan
 from obs_sdk.exceptions import ConfigurationError
 
@@ -65,7 +65,9 @@ def _flags(spec: Instrumentation) -> tuple[bool, bool, bool]:
 
 def _function_wrapper(func: Callable[..., Any], spec: Instrumentation) -> Callable[..., Any]:
     start, on_success, on_failure = _flags(spec)
-    if on_success and not on_failure:  # the default: the tightest path
+    if spec.when == "success" and spec.kind in (AUDIT, EVENT) and spec.emit_if is None:
+        return record_on_success(func, spec)  # the default: the tightest path
+    if on_success and not on_failure:
 
         def success_only(*args: Any, **kwargs: Any) -> Any:
             result = func(*args, **kwargs)
