@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import create_engine
 
 import obs_sdk as obs
 from obs_sdk.testing import capture
@@ -651,3 +652,55 @@ class TestTransparency:
 
         with capture():
             assert asyncio.run(outcome(decorated)) == asyncio.run(outcome(coro))
+
+
+class TestConfiguredPath:
+    """With the worker running, sync success records skip emit(); the rules must not change."""
+
+    @pytest.mark.swallows_internal_errors
+    def test_suppression_templates_and_failing_fields(self, sqlite_url: str) -> None:
+        """Suppressed calls record nothing; fields resolve; a failing field is NULL and counted."""
+        obs.configure(database=sqlite_url)
+
+        @obs.audited("op", resource=obs.Resource("file", "{file.id}"), metadata={"n": "{n}"})
+        def op(file: Any, n: int = 3) -> None: ...
+
+        with obs.scope(actor=USER, organization="org_1"):
+            with obs.suppressed():
+                op(File("f_0", "a", 1))
+            op(File("f_1", "b", 2))
+            op(None, n=4)  # None.id fails: that field alone is NULL
+        assert obs.flush(5.0)
+        records = obs.audit_log(create_engine(sqlite_url))
+        assert [(r.resource_id, r.metadata, r.actor_id) for r in records] == [
+            ("f_1", {"n": 3}, "u_1"),
+            (None, {"n": 4}, "u_1"),
+        ]
+        assert obs.stats()["submitted"] == 2
+        assert obs.stats()["internal_errors"] == 1
+
+    def test_analytics_from_unidentified_actors_still_need_the_opt_in(
+        self, sqlite_url: str
+    ) -> None:
+        """An anonymous caller's tracked call sends nothing on the configured path either."""
+        sent: list[tuple[str, Any]] = []
+
+        class Client:
+            """Records captures in memory; the real client is tested in integration/posthog."""
+
+            def capture(self, event: str, **kwargs: Any) -> None:
+                sent.append((event, kwargs["distinct_id"]))
+
+            def flush(self, timeout_seconds: float | None = None) -> None: ...
+
+        obs.configure(database=sqlite_url, posthog=Client())
+
+        @obs.tracked("viewed", properties={"page": "{page}"})
+        def view(page: str) -> None: ...
+
+        with obs.scope(actor=obs.Actor.anonymous("ph_1")):
+            view("home")
+        with obs.scope(actor=USER):
+            view("pricing")
+        assert obs.flush(5.0)
+        assert sent == [("viewed", "u_1")]
