@@ -65,9 +65,13 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+# One encoder for the process: json.dumps() with options builds a new one per call.
+_ENCODER = json.JSONEncoder(default=_json_default, ensure_ascii=False, separators=(",", ":"))
+
+
 def to_json(value: Any) -> str:
     """Serialise plain record data (datetimes, UUIDs, Decimals and bytes as text)."""
-    return json.dumps(value, default=_json_default, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(value)
 
 
 def limit_size(data: dict[str, Any], max_bytes: int) -> dict[str, Any]:
@@ -75,7 +79,7 @@ def limit_size(data: dict[str, Any], max_bytes: int) -> dict[str, Any]:
 
     A cut string ends with ``…[truncated N bytes]`` and the result gains ``_truncated: true``.
     """
-    if len(to_json(data).encode()) <= max_bytes:
+    if _json_bound(data, max_bytes) <= max_bytes or len(to_json(data).encode()) <= max_bytes:
         return data
     low, high = 0, _longest_string(data)
     best: dict[str, Any] = _cut(data, 0)
@@ -89,6 +93,34 @@ def limit_size(data: dict[str, Any], max_bytes: int) -> dict[str, Any]:
             high = cap - 1
     best["_truncated"] = True
     return best
+
+
+def _json_bound(value: Any, limit: int) -> int:
+    """An upper bound of *value*'s JSON size in bytes, cheap for the usual small metadata.
+
+    Each character of a string takes at most 6 bytes in JSON (an escaped control character,
+    or 4 bytes of UTF-8); other scalars are
+    bounded by their text. Stops counting once past *limit*: then the exact size is taken.
+    """
+    if isinstance(value, str):
+        return 6 * len(value) + 2
+    if isinstance(value, (bool, int, float)) or value is None:
+        return 24 if not isinstance(value, int) or -(10**20) < value < 10**20 else limit + 1
+    if isinstance(value, dict):
+        total = 2
+        for key, item in value.items():
+            total += 6 * len(str(key)) + 4 + _json_bound(item, limit)
+            if total > limit:
+                break
+        return total
+    if isinstance(value, list):
+        total = 2
+        for item in value:
+            total += _json_bound(item, limit) + 1
+            if total > limit:
+                break
+        return total
+    return limit + 1  # anything else: measure it exactly
 
 
 def _longest_string(value: Any) -> int:

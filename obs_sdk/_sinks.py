@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from sqlalchemy import Table
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
 from obs_sdk._records import AUDIT, EVENT, GROUP, AnalyticsEvent, AuditRecord
+from obs_sdk._redact import to_json
 from obs_sdk._tables import Tables, insert_ignoring_duplicates
 
 if TYPE_CHECKING:
@@ -37,6 +39,63 @@ class Sink(Protocol):
     def after_fork(self) -> None: ...
 
 
+def _sqlite_row(r: AuditRecord) -> tuple[Any, ...]:
+    # The forms SQLAlchemy's Uuid and DateTime types store on SQLite: 32 hex digits, and
+    # naive UTC text with microseconds (UTCDateTime reads it back as aware UTC).
+    return (
+        r.id.hex,
+        r.occurred_at.replace(tzinfo=None).isoformat(" ", "microseconds"),
+        *_middle(r),
+        to_json(r.metadata),
+        r.error_type,
+    )
+
+
+def _postgres_row(r: AuditRecord) -> tuple[Any, ...]:
+    return (r.id, r.occurred_at, *_middle(r), to_json(r.metadata), r.error_type)
+
+
+def _middle(r: AuditRecord) -> tuple[Any, ...]:
+    return (
+        r.action,
+        r.outcome,
+        r.actor_type,
+        r.actor_id,
+        r.actor_name,
+        r.actor_email,
+        r.resource_type,
+        r.resource_id,
+        r.resource_name,
+        r.workspace_id,
+        r.organization_id,
+        r.ip,
+        r.user_agent,
+        r.request_id,
+        r.trace_id,
+        r.span_id,
+        r.service,
+    )
+
+
+def _driver_insert(
+    table: Table, dialect_name: str
+) -> tuple[str | None, Callable[[AuditRecord], tuple[Any, ...]]]:
+    """The INSERT for the driver's own executemany, and the row builder matching it."""
+    columns = [c.name for c in table.columns]
+    assert columns[:2] == ["id", "occurred_at"] and columns[-2:] == ["metadata", "error_type"]
+    quoted = ", ".join(f'"{name}"' for name in columns)
+    if dialect_name == "sqlite":
+        values = ", ".join("?" for _ in columns)
+        row = _sqlite_row
+    elif dialect_name == "postgresql":
+        values = ", ".join("CAST(%s AS JSONB)" if c == "metadata" else "%s" for c in columns)
+        row = _postgres_row
+    else:
+        return None, _postgres_row
+    sql = f'INSERT INTO "{table.name}" ({quoted}) VALUES ({values}) ON CONFLICT (id) DO NOTHING'
+    return sql, row
+
+
 # SQLite reports both passing contention and permanent faults as OperationalError;
 # these messages mean retrying cannot help.
 _PERMANENT_SQLITE = ("no such table", "readonly database", "no such column", "has no column")
@@ -53,11 +112,18 @@ class DatabaseSink:
         self.table = tables.audit
         self._owns_engine = owns_engine
         self._insert = insert_ignoring_duplicates(self.table, engine.dialect.name)
+        self._driver_sql, self._driver_row = _driver_insert(self.table, engine.dialect.name)
 
     def export(self, batch: Sequence[AuditRecord], /) -> None:
-        rows = [record.as_dict() for record in batch]
+        # On SQLite and PostgreSQL, rows go to the driver's executemany as tuples already in
+        # the stored form: SQLAlchemy's per-row parameter processing was 40 % of the drain.
+        if self._driver_sql is not None:
+            rows = [self._driver_row(record) for record in batch]
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql(self._driver_sql, rows)
+            return
         with self.engine.begin() as conn:
-            conn.execute(self._insert, rows)
+            conn.execute(self._insert, [record.as_dict() for record in batch])
 
     def is_transient(self, error: Exception, /) -> bool:
         if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:

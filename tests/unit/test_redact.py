@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import obs_sdk as obs
-from obs_sdk._redact import Redactor, limit_size
+from obs_sdk._redact import Redactor, _json_bound, limit_size, to_json
 from obs_sdk.testing import capture
 
 
@@ -88,3 +88,16 @@ class TestTruncation:
         """For any metadata, the result keeps all keys and fits when strings can be cut enough."""
         cut = limit_size(data, 4096)
         assert set(data) <= set(cut)
+
+    @given(
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+            lambda inner: (
+                st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4)
+            ),
+            max_leaves=12,
+        )
+    )
+    def test_the_cheap_size_bound_never_underestimates(self, data: Any) -> None:
+        """The shortcut that skips measuring small metadata never lets oversized data through."""
+        assert _json_bound(data, 10**9) >= len(to_json(data).encode())
