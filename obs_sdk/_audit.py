@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import uuid
 from collections.abc import Callable, Mapping
@@ -11,10 +12,12 @@ from sqlalchemy import and_, select
 from sqlalchemy.engine import Connection, Engine
 
 from obs_sdk import _config
+from obs_sdk._dispatch import dispatcher
 from obs_sdk._emit import emit
 from obs_sdk._records import (
     AUDIT,
     FAILURE,
+    STORED,
     SUCCESS,
     AuditRecord,
     Instrumentation,
@@ -160,10 +163,15 @@ def record_audit_now(
         return
     engine = _engine_or_raise()
     try:
-        with engine.begin() as conn:
-            conn.execute(_insert_for(engine), [record.as_dict()])
+        _write(engine, record)
     except Exception as exc:
         raise AuditWriteError(f"could not write audit record {action!r}: {exc}") from exc
+    dispatcher.submit((STORED, record))  # stored: for the other sinks (OTel logs) and stats()
+
+
+def _write(engine: Engine, record: AuditRecord) -> None:
+    with engine.begin() as conn:
+        conn.execute(_insert_for(engine), [record.as_dict()])
 
 
 async def arecord_audit_now(
@@ -182,30 +190,16 @@ async def arecord_audit_now(
     if record is None:
         return
     async_engine = _config.current().async_engine
-    if async_engine is None:
-        import asyncio
-
-        engine = _engine_or_raise()
-
-        def write() -> None:
-            with engine.begin() as conn:
-                conn.execute(_insert_for(engine), [record.as_dict()])
-
-        try:
-            await asyncio.to_thread(write)
-        except Exception as exc:
-            raise AuditWriteError(f"could not write audit record {action!r}: {exc}") from exc
-        return
+    engine = _engine_or_raise() if async_engine is None else None
     try:
-        async with async_engine.begin() as conn:
-            await conn.execute(
-                insert_ignoring_duplicates(
-                    tables(_config.current().table_prefix).audit, async_engine.dialect.name
-                ),
-                [record.as_dict()],
-            )
+        if engine is not None:  # a sync engine: write on a worker thread, not on the loop
+            await asyncio.to_thread(_write, engine, record)
+        else:
+            async with async_engine.begin() as conn:  # type: ignore[union-attr]
+                await conn.execute(_insert_for(async_engine), [record.as_dict()])
     except Exception as exc:
         raise AuditWriteError(f"could not write audit record {action!r}: {exc}") from exc
+    dispatcher.submit((STORED, record))
 
 
 def _engine_or_raise() -> Engine:
@@ -217,7 +211,7 @@ def _engine_or_raise() -> Engine:
     return engine
 
 
-def _insert_for(engine: Engine) -> Any:
+def _insert_for(engine: Any) -> Any:
     return insert_ignoring_duplicates(
         tables(_config.current().table_prefix).audit, engine.dialect.name
     )

@@ -18,7 +18,7 @@ from typing import Any
 
 from obs_sdk._context import suppressed
 from obs_sdk._guard import count_error, internal_errors
-from obs_sdk._records import SPEC, RawRecord, render
+from obs_sdk._records import SPEC, STORED, STORED_AUDIT, RawRecord, render
 from obs_sdk._sinks import Sink
 
 __all__ = ["DEFAULT_QUEUE_SIZE", "Dispatcher", "dispatcher"]
@@ -281,7 +281,14 @@ class Dispatcher:
         """Export *batch* to every sink that takes its kinds; return how many were delivered."""
         rendered: list[Any] = []
         ok: list[bool] = []
+        kinds: list[str] = []
         for raw in batch:
+            if raw[0] is STORED:  # rendered and stored at its commit: only the other sinks
+                rendered.append(raw[1])
+                ok.append(True)
+                kinds.append(STORED_AUDIT)
+                continue
+            kinds.append(raw[SPEC].kind)
             try:
                 rendered.append(render(raw))
                 ok.append(True)
@@ -290,7 +297,7 @@ class Dispatcher:
                 rendered.append(None)
                 ok.append(False)
         for sink in self.sinks:
-            positions = [i for i, raw in enumerate(batch) if ok[i] and raw[SPEC].kind in sink.kinds]
+            positions = [i for i in range(len(batch)) if ok[i] and kinds[i] in sink.kinds]
             if not positions:
                 continue
             results = self._export(sink, [rendered[i] for i in positions])

@@ -18,7 +18,15 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from obs_sdk._records import AUDIT, EVENT, FAILURE, GROUP, AnalyticsEvent, AuditRecord
+from obs_sdk._records import (
+    AUDIT,
+    EVENT,
+    FAILURE,
+    GROUP,
+    STORED_AUDIT,
+    AnalyticsEvent,
+    AuditRecord,
+)
 from obs_sdk._redact import to_json
 from obs_sdk.exceptions import ConfigurationError
 
@@ -177,7 +185,7 @@ class OtelLogSink:
     """
 
     name = "otel_logs"
-    kinds = frozenset({AUDIT, EVENT, GROUP})
+    kinds = frozenset({AUDIT, STORED_AUDIT, EVENT, GROUP})
 
     def __init__(self, provider: Any) -> None:
         if provider is True:

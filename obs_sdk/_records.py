@@ -33,6 +33,10 @@ __all__ = [
 AUDIT = "audit"
 EVENT = "event"
 GROUP = "group"  # identify_group(): a $groupidentify message
+# An audit record its own transaction already stored (at commit, or record_audit_now): it is
+# queued as (STORED, AuditRecord) so the other sinks (OTel logs) and stats() see it too.
+STORED_AUDIT = "stored_audit"
+STORED = object()
 
 SUCCESS, FAILURE, STARTED = "success", "failure", "started"
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from obs_sdk._context import suppressed
 from obs_sdk._dispatch import dispatcher
 from obs_sdk._guard import count_error
-from obs_sdk._records import AUDIT, SPEC, RawRecord, render_audit
+from obs_sdk._records import AUDIT, SPEC, STORED, AuditRecord, RawRecord, render_audit
 from obs_sdk._tables import insert_ignoring_duplicates, tables
 
 __all__ = ["after_commit", "hold", "sync_session"]
@@ -30,10 +30,11 @@ table_prefix = "obs_"  # set by configure()
 
 
 class _Pending:
-    __slots__ = ("audits", "callbacks", "queued")
+    __slots__ = ("audits", "callbacks", "queued", "stored")
 
     def __init__(self) -> None:
         self.audits: list[RawRecord] = []  # inserted at before_commit
+        self.stored: list[AuditRecord] = []  # what that insert wrote: announced after commit
         self.queued: list[RawRecord] = []  # submitted after the commit
         self.callbacks: list[Callable[[], Any]] = []
 
@@ -97,6 +98,7 @@ def _insert_held_audits(session: Session) -> None:
             statement = insert_ignoring_duplicates(tables(table_prefix).audit, conn.dialect.name)
             with conn.begin_nested():
                 conn.execute(statement, [r.as_dict() for r in records])
+            pending.stored.extend(records)
         except Exception as exc:
             # The savepoint rolled back; the caller's commit goes on and the records take
             # the queue after it (they keep their resolved values, and get new ids).
@@ -125,6 +127,8 @@ def _release_after_commit(session: Session) -> None:
         return
     for raw in pending.queued:
         dispatcher.submit(raw)
+    for record in pending.stored:  # already in the database: for the other sinks and stats()
+        dispatcher.submit((STORED, record))
     for fn in pending.callbacks:
         try:
             fn()

@@ -121,6 +121,31 @@ class TestInMemoryExporter:
         assert log.timestamp == int(record.occurred_at.timestamp() * 1_000_000) * 1000
         assert SECRET_VALUE not in repr(log.body) + repr(attributes)
 
+    def test_records_stored_by_their_own_commit_are_mirrored_too(
+        self, sqlite_url: str, memory: tuple[LoggerProvider, InMemoryLogRecordExporter]
+    ) -> None:
+        """Audits written at a transaction's commit and by record_audit_now reach OTel, same id."""
+        from sqlalchemy import create_engine
+        from sqlalchemy.orm import Session
+
+        provider, exporter = memory
+        engine = create_engine(sqlite_url)
+        obs.configure(engine, otel_logs=provider)
+        with Session(engine) as session, obs.scope(actor=ADA, session=session):
+            download("f_tx", 1, "t")
+            session.rollback()  # dropped: never stored, never mirrored
+            download("f_committed", 1, "t")
+            session.commit()
+        obs.record_audit_now("credential.shown", resource=obs.Resource("api_key", "k_1"))
+        assert obs.flush()
+        mirrored = {
+            (log.log_record.attributes["obs.resource_id"], log.log_record.attributes["obs.id"])
+            for log in exporter.get_finished_logs()
+        }
+        stored = {(r.resource_id, str(r.id)) for r in obs.audit_log(engine)}
+        assert mirrored == stored
+        assert {resource for resource, _ in stored} == {"f_committed", "k_1"}
+
     def test_analytics_event_is_mirrored(
         self, sqlite_url: str, memory: tuple[LoggerProvider, InMemoryLogRecordExporter]
     ) -> None:
