@@ -28,6 +28,9 @@ logger = logging.getLogger("obs_sdk")
 DEFAULT_QUEUE_SIZE = 10_000
 BATCH_SIZE = 500
 INTERVAL_SECONDS = 0.2  # how long a record may wait in a quiet process
+# While callers keep adding records, a part-full batch waits this long for more: each batch
+# is one transaction (a commit), so batches of 500 cost far less per record than of 20.
+LINGER_SECONDS = 0.01
 MAX_BACKOFF_SECONDS = 2.0
 
 
@@ -76,6 +79,7 @@ class Dispatcher:
         self._stop = False
         self._deadline = float("inf")  # a shutdown's deadline: backoff never waits past it
         self._in_flight = 0
+        self._flushing = 0
 
     def _reset_counters(self) -> None:
         self.delivered = 0
@@ -173,7 +177,14 @@ class Dispatcher:
             return not self.queue
         if self._thread is None and self.queue:
             self._start()
+        self._flushing += 1  # no lingering for more records while someone waits
         self._wake.set()
+        try:
+            return self._wait_drained(deadline)
+        finally:
+            self._flushing -= 1
+
+    def _wait_drained(self, deadline: float) -> bool:
         with self._idle:
             while self.queue or self._in_flight:
                 remaining = deadline - time.monotonic()
@@ -259,6 +270,9 @@ class Dispatcher:
     def _drain(self) -> None:
         queue = self.queue
         while queue and self.configured and not self.paused:
+            if len(queue) < BATCH_SIZE and not (self._stop or self._flushing):
+                self._wake.wait(LINGER_SECONDS)  # a full batch, or a flush, ends it sooner
+                self._wake.clear()
             with self._lock:
                 batch = [queue.popleft() for _ in range(min(len(queue), BATCH_SIZE))]
                 self._in_flight = len(batch)
