@@ -67,11 +67,12 @@ class Dispatcher:
         os.register_at_fork(after_in_child=self._after_fork)
 
     def _init_runtime(self) -> None:
-        # The fast lane (see _emit.record_on_success): while `open` (audits) or `events_open`
-        # (analytics) is True, a wrapper may append straight to the queue. One flag each, so
-        # the hot path checks one attribute; _update_lanes() derives them.
-        self.open = False
-        self.events_open = False
+        # The fast lane (see _emit.record_on_success): a wrapper may append straight to the
+        # queue while its length is under `lane_limit` (audits) or `events_lane_limit`
+        # (analytics): the queue bound while the lane is open, 0 while it is closed. One
+        # number answers both questions on the hot path; _update_lanes() derives them.
+        self.lane_limit = 0
+        self.events_lane_limit = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._idle = threading.Condition(threading.Lock())
@@ -106,8 +107,8 @@ class Dispatcher:
 
     def _update_lanes(self) -> None:
         running = self._thread is not None and not self._stop and self._capture is None
-        self.open = running and self.lane_allowed
-        self.events_open = self.open and self.events_allowed
+        self.lane_limit = self.maxsize if running and self.lane_allowed else 0
+        self.events_lane_limit = self.lane_limit if self.events_allowed else 0
 
     def wake(self) -> None:
         """Wake the worker now (a batch is full)."""
@@ -145,6 +146,7 @@ class Dispatcher:
             self.configured = True
             self.ever_configured = True
         self._start()  # an idle daemon thread costs nothing; records then skip submit()
+        self._update_lanes()  # the new queue bound, also when the worker was running
 
     def _start(self) -> None:
         with self._lock:
@@ -199,7 +201,7 @@ class Dispatcher:
         deadline = time.monotonic() + timeout
         done = self.flush(timeout) if self.configured else not self.queue
         self._deadline = deadline
-        self.open = self.events_open = False  # records take submit() and wait for a new worker
+        self.lane_limit = self.events_lane_limit = 0  # records take submit(), wait for a worker
         thread = self._thread
         self._stop = True
         self._wake.set()

@@ -104,14 +104,13 @@ def emit(
         ):
             hold(frame.session, raw)  # type: ignore[attr-defined]
             return
-        if dispatcher.open:  # dispatcher.submit(), inlined for the common case
-            queue = dispatcher.queue
-            n = len(queue)
-            if n < dispatcher.maxsize:
-                queue.append(raw)
-                if n == _WAKE_AT:
-                    dispatcher.wake()
-                return
+        queue = dispatcher.queue  # dispatcher.submit(), inlined for the common case
+        n = len(queue)
+        if n < dispatcher.lane_limit:
+            queue.append(raw)
+            if n == _WAKE_AT:
+                dispatcher.wake()
+            return
         dispatcher.submit(raw)  # full queue, capture, or no worker yet
     except Exception as exc:
         count_error("emit", exc)
@@ -128,19 +127,20 @@ def make(func, spec, plan, queue, {constants}):
         try:
             ctx = current_context()
             frame = ctx.get(SCOPE_KEY)
-            if (
-                frame is not None
-                and frame.plain{identified}
-                and dispatcher.{lane}
-                and ctx.get(SPAN_KEY) is None
-            ):
+            if frame is not None and frame.plain{identified}:
                 n = len(queue)
-                if n < dispatcher.maxsize:
+                if n < dispatcher.{lane}:
                     try:
                         values = {values}
                     except Exception:  # the careful loop nulls and counts the failing field
                         values = plan.resolve(a, k, r, None)
-                    queue.append((spec, SUCCESS, clock(), frame.fields, None, values, None, None))
+                    span = ctx.get(SPAN_KEY)
+                    trace = None
+                    if span is not None:
+                        sc = span.get_span_context()
+                        if sc.is_valid:
+                            trace = (sc.trace_id, sc.span_id)
+                    queue.append((spec, SUCCESS, clock(), frame.fields, trace, values, None, None))
                     if n == _WAKE_AT:
                         dispatcher.wake()
                     return r
@@ -157,7 +157,7 @@ def record_on_success(func: Callable[..., Any], spec: Instrumentation) -> Callab
     """Return the wrapper for the commonest case: a sync function recorded on success.
 
     It appends the record itself when nothing unusual is in effect (a scope without a
-    session, idempotency key or span, no provider, the worker running, and for analytics a
+    session or idempotency key, no provider, the worker running, and for analytics a
     signed-in actor) and hands every other case to ``emit()``, which handles them all. The
     template fields are compiled into it, so a call costs about half of what ``emit()``
     does. Plans with callable fields use ``emit()`` for everything.
@@ -172,8 +172,8 @@ def record_on_success(func: Callable[..., Any], spec: Instrumentation) -> Callab
         constants=", ".join(namespace),
         values=values,
         # Analytics take the lane only for a signed-in actor (others need their opt-ins).
-        identified="\n                and frame.identified" if is_event else "",
-        lane="events_open" if is_event else "open",
+        identified=" and frame.identified" if is_event else "",
+        lane="events_lane_limit" if is_event else "lane_limit",
     )
     filename = f"<obs_sdk wrapper of {getattr(func, '__qualname__', 'a function')}>"
     # In linecache, so a traceback through the wrapper shows its source like any module's.
