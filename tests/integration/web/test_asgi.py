@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket
 import obs_sdk as obs
 from obs_sdk.integrations.asgi import ScopeMiddleware
 from obs_sdk.testing import capture
+from tests.support.web import POSTHOG_COOKIE, TRUSTED, mark, rows, scope_fields
 
 with warnings.catch_warnings():
     # Starlette 1.x warns at import that TestClient should move to httpx2; the
@@ -32,33 +33,6 @@ with warnings.catch_warnings():
 
 CLIENT = ("203.0.113.5", 50000)
 PROXY = ("10.0.0.2", 50000)
-TRUSTED = ["10.0.0.0/8"]
-POSTHOG_COOKIE = "ph_phc_test_posthog=%7B%22distinct_id%22%3A%22anon-1%22%7D"
-
-
-@obs.audited("web.step", metadata={"step": "{step}"})
-def mark(step: str) -> None:
-    """Leave one audit record named by *step*."""
-
-
-def rows(captured: Any) -> list[dict[str, Any]]:
-    """Return the fields this suite checks, one dict per audit record."""
-    keys = ("actor_type", "actor_id", "ip", "user_agent", "request_id")
-    return [{"step": a["metadata"]["step"], **{k: a[k] for k in keys}} for a in captured.audits]
-
-
-def scope_fields() -> dict[str, Any]:
-    """Return the current scope as plain JSON-able values."""
-    current = obs.current_scope()
-    actor = current.actor
-    return {
-        "actor_type": actor.type if actor else None,
-        "actor_id": actor.id if actor else None,
-        "distinct_id": actor.distinct_id if actor else None,
-        "ip": current.ip,
-        "user_agent": current.user_agent,
-        "request_id": current.request_id,
-    }
 
 
 def header_actor(scope: Scope) -> obs.Actor | None:

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from flask import Flask
 from sqlalchemy import Column, MetaData, String, Table, create_engine, func, insert, select
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
@@ -20,7 +16,6 @@ from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import NullPool
 from starlette.applications import Starlette
 from starlette.routing import Route
-from werkzeug.serving import make_server
 
 import obs_sdk as obs
 from obs_sdk.integrations.asgi import ScopeMiddleware as AsgiScopeMiddleware
@@ -28,47 +23,11 @@ from obs_sdk.integrations.asgi import stripe_webhook_endpoint
 from obs_sdk.integrations.stripe import WebhookHandler
 from obs_sdk.integrations.wsgi import ScopeMiddleware, stripe_webhook_view
 from tests.support.stripe_signing import TEST_SECRET, delivery, tampered
+from tests.support.web import serve_asgi, serve_wsgi
 
 PATH = "/stripe/webhook"
 app_tables = MetaData()
 paid = Table("app_paid_invoices", app_tables, Column("invoice_id", String, primary_key=True))
-
-
-@contextmanager
-def serve_wsgi(app: Any) -> Iterator[str]:
-    """Serve a WSGI app with werkzeug on a free loopback port; yield its base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join()
-
-
-@contextmanager
-def serve_asgi(app: Any) -> Iterator[str]:
-    """Serve an ASGI app with uvicorn on a thread; yield its base URL.
-
-    The socket is bound and listening before uvicorn starts, so requests wait in the
-    backlog instead of the test polling for readiness.
-    """
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    config = uvicorn.Config(
-        app, lifespan="off", proxy_headers=False, log_level="warning", access_log=False
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join()
-        sock.close()
 
 
 @obs.audited("invoice.marked_paid", resource=obs.Resource("invoice", "{invoice_id}"))

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-import socket
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from html.parser import HTMLParser
@@ -14,11 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import create_engine, text
 
 import obs_sdk as obs
 from tests.support.stripe_signing import TEST_SECRET, delivery
+from tests.support.web import serve_asgi
 
 WEBAPP = Path(__file__).parents[3] / "docs" / "examples" / "webapp.py"
 ADMIN_KEY = "test-admin-key"
@@ -37,31 +35,6 @@ def load_webapp() -> Any:
 
 
 webapp = load_webapp()
-
-
-@contextmanager
-def serve_asgi(app: Any) -> Iterator[str]:
-    """Serve an ASGI app with uvicorn on a thread; yield its base URL.
-
-    The socket listens before uvicorn starts, so requests wait in the backlog rather
-    than the test polling for readiness. proxy_headers=False: the app's middleware,
-    not uvicorn, decides whom to believe about X-Forwarded-For.
-    """
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    config = uvicorn.Config(
-        app, lifespan="off", proxy_headers=False, log_level="warning", access_log=False
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join()
-        sock.close()
 
 
 @contextmanager
