@@ -32,6 +32,7 @@ INTERVAL_SECONDS = 0.2  # how long a record may wait in a quiet process
 # is one transaction (a commit), so batches of 500 cost far less per record than of 20.
 LINGER_SECONDS = 0.01
 MAX_BACKOFF_SECONDS = 2.0
+FORK_WAIT_SECONDS = 5.0  # how long os.fork() waits for an export in progress
 
 
 class _SinkStats:
@@ -64,7 +65,11 @@ class Dispatcher:
         self.events_allowed = True  # False when no sink takes analytics events (configure)
         self._init_runtime()
         self._reset_counters()
-        os.register_at_fork(after_in_child=self._after_fork)
+        os.register_at_fork(
+            before=self._before_fork,
+            after_in_parent=self._after_fork_in_parent,
+            after_in_child=self._after_fork,
+        )
 
     def _init_runtime(self) -> None:
         # The fast lane (see _emit.record_on_success): a wrapper may append straight to the
@@ -74,6 +79,10 @@ class Dispatcher:
         self.lane_limit = 0
         self.events_lane_limit = 0
         self._lock = threading.Lock()
+        # Held while a sink exports: a fork waits for it, so the child never inherits a
+        # driver (SQLite's C mutexes) frozen mid-call by the worker thread.
+        self._export_lock = threading.Lock()
+        self._fork_held = False
         self._wake = threading.Event()
         self._idle = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
@@ -220,6 +229,15 @@ class Dispatcher:
             self._thread = None
         return done
 
+    def _before_fork(self) -> None:
+        # Bounded: a sink stuck in an export must not make os.fork() hang.
+        self._fork_held = self._export_lock.acquire(timeout=FORK_WAIT_SECONDS)
+
+    def _after_fork_in_parent(self) -> None:
+        if self._fork_held:
+            self._fork_held = False
+            self._export_lock.release()
+
     def _after_fork(self) -> None:
         # The child starts empty: records queued before the fork are the parent's to deliver
         # (copies here would be written twice). The worker thread did not survive the fork.
@@ -348,7 +366,8 @@ class Dispatcher:
         attempt = 0
         while True:
             try:
-                sink.export(records)
+                with self._export_lock:
+                    sink.export(records)
             except Exception as exc:
                 if not sink.is_transient(exc):
                     if len(records) == 1:

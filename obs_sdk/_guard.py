@@ -9,6 +9,7 @@ per interval, and counts it in ``obs.stats()["internal_errors"]``.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,15 @@ logger = logging.getLogger("obs_sdk")
 LOG_INTERVAL_SECONDS = 60.0
 
 _lock = threading.Lock()
+
+
+def _after_fork() -> None:
+    # A lock held by another thread at fork time stays held in the child: start afresh.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 _last_logged: dict[tuple[str, type[BaseException]], float] = {}
 _errors = {"internal_errors": 0}
 _test_hook: Callable[[str, BaseException], None] | None = None

@@ -7,6 +7,7 @@ redaction and JSON happen here, on the dispatcher thread or at commit.
 from __future__ import annotations
 
 import datetime
+import os
 import random
 import threading
 import time
@@ -99,6 +100,11 @@ class _Uuid7:
         self._lock = threading.Lock()
         self._last_ms = -1
         self._seq = 0
+        # A fork while the worker holds the lock would leave it held in the child forever.
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
 
     def __call__(self, time_ns: int) -> uuid.UUID:
         ms = (time_ns // 1_000_000) & 0xFFFF_FFFF_FFFF

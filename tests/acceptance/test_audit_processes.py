@@ -162,6 +162,41 @@ class TestFork:
             "parent.after_fork": 100,
         }
 
+    def test_forks_while_the_worker_is_busy_never_hang_a_child(
+        self, database_url: str, reader: sa.Engine
+    ) -> None:
+        """20 forks while the worker renders records nonstop: every child delivers and exits.
+
+        A lock held by the worker at fork time (ids, error counter, queue) would stay held in
+        the child forever; each child must still write its records and exit within bounds.
+        """
+        run_script(
+            """
+            import os, sys, threading
+            import obs_sdk as obs
+
+            obs.configure(os.environ["OBS_URL"])
+            stop = threading.Event()
+
+            def busy():
+                while not stop.is_set():
+                    obs.record_audit("parent.busy")
+
+            threading.Thread(target=busy, daemon=True).start()
+            for n in range(20):
+                pid = os.fork()
+                if pid == 0:
+                    for i in range(5):
+                        obs.record_audit("child", metadata={"n": n, "i": i})
+                    os._exit(0 if obs.shutdown(timeout=20.0) else 3)
+                _, status = os.waitpid(pid, 0)
+                assert os.waitstatus_to_exitcode(status) == 0, status
+            stop.set()
+            """,
+            url=database_url,
+        )
+        assert counts_by_action(reader)["child"] == 100
+
 
 class TestCrashAfterCommit:
     """A transactional record survives SIGKILL right after the commit."""
