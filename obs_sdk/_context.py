@@ -268,16 +268,6 @@ def set_actor(actor: Actor | None) -> None:
 
 
 @contextmanager
-def attached(key: str, value: object) -> Iterator[None]:
-    """Set one context key for the block (internal helper for once() and friends)."""
-    token = otel_context.attach(otel_context.set_value(key, value))
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
-
-
-@contextmanager
 def frame_with(**changes: Any) -> Iterator[Frame]:
     """Open an internal frame: the current scope with *changes* (session, idempotency)."""
     ctx = otel_context.get_current()

@@ -153,18 +153,18 @@ def make(func, spec, plan, queue, {constants}):
 """
 
 
-def record_on_success(func: Callable[..., Any], spec: Instrumentation) -> Callable[..., Any]:
+def record_on_success(func: Callable[..., Any], spec: Instrumentation) -> Callable[..., Any] | None:
     """Return the wrapper for the commonest case: a sync function recorded on success.
 
     It appends the record itself when nothing unusual is in effect (a scope without a
     session or idempotency key, no provider, the worker running, and for analytics a
     signed-in actor) and hands every other case to ``emit()``, which handles them all. The
     template fields are compiled into it, so a call costs about half of what ``emit()``
-    does. Plans with callable fields use ``emit()`` for everything.
+    does. None for plans with callable fields: they need the Call, so ``emit()`` for all.
     """
     compiled = spec.plan.values_source()
     if compiled is None:
-        return _emit_on_success(func, spec)
+        return None
     values, namespace = compiled
     namespace["x"] = None  # no exception on this path: {result...} fields are read
     is_event = spec.kind == EVENT
@@ -182,15 +182,6 @@ def record_on_success(func: Callable[..., Any], spec: Instrumentation) -> Callab
     exec(compile(source, filename, "exec"), globals(), scope)
     make = scope["make"]
     return make(func, spec, spec.plan, dispatcher.queue, *namespace.values())  # type: ignore[no-any-return]
-
-
-def _emit_on_success(func: Callable[..., Any], spec: Instrumentation) -> Callable[..., Any]:
-    def emitted_call(*args: Any, **kwargs: Any) -> Any:
-        result = func(*args, **kwargs)
-        emit(spec, SUCCESS, args, kwargs, result, None)
-        return result
-
-    return emitted_call
 
 
 def _prepare(

@@ -6,7 +6,6 @@ import datetime
 import functools
 import zlib
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -218,8 +217,3 @@ def check_schema(engine: Engine | Connection, prefix: str = DEFAULT_PREFIX) -> N
             f"{SCHEMA_VERSION}; migrate them (Alembic: autogenerate against obs.metadata()) "
             "and record the new version in " + t.schema_version.name
         )
-
-
-def row_of(record: Any) -> dict[str, Any]:
-    """The insert parameters of an AuditRecord."""
-    return record.as_dict()  # type: ignore[no-any-return]

@@ -189,7 +189,6 @@ class Plan:
         self.resolvers: list[tuple[int, Callable[..., Any]]] = []
         self.slots: dict[str, Slot] = {}
         self.whole: str | None = None  # the mapping slot made by one callable, if any
-        self.needs_call = False
         # Template fields as Python expressions, compiled into one function on first use.
         self._sources: list[str | None] = []
         self._namespace: dict[str, Any] = {"S": SCALARS, "F": freeze}
@@ -201,7 +200,6 @@ class Plan:
         """Compile *spec* (a constant, a template string or a callable) into slot *name*."""
         if callable(spec) and not isinstance(spec, (str, type)):
             self.slots[name] = ("call", self._add_resolver(CALL, spec))
-            self.needs_call = True
         elif isinstance(spec, str) and ("{" in spec or "}" in spec):
             self.slots[name] = self._compile_template(name, spec)
         else:
@@ -214,7 +212,6 @@ class Plan:
         if callable(spec) and not isinstance(spec, Mapping):
             self.whole = name
             self.slots[name] = ("call", self._add_resolver(CALL, spec))
-            self.needs_call = True
             return
         if not isinstance(spec, Mapping):
             raise ConfigurationError(

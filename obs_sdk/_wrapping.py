@@ -66,7 +66,9 @@ def _flags(spec: Instrumentation) -> tuple[bool, bool, bool]:
 def _function_wrapper(func: Callable[..., Any], spec: Instrumentation) -> Callable[..., Any]:
     start, on_success, on_failure = _flags(spec)
     if spec.when == "success" and spec.kind in (AUDIT, EVENT) and spec.emit_if is None:
-        return record_on_success(func, spec)  # the default: the tightest path
+        lane = record_on_success(func, spec)  # the default: the tightest path
+        if lane is not None:
+            return lane
     if on_success and not on_failure:
 
         def success_only(*args: Any, **kwargs: Any) -> Any:
