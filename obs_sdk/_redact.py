@@ -46,6 +46,30 @@ class Redactor:
                 self._cache[key] = hit
         return hit
 
+    def clean(self, data: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+        """Redact *data* and keep it under *max_bytes* of JSON (``limit_size``).
+
+        One pass over the top level, where template metadata keeps its values: only nested
+        dicts and lists take ``redact``, and only a dict that may not fit is measured exactly.
+        """
+        cache = self._cache
+        out = {}
+        bound = 2
+        for key, value in data.items():
+            secret = cache.get(key)
+            if secret is None:
+                secret = self.is_secret(str(key))
+            if secret:
+                value = REDACTED
+            elif type(value) is str:
+                bound += 6 * len(value) + 2
+            else:
+                value = self.redact(value)
+                bound += _json_bound(value, max_bytes)
+            out[key] = value
+            bound += 6 * len(str(key)) + 4
+        return out if bound <= max_bytes else limit_size(out, max_bytes)
+
     def redact(self, value: Any) -> Any:
         """Return *value* with secret keys' values replaced; the input is not modified."""
         if isinstance(value, dict):
@@ -67,11 +91,23 @@ def _json_default(value: Any) -> Any:
 
 # One encoder for the process: json.dumps() with options builds a new one per call.
 _ENCODER = json.JSONEncoder(default=_json_default, ensure_ascii=False, separators=(",", ":"))
+# JSONEncoder.encode() also builds its C encoder anew per call: half its cost for a small dict.
+# Built once here with the same options and no circular-reference guard: record data is frozen
+# (plain, acyclic) before it gets here; a cycle would still fail, with RecursionError.
+_C_ENCODE = (
+    json.encoder.c_make_encoder(
+        None, _json_default, json.encoder.c_encode_basestring, None, ":", ",", False, False, True
+    )
+    if json.encoder.c_make_encoder is not None and json.encoder.c_encode_basestring is not None
+    else None
+)
 
 
 def to_json(value: Any) -> str:
     """Serialise plain record data (datetimes, UUIDs, Decimals and bytes as text)."""
-    return _ENCODER.encode(value)
+    if _C_ENCODE is None or isinstance(value, str):
+        return _ENCODER.encode(value)
+    return "".join(_C_ENCODE(value, 0))
 
 
 def limit_size(data: dict[str, Any], max_bytes: int) -> dict[str, Any]:

@@ -41,40 +41,19 @@ class Sink(Protocol):
 
 def _sqlite_row(r: AuditRecord) -> tuple[Any, ...]:
     # The forms SQLAlchemy's Uuid and DateTime types store on SQLite: 32 hex digits, and
-    # naive UTC text with microseconds (UTCDateTime reads it back as aware UTC).
+    # naive UTC text with microseconds (UTCDateTime reads it back as aware UTC; the slice
+    # drops the "+00:00" of the aware value). Columns 2..18 pass as they are.
     return (
-        r.id.hex,
-        r.occurred_at.replace(tzinfo=None).isoformat(" ", "microseconds"),
-        *_middle(r),
-        to_json(r.metadata),
-        r.error_type,
+        "%032x" % r[0].int,
+        r[1].isoformat(" ", "microseconds")[:26],
+        *r[2:19],
+        to_json(r[19]),
+        r[20],
     )
 
 
 def _postgres_row(r: AuditRecord) -> tuple[Any, ...]:
-    return (r.id, r.occurred_at, *_middle(r), to_json(r.metadata), r.error_type)
-
-
-def _middle(r: AuditRecord) -> tuple[Any, ...]:
-    return (
-        r.action,
-        r.outcome,
-        r.actor_type,
-        r.actor_id,
-        r.actor_name,
-        r.actor_email,
-        r.resource_type,
-        r.resource_id,
-        r.resource_name,
-        r.workspace_id,
-        r.organization_id,
-        r.ip,
-        r.user_agent,
-        r.request_id,
-        r.trace_id,
-        r.span_id,
-        r.service,
-    )
+    return (*r[:19], to_json(r[19]), r[20])
 
 
 def _driver_insert(
@@ -82,7 +61,7 @@ def _driver_insert(
 ) -> tuple[str | None, Callable[[AuditRecord], tuple[Any, ...]]]:
     """The INSERT for the driver's own executemany, and the row builder matching it."""
     columns = [c.name for c in table.columns]
-    assert columns[:2] == ["id", "occurred_at"] and columns[-2:] == ["metadata", "error_type"]
+    assert columns == list(AuditRecord._fields), "the row builders slice records by column"
     quoted = ", ".join(f'"{name}"' for name in columns)
     if dialect_name == "sqlite":
         values = ", ".join("?" for _ in columns)

@@ -91,6 +91,13 @@ def freeze(value: Any, depth: int = 0) -> Any:
     return _text(value)
 
 
+def optional_text(value: Any) -> str | None:
+    """A text column's value: None stays None, anything else becomes its text."""
+    if value is None or type(value) is str:
+        return value
+    return _text(value)
+
+
 def _text(value: Any) -> str:
     try:
         return str(value)
@@ -99,6 +106,14 @@ def _text(value: Any) -> str:
             return object.__repr__(value)
         except Exception:  # pragma: no cover - object.__repr__ does not fail in practice
             return "<unrepresentable>"
+
+
+_CONVERSIONS = {"r": "repr", "a": "ascii", "s": "str"}
+
+
+def _whole_mapping(whole: Any) -> dict[str, Any]:
+    """The mapping a ``metadata=``/``properties=`` callable gave (anything else: ``value``)."""
+    return dict(whole) if isinstance(whole, Mapping) else {"value": whole}
 
 
 class Params:
@@ -193,11 +208,15 @@ class Plan:
         self._sources: list[str | None] = []
         self._namespace: dict[str, Any] = {"S": SCALARS, "F": freeze}
         self._fast: Callable[..., tuple[Any, ...]] | None = None
+        self._keys: dict[str, tuple[tuple[str, str], ...]] = {}  # see _mapping_keys
+        self._renderers: dict[tuple[Any, ...], Callable[..., tuple[Any, ...]]] = {}
 
     # -- decoration time ---------------------------------------------------------------
 
     def add(self, name: str, spec: Any) -> None:
         """Compile *spec* (a constant, a template string or a callable) into slot *name*."""
+        self._keys.clear()
+        self._renderers.clear()
         if callable(spec) and not isinstance(spec, (str, type)):
             self.slots[name] = ("call", self._add_resolver(CALL, spec))
         elif isinstance(spec, str) and ("{" in spec or "}" in spec):
@@ -211,6 +230,8 @@ class Plan:
             return
         if callable(spec) and not isinstance(spec, Mapping):
             self.whole = name
+            self._keys.clear()
+            self._renderers.clear()
             self.slots[name] = ("call", self._add_resolver(CALL, spec))
             return
         if not isinstance(spec, Mapping):
@@ -411,11 +432,72 @@ class Plan:
     def render_mapping(self, name: str, values: tuple[Any, ...]) -> dict[str, Any]:
         """Render a ``metadata``/``properties`` mapping (one callable, or a dict of slots)."""
         if self.whole == name:
-            whole = self.render(name, values)
-            return dict(whole) if isinstance(whole, Mapping) else {"value": whole}
-        prefix = name + "."
-        return {
-            key[len(prefix) :]: self.render(key, values)
-            for key in self.slots
-            if key.startswith(prefix)
-        }
+            return _whole_mapping(self.render(name, values))
+        render = self.render
+        return {key: render(slot, values) for key, slot in self._mapping_keys(name)}
+
+    def renderer(
+        self, texts: tuple[str, ...], mapping: str
+    ) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+        """Return ``render(values)``: the text slots *texts* (str or None) and the *mapping*.
+
+        Compiled into one straight-line function on first use, as ``render``/``render_mapping``
+        would give them slot by slot (about half their cost). It raises where any slot would
+        fail: then render slot by slot, which nulls and counts the failing slot alone.
+        """
+        key = (texts, mapping)
+        compiled = self._renderers.get(key)
+        if compiled is None:
+            compiled = self._renderers[key] = self._compile_renderer(texts, mapping)
+        return compiled
+
+    def _compile_renderer(
+        self, texts: tuple[str, ...], mapping: str
+    ) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+        namespace: dict[str, Any] = {"T": optional_text, "W": _whole_mapping}
+
+        def const(value: Any) -> str:
+            name = f"c{len(namespace)}"
+            namespace[name] = value
+            return name
+
+        def expression(name: str) -> str:
+            slot = self.slots.get(name)
+            if slot is None:
+                return "None"
+            kind, data = slot
+            if kind == "const":
+                return const(data)
+            if kind in ("field", "call"):
+                return f"v[{data}]"
+            parts = []
+            for part in data:
+                if isinstance(part, str):
+                    parts.append(const(part))
+                    continue
+                value = f"v[{part.index}]"
+                if part.conversion in ("r", "a", "s"):
+                    value = f"{_CONVERSIONS[part.conversion]}({value})"
+                parts.append(f"format({value}, {const(part.spec)})" if part.spec else f"str({value})")
+            return f"''.join(({', '.join(parts)},))"
+
+        items = []
+        for name in texts:
+            source = expression(name)
+            items.append(source if source == "None" else f"T({source})")
+        if self.whole == mapping:
+            items.append(f"W({expression(mapping)})")
+        else:
+            pairs = (f"{const(key)}: {expression(slot)}" for key, slot in self._mapping_keys(mapping))
+            items.append(f"{{{', '.join(pairs)}}}")
+        exec(f"def render(v):\n    return ({', '.join(items)},)\n", namespace)
+        return namespace["render"]  # type: ignore[no-any-return]
+
+    def _mapping_keys(self, name: str) -> tuple[tuple[str, str], ...]:
+        """(key, slot name) of mapping *name*, found once: slots do not change after decoration."""
+        keys = self._keys.get(name)
+        if keys is None:
+            prefix = name + "."
+            keys = tuple((k[len(prefix) :], k) for k in self.slots if k.startswith(prefix))
+            self._keys[name] = keys
+        return keys
