@@ -85,6 +85,7 @@ class Instrumentation:
 
 
 _MAX_SEQUENCE = 0xFFF  # 12 bits
+_UNKNOWN_SAFETY = uuid.SafeUUID.unknown  # an enum member: each lookup runs a descriptor
 
 
 class _Uuid7:
@@ -110,27 +111,43 @@ class _Uuid7:
         ms = (time_ns // 1_000_000) & 0xFFFF_FFFF_FFFF
         with self._lock:
             if ms > self._last_ms:
-                self._last_ms, self._seq = ms, random.getrandbits(10)  # room to count up
+                self._last_ms, self._seq = ms, getrandbits(10)  # room to count up
             else:  # same (or an earlier) millisecond: continue the last one's sequence
                 self._seq += 1
                 if self._seq > _MAX_SEQUENCE:
                     self._last_ms, self._seq = self._last_ms + 1, 0
             ms, seq = self._last_ms, self._seq
-        value = ms << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | random.getrandbits(62)
-        # What UUID(int=value) ends with, minus its range checks (value is 128 bits by
+        # What UUID(int=...) ends with, minus its range checks (the value is 128 bits by
         # construction): a third of the cost of an id.
-        made = object.__new__(uuid.UUID)
-        object.__setattr__(made, "int", value)
-        object.__setattr__(made, "is_safe", uuid.SafeUUID.unknown)
+        made = _new(uuid.UUID)
+        _set(made, "int", ms << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | getrandbits(62))
+        _set(made, "is_safe", _UNKNOWN_SAFETY)
         return made
+
+
+_new, _set, getrandbits = object.__new__, object.__setattr__, random.getrandbits
 
 
 uuid7 = _Uuid7()
 
 
+# The calendar fields of the last second converted: records come in bursts within a second,
+# and the datetime constructor costs half of `_EPOCH + timedelta(...)`. One tuple, swapped
+# whole, so threads never see half an update.
+_last_second = (0, (1970, 1, 1, 0, 0, 0))
+
+
 def to_datetime(time_ns: int) -> datetime.datetime:
     """Turn nanoseconds since the epoch into an aware UTC datetime (microsecond precision)."""
-    return _EPOCH + datetime.timedelta(microseconds=time_ns // 1000)
+    global _last_second
+    seconds, micros = divmod(time_ns // 1000, 1_000_000)
+    known, fields = _last_second
+    if seconds != known:
+        moment = _EPOCH + datetime.timedelta(seconds=seconds)
+        fields = (moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second)
+        _last_second = (seconds, fields)
+    year, month, day, hour, minute, second = fields
+    return datetime.datetime(year, month, day, hour, minute, second, micros, datetime.timezone.utc)
 
 
 @dataclass
@@ -250,7 +267,7 @@ def render_audit(raw: RawRecord) -> AuditRecord:
         plan, _RESOURCE, "metadata", values
     )
     s = settings
-    return _new_record(  # type: ignore[no-any-return]
+    return _new_record(
         AuditRecord,
         (
             s.id_factory(time_ns),

@@ -25,6 +25,9 @@ DEFAULT_SECRET_WORDS = (
 _CACHE_LIMIT = 4096
 
 
+_NUMBERS = frozenset({int, float, bool, type(None)})  # nothing inside them to redact
+
+
 class Redactor:
     """Replace values under secret-looking keys, at any depth, in dicts inside lists too.
 
@@ -60,13 +63,14 @@ class Redactor:
             if secret is None:
                 secret = self.is_secret(str(key))
             if secret:
-                value = REDACTED
+                kept: Any = REDACTED
             elif type(value) is str:
+                kept = value
                 bound += 6 * len(value) + 2
             else:
-                value = self.redact(value)
-                bound += _json_bound(value, max_bytes)
-            out[key] = value
+                kept = value if type(value) in _NUMBERS else self.redact(value)
+                bound += _json_bound(kept, max_bytes)
+            out[key] = kept
             bound += 6 * len(str(key)) + 4
         return out if bound <= max_bytes else limit_size(out, max_bytes)
 
@@ -94,11 +98,11 @@ _ENCODER = json.JSONEncoder(default=_json_default, ensure_ascii=False, separator
 # JSONEncoder.encode() also builds its C encoder anew per call: half its cost for a small dict.
 # Built once here with the same options and no circular-reference guard: record data is frozen
 # (plain, acyclic) before it gets here; a cycle would still fail, with RecursionError.
+_MAKE_C_ENCODER = getattr(json.encoder, "c_make_encoder", None)  # None without the C module
+_C_STRING = getattr(json.encoder, "c_encode_basestring", None)
 _C_ENCODE = (
-    json.encoder.c_make_encoder(
-        None, _json_default, json.encoder.c_encode_basestring, None, ":", ",", False, False, True
-    )
-    if json.encoder.c_make_encoder is not None and json.encoder.c_encode_basestring is not None
+    _MAKE_C_ENCODER(None, _json_default, _C_STRING, None, ":", ",", False, False, True)
+    if _MAKE_C_ENCODER is not None and _C_STRING is not None
     else None
 )
 

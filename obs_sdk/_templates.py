@@ -478,17 +478,26 @@ class Plan:
                 value = f"v[{part.index}]"
                 if part.conversion in ("r", "a", "s"):
                     value = f"{_CONVERSIONS[part.conversion]}({value})"
-                parts.append(f"format({value}, {const(part.spec)})" if part.spec else f"str({value})")
+                parts.append(
+                    f"format({value}, {const(part.spec)})" if part.spec else f"str({value})"
+                )
             return f"''.join(({', '.join(parts)},))"
 
         items = []
-        for name in texts:
-            source = expression(name)
-            items.append(source if source == "None" else f"T({source})")
+        for name in texts:  # T(): None stays None, anything else becomes its text
+            slot = self.slots.get(name)
+            text = (
+                slot is None
+                or slot[0] == "text"
+                or (isinstance(slot[1], str) and slot[0] == "const")
+            )
+            items.append(expression(name) if text else f"T({expression(name)})")
         if self.whole == mapping:
             items.append(f"W({expression(mapping)})")
         else:
-            pairs = (f"{const(key)}: {expression(slot)}" for key, slot in self._mapping_keys(mapping))
+            pairs = (
+                f"{const(key)}: {expression(slot)}" for key, slot in self._mapping_keys(mapping)
+            )
             items.append(f"{{{', '.join(pairs)}}}")
         exec(f"def render(v):\n    return ({', '.join(items)},)\n", namespace)
         return namespace["render"]  # type: ignore[no-any-return]

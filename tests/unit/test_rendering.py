@@ -1,0 +1,139 @@
+"""The dispatcher's fast rendering gives exactly what the plain, slot-by-slot path gives.
+
+Each shortcut here (one compiled function per plan, redaction and the size bound in one pass,
+a reused C JSON encoder, cached calendar fields) is checked against the straightforward code
+it replaces, over generated inputs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import obs_sdk as obs
+from obs_sdk._records import to_datetime
+from obs_sdk._redact import Redactor, limit_size, to_json
+from obs_sdk._sinks import _sqlite_time
+from obs_sdk._templates import Params, Plan, optional_text
+from obs_sdk.testing import capture
+
+UTC = datetime.timezone.utc
+TEXTS = ("resource.type", "resource.id", "resource.name")
+
+plain = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+secretish_keys = st.sampled_from(["token", "Api-Key", "name", "n", "session_id", "x", "password"])
+
+
+def target(a: Any, b: Any, *rest: Any, c: Any = None, **extra: Any) -> None: ...
+
+
+# Every kind of slot: a constant, a field that keeps its type, text with a format spec and
+# conversions, and a field missing from the plan.
+TEMPLATES: list[dict[str, Any]] = [
+    {"resource.type": "file", "resource.id": "{a}", "metadata": {"b": "{b}", "k": 7}},
+    {"resource.id": "{a!r}-{b}", "resource.name": "{c!s:>6}", "metadata": {"n": "{a}/{b!a}"}},
+    {"resource.type": "{b}", "metadata": {"rest": "{rest}", "extra": "{extra}", "t": "x"}},
+    {"resource.id": 42, "metadata": {}},
+]
+
+
+def plan_for(template: dict[str, Any]) -> Plan:
+    plan = Plan("target", Params(target), "success")
+    for name, spec in template.items():
+        if name == "metadata":
+            plan.add_mapping(name, spec)
+        else:
+            plan.add(name, spec)
+    return plan
+
+
+def slot_by_slot(plan: Plan, values: tuple[Any, ...]) -> list[Any]:
+    return [optional_text(plan.render(name, values)) for name in TEXTS] + [
+        plan.render_mapping("metadata", values)
+    ]
+
+
+class TestCompiledRenderer:
+    @pytest.mark.parametrize("template", TEMPLATES)
+    @given(values=st.tuples(plain, plain, plain, plain, plain, plain))
+    def test_matches_rendering_slot_by_slot(
+        self, template: dict[str, Any], values: tuple[Any, ...]
+    ) -> None:
+        """For any field values, the compiled function renders what render() gives."""
+        plan = plan_for(template)
+        values = values[: len(plan.resolvers)]
+        assert list(plan.renderer(TEXTS, "metadata")(values)) == slot_by_slot(plan, values)
+
+    @pytest.mark.swallows_internal_errors
+    def test_a_failing_slot_alone_is_lost_and_counted(self, sqlite_url: str) -> None:
+        """A format spec that does not fit its value nulls that slot; the others render."""
+        obs.configure(database=sqlite_url)
+
+        @obs.audited("op", resource=obs.Resource("file", "{n:>5d}"), metadata={"n": "{n}"})
+        def op(n: Any) -> None: ...
+
+        with capture() as cap:
+            op("not a number")
+            op(7)
+        assert [(a["resource_type"], a["resource_id"], a["metadata"]) for a in cap.audits] == [
+            ("file", None, {"n": "not a number"}),
+            ("file", "    7", {"n": 7}),
+        ]
+        assert obs.stats()["internal_errors"] == 1
+
+    def test_a_metadata_callable_gives_the_whole_mapping(self) -> None:
+        """metadata= as one callable: its dict, or anything else under "value"."""
+        plan = Plan("target", Params(target), "success")
+        plan.add_mapping("metadata", lambda call: call)
+        assert plan.renderer((), "metadata")(({"a": 1},)) == ({"a": 1},)
+        assert plan.renderer((), "metadata")((5,)) == ({"value": 5},)
+
+
+class TestOnePassCleaning:
+    @given(st.dictionaries(secretish_keys | st.text(max_size=6), plain, max_size=6))
+    def test_clean_is_redact_then_limit(self, data: dict[str, Any]) -> None:
+        """Redacting and bounding in one pass equals redact() then limit_size()."""
+        redactor = Redactor(["x"])
+        for limit in (64, 8192):
+            assert redactor.clean(data, limit) == limit_size(redactor.redact(data), limit)
+
+    @given(plain)
+    def test_the_reused_encoder_writes_what_json_dumps_writes(self, value: Any) -> None:
+        """The C encoder built once serialises like json.dumps with the same options."""
+        expected = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        assert to_json(value) == expected
+
+
+class TestTimes:
+    @given(st.lists(st.integers(-(10**18), 4 * 10**18), min_size=1, max_size=20))
+    def test_to_datetime_across_seconds_in_any_order(self, stamps: list[int]) -> None:
+        """The cached calendar fields never leak from one second into another."""
+        epoch = datetime.datetime(1970, 1, 1, tzinfo=UTC)
+        for ns in stamps + [s + 1_000 for s in stamps]:
+            assert to_datetime(ns) == epoch + datetime.timedelta(microseconds=ns // 1000)
+
+    @given(
+        st.lists(
+            st.datetimes(min_value=datetime.datetime(1, 1, 1), timezones=st.just(UTC)),
+            min_size=1,
+            max_size=20,
+        )
+    )
+    def test_sqlite_text_is_naive_utc_iso_with_microseconds(
+        self, moments: list[datetime.datetime]
+    ) -> None:
+        """SQLite's stored text, microseconds always present (even when they are 0)."""
+        for moment in moments + [m.replace(microsecond=0) for m in moments]:
+            expected = moment.replace(tzinfo=None).isoformat(" ", "microseconds")
+            assert _sqlite_time(moment) == expected
