@@ -205,8 +205,9 @@ class Plan:
         self.slots: dict[str, Slot] = {}
         self.whole: str | None = None  # the mapping slot made by one callable, if any
         # Template fields as Python expressions, compiled into one function on first use.
-        self._sources: list[str | None] = []
-        self._namespace: dict[str, Any] = {"S": SCALARS, "F": freeze}
+        self._sources: list[tuple[str, str] | None] = []
+        # Names in generated code start with _o_, so that they never shadow a parameter.
+        self._namespace: dict[str, Any] = {"_o_S": SCALARS, "_o_F": freeze}
         self._fast: Callable[..., tuple[Any, ...]] | None = None
         self._keys: dict[str, tuple[tuple[str, str], ...]] = {}  # see _mapping_keys
         self._renderers: dict[tuple[Any, ...], Callable[..., tuple[Any, ...]]] = {}
@@ -244,7 +245,9 @@ class Plan:
                 raise ConfigurationError(f"{self._owner}: {name} keys must be strings, got {key!r}")
             self.add(f"{name}.{key}", value)
 
-    def _add_resolver(self, kind: int, fn: Callable[..., Any], source: str | None = None) -> int:
+    def _add_resolver(
+        self, kind: int, fn: Callable[..., Any], source: tuple[str, str] | None = None
+    ) -> int:
         self.resolvers.append((kind, fn))
         self._sources.append(source)
         self._fast = None
@@ -278,7 +281,7 @@ class Plan:
 
     def _compile_field(
         self, name: str, template: str, field_name: str
-    ) -> tuple[int, Callable[..., Any], str]:
+    ) -> tuple[int, Callable[..., Any], tuple[str, str]]:
         first, rest = formatter_field_name_split(field_name)
         path = tuple(rest)
         where = f"{self._owner}: {name} template {template!r}"
@@ -290,7 +293,7 @@ class Plan:
         params = self._params
         if params is not None and first in params.by_name:
             arg = params.getter(first)
-            source = params.source(first, self._namespace)
+            source, local = params.source(first, self._namespace), first
             kind = ARGS
             base: Callable[..., Any] = lambda args, kwargs, result: arg(args, kwargs)  # noqa: E731
         elif first == "result":
@@ -300,7 +303,7 @@ class Plan:
                     "result exists; use arguments only, or when='success'/'always'"
                 )
             kind = RESULT
-            source = "r"
+            source, local = "r", "_o_r"
             base = lambda args, kwargs, result: result  # noqa: E731
         else:
             known = ", ".join(params.by_name) if params is not None else "none"
@@ -311,13 +314,16 @@ class Plan:
             )
         for is_attr, key in path:
             if is_attr and key.isidentifier() and not keyword.iskeyword(key):
-                source += f".{key}"
+                source, local = f"{source}.{key}", f"{local}.{key}"
             else:
-                const = f"c_{len(self._namespace)}"
+                const = f"_o_c{len(self._namespace)}"
                 self._namespace[const] = key
-                source = f"getattr({source}, {const})" if is_attr else f"{source}[{const}]"
+                if is_attr:
+                    source, local = f"getattr({source}, {const})", f"getattr({local}, {const})"
+                else:
+                    source, local = f"{source}[{const}]", f"{local}[{const}]"
         if not path:
-            return kind, base, source
+            return kind, base, (source, local)
 
         def lookup(args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> Any:
             value = base(args, kwargs, result)
@@ -325,7 +331,7 @@ class Plan:
                 value = getattr(value, key) if is_attr else value[key]
             return value
 
-        return kind, lookup, source
+        return kind, lookup, (source, local)
 
     # -- call time (caller's thread) -----------------------------------------------------
 
@@ -364,21 +370,27 @@ class Plan:
             values.append(value)
         return tuple(values)
 
-    def values_source(self) -> tuple[str, dict[str, Any]] | None:
+    def values_source(self, *, by_name: bool = False) -> tuple[str, dict[str, Any]] | None:
         """Return Python source of a tuple of every field's frozen value, and its namespace.
 
-        The source reads ``a`` (args), ``k`` (kwargs), ``r`` (result) and ``x`` (exception)
-        and raises on the first failing field (fall back to ``resolve``, which nulls and
-        counts that field alone). One straight-line expression per field costs ~50 ns,
-        against ~300 ns through the per-field getters. None when a field is a callable:
-        those need the Call.
+        The source reads ``a`` (args), ``k`` (kwargs), ``r`` (result) and ``x`` (exception);
+        *by_name*: the parameters as local variables and ``_o_r``, for a wrapper with the
+        function's own signature, on the success path. It raises on the first failing field
+        (fall back to ``resolve``, which nulls and counts that field alone). One
+        straight-line expression per field costs ~50 ns, against ~300 ns through the
+        per-field getters. None when a field is a callable: those need the Call.
         """
-        if any(source is None for source in self._sources):
+        sources = self._sources
+        if any(source is None for source in sources):
             return None
         items = []
-        for i, ((kind, _), source) in enumerate(zip(self.resolvers, self._sources, strict=True)):
-            value = source if kind == ARGS else f"({source} if x is None else None)"
-            items.append(f"(v{i} if type(v{i} := {value}) in S else F(v{i}))")
+        for i, ((kind, _), pair) in enumerate(zip(self.resolvers, sources, strict=True)):
+            generic, local = pair  # type: ignore[misc]
+            if by_name:
+                value = local
+            else:
+                value = generic if kind == ARGS else f"({generic} if x is None else None)"
+            items.append(f"(_o_v{i} if type(_o_v{i} := {value}) in _o_S else _o_F(_o_v{i}))")
         return (f"({', '.join(items)},)" if items else "()"), dict(self._namespace)
 
     def _compile_fast(self) -> Callable[..., tuple[Any, ...]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -704,3 +705,88 @@ class TestConfiguredPath:
             view("pricing")
         assert obs.flush(5.0)
         assert sent == [("viewed", "u_1")]
+
+
+DEFAULT_TAGS: list[str] = []  # a mutable default: the wrapper must pass this very object
+
+
+def every_kind(
+    a: int, b: Any = DEFAULT_TAGS, /, c: int = 3, *rest: int, d: str, **extra: Any
+) -> Any:
+    return a, b, c, rest, d, extra
+
+
+def shadowing(clock: int, emit: str = "e", type: str = "t") -> Any:  # names the lane reads
+    return clock, emit, type
+
+
+class TestOwnSignatureWrapper:
+    """The sync wrapper takes the function's own parameters; calls behave as on the bare one."""
+
+    METADATA = {"a": "{a}", "c": "{c}", "rest": "{rest}", "d": "{d}", "extra": "{extra}"}
+    CALLS: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((1,), {"d": "x"}),
+        ((1, ["t"], 5, 6, 7), {"d": "y", "z": 9}),
+        ((1,), {"c": 4, "d": "w"}),
+    ]
+
+    @pytest.mark.parametrize("args, kwargs", CALLS)
+    def test_returns_what_the_bare_function_returns_and_records_each_kind(
+        self, sqlite_url: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Positional-only, defaults (the same object), *args, keyword-only and **kwargs."""
+        obs.configure(database=sqlite_url)
+        decorated = obs.audited("op", metadata=self.METADATA)(every_kind)
+        with obs.scope(actor=USER):
+            got = decorated(*args, **kwargs)
+        expected = every_kind(*args, **kwargs)
+        assert got == expected and got[1] is expected[1]
+        assert obs.flush(5.0)
+        (record,) = obs.audit_log(create_engine(sqlite_url))
+        a, _, c, rest, d, extra = expected
+        assert record.metadata == {"a": a, "c": c, "rest": list(rest), "d": d, "extra": extra}
+
+    @pytest.mark.parametrize(
+        "args, kwargs",
+        [((), {"d": "x"}), ((1,), {}), ((), {"a": 1, "d": "x"}), ((1, 2, 3), {"d": "x", "c": 1})],
+    )
+    def test_a_bad_call_raises_the_bare_functions_type_error(
+        self, sqlite_url: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Missing, duplicate or misplaced arguments: the same TypeError, the same message."""
+        obs.configure(database=sqlite_url)
+        decorated = obs.audited("op")(every_kind)
+        with pytest.raises(TypeError) as bare_error:
+            every_kind(*args, **kwargs)
+        with pytest.raises(TypeError) as wrapped_error:
+            decorated(*args, **kwargs)
+        assert str(wrapped_error.value) == str(bare_error.value)
+        assert obs.stats()["submitted"] == 0
+
+    def test_parameters_named_like_the_wrappers_own_names(self, sqlite_url: str) -> None:
+        """clock, emit, type: parameters the lane's names would clash with still record."""
+        obs.configure(database=sqlite_url)
+        decorated = obs.audited("op", metadata={"clock": "{clock}", "type": "{type}"})(shadowing)
+        with obs.scope(actor=USER):
+            assert decorated(5, type="T") == (5, "e", "T")
+        assert obs.flush(5.0)
+        (record,) = obs.audit_log(create_engine(sqlite_url))
+        assert record.metadata == {"clock": 5, "type": "T"}
+
+    def test_a_wrapper_that_borrows_a_signature_keeps_its_own(self, sqlite_url: str) -> None:
+        """functools.wraps shows the inner signature; the outer callable's arguments still work."""
+
+        def inner(x: int) -> int:
+            return x
+
+        @functools.wraps(inner)
+        def retrying(*args: Any, retries: int = 1, **kwargs: Any) -> Any:
+            return inner(*args, **kwargs) * retries
+
+        obs.configure(database=sqlite_url)
+        decorated = obs.audited("op", metadata={"x": "{x}"})(retrying)
+        with obs.scope(actor=USER):
+            assert decorated(2, retries=3) == 6
+        assert obs.flush(5.0)
+        (record,) = obs.audit_log(create_engine(sqlite_url))
+        assert record.metadata == {"x": 2}
