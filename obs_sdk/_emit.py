@@ -192,7 +192,7 @@ def _own_parameters(func: Callable[..., Any]) -> tuple[dict[str, str], dict[str,
         name = p.name
         if name.startswith("_o_") or name in _LANE_NAMES:
             return None
-        default = p.empty
+        default: Any = p.empty
         if p.default is not p.empty:
             default = _Placeholder(f"_o_d{len(defaults)}")
             defaults[default.name] = p.default

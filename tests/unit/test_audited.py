@@ -7,7 +7,7 @@ import functools
 import inspect
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import given
@@ -723,14 +723,12 @@ def shadowing(clock: int, emit: str = "e", type: str = "t") -> Any:  # names the
 class TestOwnSignatureWrapper:
     """The sync wrapper takes the function's own parameters; calls behave as on the bare one."""
 
-    METADATA = {"a": "{a}", "c": "{c}", "rest": "{rest}", "d": "{d}", "extra": "{extra}"}
-    CALLS: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
-        ((1,), {"d": "x"}),
-        ((1, ["t"], 5, 6, 7), {"d": "y", "z": 9}),
-        ((1,), {"c": 4, "d": "w"}),
-    ]
+    METADATA: ClassVar = {"a": "{a}", "c": "{c}", "rest": "{rest}", "d": "{d}", "extra": "{extra}"}
 
-    @pytest.mark.parametrize("args, kwargs", CALLS)
+    @pytest.mark.parametrize(
+        "args, kwargs",
+        [((1,), {"d": "x"}), ((1, ["t"], 5, 6, 7), {"d": "y", "z": 9}), ((1,), {"c": 4, "d": "w"})],
+    )
     def test_returns_what_the_bare_function_returns_and_records_each_kind(
         self, sqlite_url: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
