@@ -18,7 +18,7 @@ from time import time_ns
 from typing import Any
 
 from obs_sdk import _context
-from obs_sdk._context import SCOPE_KEY, SPAN_KEY, SUPPRESS_KEY, current_context, owner_token
+from obs_sdk._context import SCOPE_KEY, SUPPRESS_KEY, current_context, owner_token
 from obs_sdk._dispatch import BATCH_SIZE, dispatcher
 from obs_sdk._guard import count_error
 from obs_sdk._records import (
@@ -76,12 +76,6 @@ def emit(
             if prepared is None:
                 return
             fields, values = prepared
-        span = ctx.get(SPAN_KEY)
-        trace = None
-        if span is not None:
-            sc = span.get_span_context()  # type: ignore[attr-defined]
-            if sc.is_valid:
-                trace = (sc.trace_id, sc.span_id)
         idempotency = None
         if frame is not None and frame.idempotency is not None:  # type: ignore[attr-defined]
             idempotency = frame.idempotency.next(spec)  # type: ignore[attr-defined]
@@ -90,7 +84,7 @@ def emit(
             outcome,
             clock(),
             fields,
-            trace,
+            ctx,  # its span's ids are read at render
             values,
             type(exception).__name__ if exception is not None else None,
             idempotency,
@@ -141,15 +135,9 @@ def make(_o_func, _o_spec, _o_plan, _o_queue, {constants}):
                         _o_values = {values}
                     except Exception:  # the careful loop nulls and counts the failing field
                         _o_values = _o_plan.resolve({args}, {kwargs}, _o_r, None)
-                    _o_span = _o_ctx.get(SPAN_KEY)
-                    _o_trace = None
-                    if _o_span is not None:
-                        _o_sc = _o_span.get_span_context()
-                        if _o_sc.is_valid:
-                            _o_trace = (_o_sc.trace_id, _o_sc.span_id)
                     _o_fields = _o_frame.fields
                     _o_queue.append(
-                        (_o_spec, SUCCESS, clock(), _o_fields, _o_trace, _o_values, None, None)
+                        (_o_spec, SUCCESS, clock(), _o_fields, _o_ctx, _o_values, None, None)
                     )
                     if _o_n == _WAKE_AT:
                         dispatcher.wake()

@@ -12,10 +12,11 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from obs_sdk._context import SPAN_KEY
 from obs_sdk._guard import count_error
 from obs_sdk._redact import Redactor
 from obs_sdk._scope import ANONYMOUS, Actor
@@ -42,7 +43,8 @@ STORED = object()
 SUCCESS, FAILURE, STARTED = "success", "failure", "started"
 
 # Layout of the raw record tuple (a tuple: the cheapest thing to build on the hot path).
-SPEC, OUTCOME, TIME_NS, FIELDS, TRACE, VALUES, ERROR_TYPE, IDEMPOTENCY = range(8)
+# CONTEXT is the OTel context of the call (its span's ids are read at render), or None.
+SPEC, OUTCOME, TIME_NS, FIELDS, CONTEXT, VALUES, ERROR_TYPE, IDEMPOTENCY = range(8)
 RawRecord = tuple[Any, ...]
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
@@ -247,10 +249,25 @@ def _rendered(plan: Plan, texts: tuple[str, ...], mapping: str, values: tuple[An
 _RESOURCE = ("resource.type", "resource.id", "resource.name")
 
 
-def _trace_hex(trace: tuple[int, int] | None) -> tuple[str | None, str | None]:
-    if trace is None:
+def _trace_hex(context: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
+    """The trace and span ids of the span active in the call's OTel context, if any.
+
+    Read here rather than on the caller's thread: a context is immutable, and so is the
+    identity of the span it holds.
+    """
+    if context is None:
         return None, None
-    return format(trace[0], "032x"), format(trace[1], "016x")
+    try:
+        span = context.get(SPAN_KEY)
+        if span is None:
+            return None, None
+        sc = span.get_span_context()
+        if not sc.is_valid:
+            return None, None
+        return format(sc.trace_id, "032x"), format(sc.span_id, "016x")
+    except Exception as exc:  # a span object of an unusual tracer: the record goes on without
+        count_error("trace", exc)
+        return None, None
 
 
 _new_record = tuple.__new__  # AuditRecord's own __new__ minus its keyword handling
@@ -262,7 +279,7 @@ def render_audit(raw: RawRecord) -> AuditRecord:
     plan, values, time_ns = spec.plan, raw[VALUES], raw[TIME_NS]
     actor, workspace, organization, ip, user_agent, request_id = raw[FIELDS]
     actor = actor or ANONYMOUS
-    trace_id, span_id = _trace_hex(raw[TRACE])
+    trace_id, span_id = _trace_hex(raw[CONTEXT])
     resource_type, resource_id, resource_name, metadata = _rendered(
         plan, _RESOURCE, "metadata", values
     )
@@ -348,7 +365,7 @@ def render_event(raw: RawRecord) -> AnalyticsEvent:
         event_uuid = uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{key}\x00{spec.name}\x00{n}{suffix}")
     else:
         event_uuid = settings.id_factory(raw[TIME_NS])
-    trace_id, span_id = _trace_hex(raw[TRACE])
+    trace_id, span_id = _trace_hex(raw[CONTEXT])
     return AnalyticsEvent(
         uuid=event_uuid,
         event=spec.name,
