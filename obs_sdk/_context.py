@@ -84,9 +84,9 @@ class Frame:
     """
 
     __slots__ = (
+        "events_plain",
         "fields",
         "idempotency",
-        "identified",
         "owner",
         "plain",
         "scope",
@@ -104,11 +104,12 @@ class Frame:
         # No session, no idempotency key, not suppressed: records go straight to the queue.
         self.plain = merged.session is None and idempotency is None and not suppressed
         self.fields = _fields_of(merged)
-        self.identified = _identified(merged.actor)
+        # ...and analytics too, when a user or service acts (others need their opt-ins).
+        self.events_plain = self.plain and _identified(merged.actor)
 
     def replace_actor(self, actor: Actor | None) -> None:
         self.scope = replace(self.scope, actor=actor)
-        self.identified = _identified(actor)
+        self.events_plain = self.plain and _identified(actor)
         self.fields = _fields_of(self.scope)
 
 

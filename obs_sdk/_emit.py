@@ -128,7 +128,7 @@ def make(_o_func, _o_spec, _o_plan, _o_queue, {constants}):
         try:
             _o_ctx = current_context()
             _o_frame = _o_ctx.get(SCOPE_KEY)
-            if _o_frame is not None and _o_frame.plain{identified}:
+            if _o_frame is not None and _o_frame.{plain}:
                 _o_n = len(_o_queue)
                 if _o_n < dispatcher.{lane}:
                     try:
@@ -234,7 +234,7 @@ def record_on_success(func: Callable[..., Any], spec: Instrumentation) -> Callab
         values=values,
         name=name if name.isidentifier() and not name.startswith("_o_") else "recorded_call",
         # Analytics take the lane only for a signed-in actor (others need their opt-ins).
-        identified=" and _o_frame.identified" if is_event else "",
+        plain="events_plain" if is_event else "plain",
         lane="events_lane_limit" if is_event else "lane_limit",
         **pieces,
     )
@@ -253,7 +253,7 @@ def _names_in_lane() -> frozenset[str]:
         constants="_o_S",
         values="()",
         name="recorded_call",
-        identified=" and _o_frame.identified",
+        plain="plain",
         lane="lane_limit",
         **_GENERIC,
     )
