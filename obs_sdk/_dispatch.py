@@ -14,7 +14,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from queue import Queue
 from typing import Any
 
 from obs_sdk._context import suppressed
@@ -34,9 +33,6 @@ INTERVAL_SECONDS = 0.2  # how long a record may wait in a quiet process
 LINGER_SECONDS = 0.01
 MAX_BACKOFF_SECONDS = 2.0
 FORK_WAIT_SECONDS = 5.0  # how long os.fork() waits for an export in progress
-
-
-_Rendered = tuple[list[Any], list[bool], list[str]]  # records, still good, kinds
 
 
 class _SinkStats:
@@ -92,15 +88,8 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
         self._stop = False
         self._deadline = float("inf")  # a shutdown's deadline: backoff never waits past it
-        self._in_flight = 0  # taken from the queue, not yet counted delivered or failed
+        self._in_flight = 0
         self._flushing = 0
-        # The exporter thread: sinks write one batch while the worker renders the next (a
-        # database driver lets go of the GIL while it writes, so the two overlap). At most
-        # two batches are out of the queue: a slow sink makes the worker wait, and records
-        # wait in the bounded queue, where stats() and drops account for them.
-        self._handoff: Queue[tuple[int, _Rendered] | None] = Queue()
-        self._batches_out = threading.Semaphore(2)
-        self._exporter: threading.Thread | None = None
 
     def _reset_counters(self) -> None:
         self.delivered = 0
@@ -291,15 +280,12 @@ class Dispatcher:
 
     def _run(self) -> None:
         with suppressed():  # a sink's own DB writes and HTTP calls are never recorded
-            try:
-                while True:
-                    self._wake.wait(INTERVAL_SECONDS)
-                    self._wake.clear()
-                    self._drain()
-                    if self._stop and not self.queue:
-                        return
-            finally:
-                self._stop_exporter()
+            while True:
+                self._wake.wait(INTERVAL_SECONDS)
+                self._wake.clear()
+                self._drain()
+                if self._stop and not self.queue:
+                    return
 
     def _drain(self) -> None:
         queue = self.queue
@@ -307,52 +293,26 @@ class Dispatcher:
             if len(queue) < BATCH_SIZE and not (self._stop or self._flushing):
                 self._wake.wait(LINGER_SECONDS)  # a full batch, or a flush, ends it sooner
                 self._wake.clear()
-            self._batches_out.acquire()  # released by the exporter once it counted a batch
             with self._lock:
                 batch = [queue.popleft() for _ in range(min(len(queue), BATCH_SIZE))]
-                self._in_flight += len(batch)
-            self._hand_over(len(batch), self._render(batch))
+                self._in_flight = len(batch)
+            delivered = 0
+            try:
+                delivered = self._deliver(batch)
+            except Exception as exc:  # pragma: no cover - _deliver guards itself
+                count_error("dispatch", exc)
+            finally:
+                # One lock for the counters and in_flight: stats() must never see a batch
+                # both in flight and delivered (submitted would count it twice).
+                with self._lock:
+                    self.delivered += delivered
+                    self.failed += len(batch) - delivered
+                    self._in_flight = 0
+        with self._idle:
+            self._idle.notify_all()
 
-    def _hand_over(self, size: int, rendered: _Rendered) -> None:
-        """Give a rendered batch to the exporter thread (started here on first use)."""
-        exporter = self._exporter
-        if exporter is None or not exporter.is_alive():
-            exporter = threading.Thread(
-                target=self._export_loop, name="obs-sdk-export", daemon=True
-            )
-            self._exporter = exporter
-            exporter.start()
-        self._handoff.put((size, rendered))
-
-    def _stop_exporter(self) -> None:
-        exporter = self._exporter
-        if exporter is not None and exporter.is_alive():
-            self._handoff.put(None)
-            exporter.join(max(0.0, self._deadline - time.monotonic()))
-        self._exporter = None
-
-    def _export_loop(self) -> None:
-        with suppressed():
-            while (item := self._handoff.get()) is not None:
-                size, rendered = item
-                delivered = 0
-                try:
-                    delivered = self._deliver(rendered)
-                except Exception as exc:  # pragma: no cover - _deliver guards itself
-                    count_error("dispatch", exc)
-                finally:
-                    # One lock for the counters and in_flight: stats() must never see a batch
-                    # both in flight and delivered (submitted would count it twice).
-                    with self._lock:
-                        self.delivered += delivered
-                        self.failed += size - delivered
-                        self._in_flight -= size
-                    self._batches_out.release()
-                    with self._idle:
-                        self._idle.notify_all()
-
-    def _render(self, batch: list[RawRecord]) -> _Rendered:
-        """Render *batch*: (records, whether each is still good, the kind of each)."""
+    def _deliver(self, batch: list[RawRecord]) -> int:
+        """Export *batch* to every sink that takes its kinds; return how many were delivered."""
         rendered: list[Any] = []
         ok: list[bool] = []
         kinds: list[str] = []
@@ -370,13 +330,8 @@ class Dispatcher:
                 count_error("render", exc)
                 rendered.append(None)
                 ok.append(False)
-        return rendered, ok, kinds
-
-    def _deliver(self, batch: _Rendered) -> int:
-        """Export *batch* to every sink that takes its kinds; return how many were delivered."""
-        rendered, ok, kinds = batch
         for sink in self.sinks:
-            positions = [i for i in range(len(ok)) if ok[i] and kinds[i] in sink.kinds]
+            positions = [i for i in range(len(batch)) if ok[i] and kinds[i] in sink.kinds]
             if not positions:
                 continue
             results = self._export(sink, [rendered[i] for i in positions])

@@ -112,10 +112,11 @@ def emit(
         count_error("emit", exc)
 
 
-# The fast lane of record_on_success, compiled per decorated function so that its template
-# fields are inlined (no per-field calls). Module globals (clock, dispatcher) are read live;
-# the plan's constants arrive as parameters of make(). The dispatcher's lane flag is off
-# while a scope provider, a capture or a missing worker needs the full path.
+# The fast lane of record_on_success, compiled per decorated (sync or async) function so
+# that its template fields are inlined (no per-field calls). Module globals (clock,
+# dispatcher) are read live; the plan's constants arrive as parameters of make(). The
+# dispatcher's lane flag is off while a scope provider, a capture or a missing worker needs
+# the full path.
 #
 # When it can, the wrapper takes the function's own parameters (`def wrapper(file_id, n=_o_d0)`)
 # rather than `*a, **k`: no tuple and dict to build per call, and template fields read local
@@ -123,8 +124,8 @@ def emit(
 # falls back to `*a, **k`.
 _LANE = """
 def make(_o_func, _o_spec, _o_plan, _o_queue, {constants}):
-    def {name}{params}:
-        _o_r = _o_func({call})
+    {async_}def {name}{params}:
+        _o_r = {await_}_o_func({call})
         try:
             _o_ctx = current_context()
             _o_frame = _o_ctx.get(SCOPE_KEY)
@@ -207,8 +208,13 @@ def _own_parameters(func: Callable[..., Any]) -> tuple[dict[str, str], dict[str,
     return pieces, defaults
 
 
-def record_on_success(func: Callable[..., Any], spec: Instrumentation) -> Callable[..., Any] | None:
-    """Return the wrapper for the commonest case: a sync function recorded on success.
+def record_on_success(
+    func: Callable[..., Any], spec: Instrumentation, *, awaited: bool
+) -> Callable[..., Any] | None:
+    """Return the wrapper for the commonest case: a function recorded on success.
+
+    *awaited*: *func* is a coroutine function, and the wrapper one too (it records after the
+    await, with nothing else awaited).
 
     It appends the record itself when nothing unusual is in effect (a scope without a
     session or idempotency key, no provider, the worker running, and for analytics a
@@ -235,6 +241,8 @@ def record_on_success(func: Callable[..., Any], spec: Instrumentation) -> Callab
         name=name if name.isidentifier() and not name.startswith("_o_") else "recorded_call",
         # Analytics take the lane only for a signed-in actor (others need their opt-ins).
         plain="events_plain" if is_event else "plain",
+        async_="async " if awaited else "",
+        await_="await " if awaited else "",
         lane="events_lane_limit" if is_event else "lane_limit",
         **pieces,
     )
@@ -255,6 +263,8 @@ def _names_in_lane() -> frozenset[str]:
         name="recorded_call",
         plain="plain",
         lane="lane_limit",
+        async_="",
+        await_="",
         **_GENERIC,
     )
     scope: dict[str, Any] = {}

@@ -26,6 +26,7 @@ _CACHE_LIMIT = 4096
 
 
 _NUMBERS = frozenset({int, float, bool, type(None)})  # nothing inside them to redact
+_BIG = 10**20  # an int under this in size has at most 21 characters of JSON
 
 
 class Redactor:
@@ -62,16 +63,20 @@ class Redactor:
             secret = cache.get(key)
             if secret is None:
                 secret = self.is_secret(str(key))
+            kind = type(value)
             if secret:
                 kept: Any = REDACTED
-            elif type(value) is str:
+            elif kind is str:
                 kept = value
                 bound += 6 * len(value) + 2
+            elif kind in _NUMBERS:  # _json_bound's rule, inlined for the commonest values
+                kept = value
+                bound += 24 if kind is not int or -_BIG < value < _BIG else max_bytes + 1
             else:
-                kept = value if type(value) in _NUMBERS else self.redact(value)
+                kept = self.redact(value)
                 bound += _json_bound(kept, max_bytes)
             out[key] = kept
-            bound += 6 * len(str(key)) + 4
+            bound += 6 * len(key if type(key) is str else str(key)) + 4
         return out if bound <= max_bytes else limit_size(out, max_bytes)
 
     def redact(self, value: Any) -> Any:
@@ -145,7 +150,7 @@ def _json_bound(value: Any, limit: int) -> int:
     if isinstance(value, str):
         return 6 * len(value) + 2
     if isinstance(value, (bool, int, float)) or value is None:
-        return 24 if not isinstance(value, int) or -(10**20) < value < 10**20 else limit + 1
+        return 24 if not isinstance(value, int) or -_BIG < value < _BIG else limit + 1
     if isinstance(value, dict):
         total = 2
         for key, item in value.items():

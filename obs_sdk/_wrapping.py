@@ -66,7 +66,7 @@ def _flags(spec: Instrumentation) -> tuple[bool, bool, bool]:
 def _function_wrapper(func: Callable[..., Any], spec: Instrumentation) -> Callable[..., Any]:
     start, on_success, on_failure = _flags(spec)
     if spec.when == "success" and spec.kind in (AUDIT, EVENT) and spec.emit_if is None:
-        lane = record_on_success(func, spec)  # the default: the tightest path
+        lane = record_on_success(func, spec, awaited=False)  # the default: the tightest path
         if lane is not None:
             return lane
     if on_success and not on_failure:
@@ -96,6 +96,10 @@ def _function_wrapper(func: Callable[..., Any], spec: Instrumentation) -> Callab
 
 def _coroutine_wrapper(func: Callable[..., Any], spec: Instrumentation) -> Callable[..., Any]:
     start, on_success, on_failure = _flags(spec)
+    if spec.when == "success" and spec.kind in (AUDIT, EVENT) and spec.emit_if is None:
+        lane = record_on_success(func, spec, awaited=True)
+        if lane is not None:
+            return lane
 
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         if start:

@@ -788,3 +788,29 @@ class TestOwnSignatureWrapper:
         assert obs.flush(5.0)
         (record,) = obs.audit_log(create_engine(sqlite_url))
         assert record.metadata == {"x": 2}
+
+    def test_coroutine_functions_take_the_same_wrapper(self, sqlite_url: str) -> None:
+        """An async function's wrapper is a coroutine function with its own parameters too."""
+
+        async def fetch(file_id: str, *, size: int = 1) -> str:
+            await asyncio.sleep(0)
+            return f"{file_id}:{size}"
+
+        obs.configure(database=sqlite_url)
+        decorated = obs.audited("op", metadata={"id": "{file_id}", "size": "{size}"})(fetch)
+        assert inspect.iscoroutinefunction(decorated)
+        assert inspect.signature(decorated) == inspect.signature(fetch)
+
+        async def calls() -> list[str]:
+            with obs.scope(actor=USER):
+                return [await decorated("f_1"), await decorated("f_2", size=3)]
+
+        assert asyncio.run(calls()) == ["f_1:1", "f_2:3"]
+        with pytest.raises(TypeError) as bare_error:
+            fetch()  # type: ignore[call-arg]
+        with pytest.raises(TypeError) as wrapped_error:
+            decorated()
+        assert str(wrapped_error.value) == str(bare_error.value)
+        assert obs.flush(5.0)
+        records = obs.audit_log(create_engine(sqlite_url))
+        assert [r.metadata for r in records] == [{"id": "f_1", "size": 1}, {"id": "f_2", "size": 3}]

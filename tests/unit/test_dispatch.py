@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -123,30 +122,6 @@ class TestDelivery:
         assert obs.flush()
         assert [r.action for r in s.received] == ["a.b"]
         assert obs.stats()["submitted"] == 1
-
-    def test_the_next_batch_is_rendered_while_a_sink_exports(self, sink: ControlledSink) -> None:
-        """While one batch is held in a sink, the worker takes (renders) the next one.
-
-        Rendering and a database's write then overlap: the driver lets go of the GIL while it
-        writes. The batch after that waits for the export: the queue is bounded, not the
-        rendered batches.
-        """
-        sink.block()
-        for i in range(3 * BATCH_SIZE):
-            download(f"f_{i}")
-        assert sink.entered.wait(10)
-        deadline = time.monotonic() + 10
-        while len(dispatcher.queue) > BATCH_SIZE and time.monotonic() < deadline:
-            time.sleep(0.005)
-        time.sleep(0.05)  # had the worker gone on, it would have taken the third batch by now
-        assert len(dispatcher.queue) == BATCH_SIZE  # one exporting, one rendered and waiting
-        stats = obs.stats()
-        assert (stats["queued"], stats["delivered"]) == (3 * BATCH_SIZE, 0)
-        assert invariant_holds(stats)
-        sink.unblock()
-        assert obs.flush()
-        assert [r.resource_id for r in sink.received] == [f"f_{i}" for i in range(3 * BATCH_SIZE)]
-        assert obs.stats()["delivered"] == 3 * BATCH_SIZE
 
     def test_stats_counted_since_the_last_install(self, sink: ControlledSink) -> None:
         """stats() restarts from zero at each configuration."""

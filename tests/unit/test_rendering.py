@@ -8,7 +8,9 @@ it replaces, over generated inputs.
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -16,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import obs_sdk as obs
-from obs_sdk._records import to_datetime
+from obs_sdk._records import _Uuid7, to_datetime
 from obs_sdk._redact import Redactor, limit_size, to_json
 from obs_sdk._sinks import _sqlite_time
 from obs_sdk._templates import Params, Plan, optional_text
@@ -137,3 +139,23 @@ class TestTimes:
         for moment in moments + [m.replace(microsecond=0) for m in moments]:
             expected = moment.replace(tzinfo=None).isoformat(" ", "microseconds")
             assert _sqlite_time(moment) == expected
+
+
+class TestIds:
+    @given(st.lists(st.integers(0, 2**47), min_size=1, max_size=50), st.integers(1, 5000))
+    def test_uuid7_ids_only_ever_increase(self, stamps_ms: list[int], repeats: int) -> None:
+        """Any clock, even one that stands still for 5000 ids or steps back: ids increase.
+
+        They are version 7, RFC variant, and carry their millisecond unless the clock went
+        back or one millisecond ran out of its 4096 sequence numbers (then a later one).
+        """
+        make = _Uuid7()
+        stamps = [ms * 1_000_000 for ms in stamps_ms] + [stamps_ms[-1] * 1_000_000] * repeats
+        ids = [make(ns) for ns in stamps]
+        assert all(a.int < b.int for a, b in itertools.pairwise(ids))
+        assert {(u.version, u.variant) for u in ids} == {(7, uuid.RFC_4122)}
+        latest = 0
+        for ns, made in zip(stamps, ids, strict=True):
+            latest = max(latest, ns // 1_000_000)
+            assert made.int >> 80 >= latest
+        assert ids[0].int >> 80 == stamps_ms[0]
