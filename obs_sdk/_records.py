@@ -240,19 +240,22 @@ def _slot(plan: Plan, name: str, values: tuple[Any, ...]) -> Any:
 
 
 def _rendered(plan: Plan, texts: tuple[str, ...], mapping: str, values: tuple[Any, ...]) -> Any:
-    """The text slots *texts* and the *mapping* of one record, redacted and size-limited."""
+    """The text slots *texts* and the *mapping* (not yet cleaned) of one record."""
     try:
-        *out, data = plan.renderer(texts, mapping)(values)
+        return plan.renderer(texts, mapping)(values)
     except Exception:  # slot by slot: only a failing slot is lost (and counted)
-        out = [optional_text(_slot(plan, name, values)) for name in texts]
         try:
             data = plan.render_mapping(mapping, values)
         except Exception as exc:
             count_error("render", exc)
             data = {}
+        return (*(optional_text(_slot(plan, name, values)) for name in texts), data)
+
+
+def _clean(data: dict[str, Any]) -> dict[str, Any]:
+    """Redacted, and within the configured size."""
     s = settings
-    out.append(s.redactor.clean(data, s.max_metadata_bytes))
-    return out
+    return s.redactor.clean(data, s.max_metadata_bytes)
 
 
 _RESOURCE = ("resource.type", "resource.id", "resource.name")
@@ -292,6 +295,7 @@ def render_audit(raw: RawRecord) -> AuditRecord:
     resource_type, resource_id, resource_name, metadata = _rendered(
         plan, _RESOURCE, "metadata", values
     )
+    metadata = _clean(metadata)
     s = settings
     return _new_record(
         AuditRecord,
@@ -338,7 +342,7 @@ def render_event(raw: RawRecord) -> AnalyticsEvent:
     actor = actor or ANONYMOUS
     _, distinct_id = analytics_identity(spec, actor)
     if spec.kind == GROUP:
-        (properties,) = _rendered(spec.plan, (), "properties", raw[VALUES])
+        properties = _clean(_rendered(spec.plan, (), "properties", raw[VALUES])[0])
         return AnalyticsEvent(
             uuid=settings.id_factory(raw[TIME_NS]),
             event="$groupidentify",
@@ -350,7 +354,7 @@ def render_event(raw: RawRecord) -> AnalyticsEvent:
         )
     properties = {
         k: v
-        for k, v in _rendered(spec.plan, (), "properties", raw[VALUES])[0].items()
+        for k, v in _clean(_rendered(spec.plan, (), "properties", raw[VALUES])[0]).items()
         if v is not None and v != ""
     }
     if actor.type not in ("user", "service"):
