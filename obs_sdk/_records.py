@@ -86,7 +86,6 @@ class Instrumentation:
         self.plain = kind == AUDIT and emit_if is None and not plan.resolvers
 
 
-_MAX_SEQUENCE = 0xFFF  # 12 bits
 _UNKNOWN_SAFETY = uuid.SafeUUID.unknown  # an enum member: each lookup runs a descriptor
 
 
