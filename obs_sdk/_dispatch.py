@@ -18,7 +18,7 @@ from typing import Any
 
 from obs_sdk._context import suppressed
 from obs_sdk._guard import count_error, internal_errors
-from obs_sdk._records import SPEC, STORED, STORED_AUDIT, RawRecord, render
+from obs_sdk._records import AUDIT, SPEC, STORED, STORED_AUDIT, RawRecord, render
 from obs_sdk._sinks import Sink
 
 __all__ = ["DEFAULT_QUEUE_SIZE", "Dispatcher", "dispatcher"]
@@ -316,15 +316,21 @@ class Dispatcher:
         rendered: list[Any] = []
         ok: list[bool] = []
         kinds: list[str] = []
+        # A sink that is alone in taking audits may render them itself (DatabaseSink on
+        # SQLite: straight into the driver's row). With another audit sink, every sink gets
+        # the same AuditRecord, so that they agree on its id.
+        takers = [sink for sink in self.sinks if AUDIT in sink.kinds]
+        alone = getattr(takers[0], "render_alone", None) if len(takers) == 1 else None
         for raw in batch:
             if raw[0] is STORED:  # rendered and stored at its commit: only the other sinks
                 rendered.append(raw[1])
                 ok.append(True)
                 kinds.append(STORED_AUDIT)
                 continue
-            kinds.append(raw[SPEC].kind)
+            kind = raw[SPEC].kind
+            kinds.append(kind)
             try:
-                rendered.append(render(raw))
+                rendered.append(alone(raw) if alone is not None and kind == AUDIT else render(raw))
                 ok.append(True)
             except Exception as exc:
                 count_error("render", exc)

@@ -112,6 +112,19 @@ class _Uuid7:
         self._lock = threading.Lock()
 
     def __call__(self, time_ns: int) -> uuid.UUID:
+        # What UUID(int=...) ends with, minus its range checks (the value is 128 bits by
+        # construction), through UUID's slot descriptors: half the cost of an id.
+        made = _new(uuid.UUID)
+        _set_int(made, self.value(time_ns))
+        _set_safety(made, _UNKNOWN_SAFETY)
+        return made
+
+    def hex(self, time_ns: int) -> str:
+        """The id as 32 hex digits (``UUID.hex``), without making the UUID."""
+        return f"{self.value(time_ns):032x}"
+
+    def value(self, time_ns: int) -> int:
+        """The next id's 128-bit value."""
         # ms << 16 | version 7 << 12 | a 12-bit sequence: comparing these 64 bits orders ids
         # by millisecond, then by sequence.
         start = ((time_ns // 1_000_000) & 0xFFFF_FFFF_FFFF) << 16 | 0x7000
@@ -124,12 +137,7 @@ class _Uuid7:
             high = (high >> 16 << 16) + 0x1_7000
         self._next = high + 1
         lock.release()
-        # What UUID(int=...) ends with, minus its range checks (the value is 128 bits by
-        # construction), through UUID's slot descriptors: half the cost of an id.
-        made = _new(uuid.UUID)
-        _set_int(made, high << 64 | _VARIANT | getrandbits(62))
-        _set_safety(made, _UNKNOWN_SAFETY)
-        return made
+        return high << 64 | _VARIANT | getrandbits(62)
 
 
 _new, getrandbits = object.__new__, random.getrandbits
@@ -286,41 +294,46 @@ _new_record = tuple.__new__  # AuditRecord's own __new__ minus its keyword handl
 
 def render_audit(raw: RawRecord) -> AuditRecord:
     """Build the AuditRecord for a raw record (dispatcher thread or commit)."""
+    time_ns = raw[TIME_NS]
+    columns = audit_columns(raw, settings.id_factory(time_ns), to_datetime(time_ns))
+    return _new_record(AuditRecord, columns)
+
+
+def audit_columns(raw: RawRecord, record_id: Any, occurred_at: Any) -> tuple[Any, ...]:
+    """The audit row's values in column order, with the id and time as the caller made them.
+
+    ``render_audit`` passes a UUID and an aware datetime; a SQL sink that is the only one
+    taking audits passes the forms its driver stores, and skips making the objects.
+    """
     spec: Instrumentation = raw[SPEC]
-    plan, values, time_ns = spec.plan, raw[VALUES], raw[TIME_NS]
     actor, workspace, organization, ip, user_agent, request_id = raw[FIELDS]
     actor = actor or ANONYMOUS
     trace_id, span_id = _trace_hex(raw[CONTEXT])
     resource_type, resource_id, resource_name, metadata = _rendered(
-        plan, _RESOURCE, "metadata", values
+        spec.plan, _RESOURCE, "metadata", raw[VALUES]
     )
-    metadata = _clean(metadata)
-    s = settings
-    return _new_record(
-        AuditRecord,
-        (
-            s.id_factory(time_ns),
-            to_datetime(time_ns),
-            spec.name,
-            raw[OUTCOME],
-            actor.type,
-            actor.id,
-            actor.name,
-            actor.email,
-            resource_type,
-            resource_id,
-            resource_name,
-            workspace,
-            organization,
-            ip,
-            user_agent,
-            request_id,
-            trace_id,
-            span_id,
-            s.service,
-            metadata,
-            raw[ERROR_TYPE],
-        ),
+    return (
+        record_id,
+        occurred_at,
+        spec.name,
+        raw[OUTCOME],
+        actor.type,
+        actor.id,
+        actor.name,
+        actor.email,
+        resource_type,
+        resource_id,
+        resource_name,
+        workspace,
+        organization,
+        ip,
+        user_agent,
+        request_id,
+        trace_id,
+        span_id,
+        settings.service,
+        _clean(metadata),
+        raw[ERROR_TYPE],
     )
 
 

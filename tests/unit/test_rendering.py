@@ -16,11 +16,14 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import create_engine
 
 import obs_sdk as obs
-from obs_sdk._records import _Uuid7, to_datetime
+from obs_sdk import _records
+from obs_sdk._dispatch import dispatcher
+from obs_sdk._records import _Uuid7, render_audit, to_datetime, uuid7
 from obs_sdk._redact import Redactor, limit_size, to_json
-from obs_sdk._sinks import _sqlite_time
+from obs_sdk._sinks import _sqlite_row, _sqlite_row_of, _sqlite_time
 from obs_sdk._templates import Params, Plan, optional_text
 from obs_sdk.testing import capture
 
@@ -159,3 +162,72 @@ class TestIds:
             latest = max(latest, ns // 1_000_000)
             assert made.int >> 80 >= latest
         assert ids[0].int >> 80 == stamps_ms[0]
+
+
+class TestRowsRenderedAlone:
+    """On SQLite, a database that is the only audit sink renders rows straight from records."""
+
+    @given(
+        st.lists(
+            st.tuples(st.integers(0, 4 * 10**18), st.text(max_size=12), plain),
+            min_size=1,
+            max_size=8,
+        )
+    )
+    def test_the_row_is_the_records_row(self, calls: list[tuple[int, str, Any]]) -> None:
+        """Same row as rendering the AuditRecord first; the default ids are UUIDv7 hex."""
+        clock = iter(ns for ns, _, _ in calls for _ in range(2))
+        ids: list[Any] = []  # the id factory's source, refilled below
+        raws = queued(
+            lambda: next(clock), [(name, value) for _, name, value in calls], ids.__getitem__
+        )
+        ids[:] = [iter(uuid.UUID(int=n) for n in range(10**6))]
+        expected = [_sqlite_row(render_audit(raw)) for raw in raws]
+        ids[:] = [iter(uuid.UUID(int=n) for n in range(10**6))]
+        assert [_sqlite_row_of(raw) for raw in raws] == expected
+        _records.settings.id_factory = uuid7
+        for raw, row in zip(raws, expected, strict=True):
+            alone = _sqlite_row_of(raw)
+            assert alone[1:] == row[1:]
+            assert uuid.UUID(alone[0]).version == 7
+
+    def test_the_dispatcher_uses_it_only_when_alone(self, sqlite_url: str) -> None:
+        """Alone, the database sink is handed rows, and those are what it stores.
+
+        With OTel logs also taking audits, both get the same AuditRecord, so the log's id is
+        the stored row's (tests/integration/otel/test_otel_logs.py checks that).
+        """
+        obs.configure(database=sqlite_url)
+        (sink,) = dispatcher.sinks
+        assert sink.render_alone is not None  # type: ignore[attr-defined]
+        exported: list[Any] = []
+        original = sink.export
+
+        def spy(batch: Any) -> None:
+            exported.extend(batch)
+            original(batch)
+
+        sink.export = spy  # type: ignore[method-assign]
+        obs.record_audit("a.b", metadata={"n": 1})
+        assert obs.flush(5.0)
+        assert [type(item) for item in exported] == [tuple]
+        (stored,) = obs.audit_log(create_engine(sqlite_url))
+        assert stored.id.hex == exported[0][0] and stored.metadata == {"n": 1}
+
+
+def queued(clock: Any, calls: list[tuple[str, Any]], source: Any) -> list[Any]:
+    """Raw records of @audited calls, taken from the paused queue; ids from source(0)."""
+    obs.configure(database="sqlite://", clock=clock, id_factory=lambda ns: next(source(0)))
+    dispatcher.paused = True
+
+    @obs.audited("doc.saved", resource=obs.Resource("doc", "{name}"), metadata={"v": "{value}"})
+    def save(name: str, value: Any) -> None: ...
+
+    try:
+        with obs.scope(actor=obs.Actor.user("u_1", name="Ada"), organization="o_1"):
+            for name, value in calls:
+                save(name, value)
+        return list(dispatcher.queue)
+    finally:
+        dispatcher.queue.clear()
+        dispatcher.paused = False
