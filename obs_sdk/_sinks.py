@@ -39,6 +39,8 @@ class Sink(Protocol):
     Called only from the dispatcher thread (or at commit), with instrumentation suppressed.
     ``export`` may raise; the dispatcher logs, counts and, when ``is_transient`` says the
     error may pass, retries with backoff. ``kinds`` names the record kinds it takes.
+    A sink may also have ``render_alone(raw)``: while it is the only sink taking audits,
+    the dispatcher exports what that returns instead of an ``AuditRecord``.
     """
 
     name: str
