@@ -44,6 +44,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 SCOPE_KEY = otel_context.create_key("obs_sdk.scope")
+# Set only together with a suppressed frame (see _Suppressed): the hot path takes a context
+# without a frame as not suppressed.
 SUPPRESS_KEY = otel_context.create_key("obs_sdk.suppressed")
 SPAN_KEY = _SPAN_KEY
 

@@ -18,7 +18,7 @@ from time import time_ns
 from typing import Any
 
 from obs_sdk import _context
-from obs_sdk._context import SCOPE_KEY, SUPPRESS_KEY, current_context, owner_token
+from obs_sdk._context import SCOPE_KEY, SUPPRESS_KEY, Frame, current_context, owner_token
 from obs_sdk._dispatch import BATCH_SIZE, dispatcher
 from obs_sdk._guard import count_error
 from obs_sdk._records import (
@@ -29,11 +29,16 @@ from obs_sdk._records import (
     RawRecord,
     analytics_identity,
 )
+from obs_sdk._scope import EMPTY_SCOPE
 from obs_sdk._tx import hold
 
 __all__ = ["emit"]
 
 _NO_FIELDS = (None, None, None, None, None, None)
+# What the lane reads when no scope is open: plain, nobody identified, no fields. Never put in
+# a context (set_actor changes a context's frame in place). Suppression always opens a frame,
+# so a context without one is never suppressed.
+_NO_FRAME = Frame(EMPTY_SCOPE)
 _WAKE_AT = BATCH_SIZE - 1  # queue length before the append that fills a batch
 _USER_TYPES = ("user", "service")
 _ANALYTICS_KINDS = (EVENT, GROUP)
@@ -128,8 +133,8 @@ def make(_o_func, _o_spec, _o_plan, _o_queue, {constants}):
         _o_r = {await_}_o_func({call})
         try:
             _o_ctx = current_context()
-            _o_frame = _o_ctx.get(SCOPE_KEY)
-            if _o_frame is not None and _o_frame.{plain}:
+            _o_frame = _o_ctx.get(SCOPE_KEY, _NO_FRAME)
+            if _o_frame.{plain}:
                 _o_n = len(_o_queue)
                 if _o_n < dispatcher.{lane}:
                     try:

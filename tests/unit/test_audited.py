@@ -814,3 +814,39 @@ class TestOwnSignatureWrapper:
         assert obs.flush(5.0)
         records = obs.audit_log(create_engine(sqlite_url))
         assert [r.metadata for r in records] == [{"id": "f_1", "size": 1}, {"id": "f_2", "size": 3}]
+
+
+class TestWithoutAScope:
+    """No scope open: the compiled wrapper records an anonymous actor, or nothing if suppressed."""
+
+    def test_anonymous_records_and_suppression_without_a_scope(self, sqlite_url: str) -> None:
+        sent: list[str] = []
+
+        class Client:
+            """Records captures in memory; the real client is tested in integration/posthog."""
+
+            def capture(self, event: str, **kwargs: Any) -> None:
+                sent.append(event)
+
+            def flush(self, timeout_seconds: float | None = None) -> None: ...
+
+        obs.configure(database=sqlite_url, posthog=Client())
+
+        @obs.audited("job.ran", metadata={"n": "{n}"})
+        def job(n: int) -> int:
+            return n
+
+        @obs.tracked("job.viewed")
+        def view() -> None: ...
+
+        assert obs.current_scope().actor is None
+        assert job(1) == 1
+        view()  # an anonymous caller: no event without allow_anonymous
+        with obs.suppressed():
+            job(2)
+        assert obs.flush(5.0)
+        records = obs.audit_log(create_engine(sqlite_url))
+        assert [(r.actor_type, r.actor_id, r.metadata) for r in records] == [
+            ("anonymous", None, {"n": 1})
+        ]
+        assert sent == []
