@@ -22,6 +22,7 @@ from obs_sdk._context import SCOPE_KEY, SUPPRESS_KEY, Frame, current_context, ow
 from obs_sdk._dispatch import BATCH_SIZE, dispatcher
 from obs_sdk._guard import count_error
 from obs_sdk._records import (
+    AUDIT,
     EVENT,
     GROUP,
     SUCCESS,
@@ -221,12 +222,15 @@ def record_on_success(
     *awaited*: *func* is a coroutine function, and the wrapper one too (it records after the
     await, with nothing else awaited).
 
-    It appends the record itself when nothing unusual is in effect (a scope without a
-    session or idempotency key, no provider, the worker running, and for analytics a
-    signed-in actor) and hands every other case to ``emit()``, which handles them all. The
-    template fields are compiled into it, so a call costs about half of what ``emit()``
-    does. None for plans with callable fields: they need the Call, so ``emit()`` for all.
+    It appends the record itself when nothing unusual is in effect (no scope, or one
+    without a session or idempotency key; no provider; the worker running; and for
+    analytics a signed-in actor) and hands every other case to ``emit()``, which handles
+    them all. The template fields are compiled into it, so a call costs about half of what
+    ``emit()`` does. None for anything but success-only records without ``emit_if``, and for plans
+    with callable fields (they need the Call): those take ``emit()`` for every call.
     """
+    if spec.when != "success" or spec.kind not in (AUDIT, EVENT) or spec.emit_if is not None:
+        return None
     own = _own_parameters(func)
     compiled = spec.plan.values_source(by_name=own is not None)
     if compiled is None:

@@ -265,6 +265,11 @@ def _clean(data: dict[str, Any]) -> dict[str, Any]:
     return s.redactor.clean(data, s.max_metadata_bytes)
 
 
+def _properties(raw: RawRecord) -> dict[str, Any]:
+    """An analytics record's properties, redacted and within the configured size."""
+    return _clean(_rendered(raw[SPEC].plan, (), "properties", raw[VALUES])[0])
+
+
 _RESOURCE = ("resource.type", "resource.id", "resource.name")
 
 
@@ -354,7 +359,7 @@ def render_event(raw: RawRecord) -> AnalyticsEvent:
     actor = actor or ANONYMOUS
     _, distinct_id = analytics_identity(spec, actor)
     if spec.kind == GROUP:
-        properties = _clean(_rendered(spec.plan, (), "properties", raw[VALUES])[0])
+        properties = _properties(raw)
         return AnalyticsEvent(
             uuid=settings.id_factory(raw[TIME_NS]),
             event="$groupidentify",
@@ -364,11 +369,7 @@ def render_event(raw: RawRecord) -> AnalyticsEvent:
             timestamp=to_datetime(raw[TIME_NS]),
             kind=GROUP,
         )
-    properties = {
-        k: v
-        for k, v in _clean(_rendered(spec.plan, (), "properties", raw[VALUES])[0]).items()
-        if v is not None and v != ""
-    }
+    properties = {k: v for k, v in _properties(raw).items() if v is not None and v != ""}
     if actor.type not in ("user", "service"):
         properties["$process_person_profile"] = False
     elif settings.person_properties:

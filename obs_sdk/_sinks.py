@@ -60,22 +60,15 @@ def _sqlite_row(r: AuditRecord) -> tuple[Any, ...]:
     return (f"{r[0].int:032x}", _sqlite_time(r[1]), *r[2:19], to_json(r[19]), r[20])
 
 
-_last_second: tuple[tuple[int, ...], str] = ((), "")  # as in _records.to_datetime
-
-
 def _sqlite_time(moment: datetime.datetime) -> str:
-    """``moment.isoformat(" ", "microseconds")`` without its offset, at half the cost."""
-    global _last_second
-    key = (moment.second, moment.minute, moment.hour, moment.day, moment.month, moment.year)
-    known, prefix = _last_second
-    if key != known:
-        prefix = moment.isoformat(" ", "seconds")[:19]
-        _last_second = (key, prefix)
-    return f"{prefix}.{moment.microsecond:06d}"
+    """``moment.isoformat(" ", "microseconds")`` without its (UTC) offset."""
+    return moment.isoformat(" ", "microseconds")[:26]
 
 
 _EPOCH = datetime.datetime(1970, 1, 1)
-_last_prefix: tuple[int | None, str] = (None, "")  # the last second's text, as above
+# The last second's stored text: records come in bursts within a second. One tuple, swapped
+# whole, so threads never see half an update.
+_last_prefix: tuple[int | None, str] = (None, "")
 
 
 def _sqlite_row_of(raw: RawRecord) -> tuple[Any, ...]:

@@ -216,14 +216,17 @@ class Plan:
 
     def add(self, name: str, spec: Any) -> None:
         """Compile *spec* (a constant, a template string or a callable) into slot *name*."""
-        self._keys.clear()
-        self._renderers.clear()
         if callable(spec) and not isinstance(spec, (str, type)):
-            self.slots[name] = ("call", self._add_resolver(CALL, spec))
+            self._set_slot(name, ("call", self._add_resolver(CALL, spec)))
         elif isinstance(spec, str) and ("{" in spec or "}" in spec):
-            self.slots[name] = self._compile_template(name, spec)
+            self._set_slot(name, self._compile_template(name, spec))
         else:
-            self.slots[name] = ("const", freeze(spec))
+            self._set_slot(name, ("const", freeze(spec)))
+
+    def _set_slot(self, name: str, slot: Slot) -> None:
+        self.slots[name] = slot
+        self._keys.clear()  # the render-time caches were built from the old slots
+        self._renderers.clear()
 
     def add_mapping(self, name: str, spec: Any) -> None:
         """Compile ``metadata=``/``properties=``: a dict of slots or one callable for all."""
@@ -231,9 +234,7 @@ class Plan:
             return
         if callable(spec) and not isinstance(spec, Mapping):
             self.whole = name
-            self._keys.clear()
-            self._renderers.clear()
-            self.slots[name] = ("call", self._add_resolver(CALL, spec))
+            self._set_slot(name, ("call", self._add_resolver(CALL, spec)))
             return
         if not isinstance(spec, Mapping):
             raise ConfigurationError(

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from obs_sdk._emit import emit, record_on_success
-from obs_sdk._records import AUDIT, EVENT, FAILURE, STARTED, SUCCESS, Instrumentation
+from obs_sdk._records import FAILURE, STARTED, SUCCESS, Instrumentation
 from obs_sdk._templates import Params, Plan
 from obs_sdk.exceptions import ConfigurationError
 
@@ -65,10 +65,9 @@ def _flags(spec: Instrumentation) -> tuple[bool, bool, bool]:
 
 def _function_wrapper(func: Callable[..., Any], spec: Instrumentation) -> Callable[..., Any]:
     start, on_success, on_failure = _flags(spec)
-    if spec.when == "success" and spec.kind in (AUDIT, EVENT) and spec.emit_if is None:
-        lane = record_on_success(func, spec, awaited=False)  # the default: the tightest path
-        if lane is not None:
-            return lane
+    lane = record_on_success(func, spec, awaited=False)  # the default: the tightest path
+    if lane is not None:
+        return lane
     if on_success and not on_failure:
 
         def success_only(*args: Any, **kwargs: Any) -> Any:
@@ -96,10 +95,9 @@ def _function_wrapper(func: Callable[..., Any], spec: Instrumentation) -> Callab
 
 def _coroutine_wrapper(func: Callable[..., Any], spec: Instrumentation) -> Callable[..., Any]:
     start, on_success, on_failure = _flags(spec)
-    if spec.when == "success" and spec.kind in (AUDIT, EVENT) and spec.emit_if is None:
-        lane = record_on_success(func, spec, awaited=True)
-        if lane is not None:
-            return lane
+    lane = record_on_success(func, spec, awaited=True)
+    if lane is not None:
+        return lane
 
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         if start:
