@@ -91,6 +91,7 @@ class Frame:
         "idempotency",
         "owner",
         "plain",
+        "repeated",
         "scope",
         "session",
         "suppressed",
@@ -101,6 +102,7 @@ class Frame:
         self.idempotency = idempotency
         # Kept on the frame too, so the hot path learns both from one context lookup.
         self.suppressed = suppressed
+        self.repeated = False  # inside a repeated once() key (see repeated_key())
         self.session = merged.session
         self.owner = owner_token() if merged.session is not None else None
         # No session, no idempotency key, not suppressed: records go straight to the queue.
@@ -287,16 +289,19 @@ def frame_with(**changes: Any) -> Iterator[Frame]:
 
 
 class _Suppressed:
-    __slots__ = ("_tokens",)
+    __slots__ = ("_repeated", "_tokens")
 
-    def __init__(self) -> None:
+    def __init__(self, repeated: bool = False) -> None:
+        self._repeated = repeated
         self._tokens: list[object] = []
 
     def __enter__(self) -> None:
         parent: Frame | None = otel_context.get_value(SCOPE_KEY)  # type: ignore[assignment]
         scope_ = parent.scope if parent is not None else EMPTY_SCOPE
         idempotency = parent.idempotency if parent is not None else None
-        ctx = otel_context.set_value(SCOPE_KEY, Frame(scope_, idempotency, suppressed=True))
+        frame = Frame(scope_, idempotency, suppressed=True)
+        frame.repeated = self._repeated or (parent is not None and parent.repeated)
+        ctx = otel_context.set_value(SCOPE_KEY, frame)
         ctx = otel_context.set_value(SUPPRESS_KEY, True, ctx)
         # Also OTel's own key, so a sink's HTTP or DB calls are not traced by instrumentations.
         ctx = otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True, ctx)
@@ -313,8 +318,26 @@ class _Suppressed:
 
 
 def suppressed() -> _Suppressed:
-    """Record nothing inside the block (audits, analytics, OTel instrumentation). Task-local."""
+    """Record no audit or analytics record inside the block (nor OTel instrumentation).
+
+    Metering is accounting, not a record: ``metered_storage`` charges and checks the quota
+    inside it all the same. Task-local.
+    """
     return _Suppressed()
+
+
+def repeated_key() -> _Suppressed:
+    """The block of a repeated ``once()`` key: no records, and no metering either.
+
+    The first delivery of the key already made them; ``in_repeated_key()`` is True inside.
+    """
+    return _Suppressed(repeated=True)
+
+
+def in_repeated_key() -> bool:
+    """Return True inside the block of a repeated ``once()`` key (metering skips it)."""
+    frame = current_frame()
+    return frame is not None and frame.repeated
 
 
 def is_suppressed() -> bool:

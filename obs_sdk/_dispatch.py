@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from obs_sdk._context import suppressed
-from obs_sdk._guard import count_error, internal_errors
+from obs_sdk._guard import count_error, counters, internal_errors
 from obs_sdk._records import AUDIT, SPEC, STORED, STORED_AUDIT, RawRecord, render
 from obs_sdk._sinks import Sink
 
@@ -267,6 +267,7 @@ class Dispatcher:
             result["by_sink"] = {name: s.as_dict() for name, s in self.by_sink.items()}
         result["submitted"] = queued + result["delivered"] + result["dropped"] + result["failed"]
         result["internal_errors"] = internal_errors()
+        result.update(counters())
         return result
 
     def count_upload_failure(self, sink_name: str, n: int) -> None:

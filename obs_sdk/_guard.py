@@ -15,7 +15,16 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
-__all__ = ["count_error", "guard", "logger", "set_test_hook"]
+__all__ = [
+    "COUNTERS",
+    "count",
+    "count_error",
+    "counters",
+    "guard",
+    "logger",
+    "set_test_hook",
+    "warn_once",
+]
 
 logger = logging.getLogger("obs_sdk")
 
@@ -33,6 +42,23 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 _last_logged: dict[tuple[str, type[BaseException]], float] = {}
 _errors = {"internal_errors": 0}
+# Outcomes that are not errors but must never pass unseen, each a top-level key of stats():
+#   no_actor: records filed anonymous because no actor was in scope;
+#   rolled_back: records dropped with the transaction they were held for;
+#   late: records made in a child task or thread after its scope's transaction had ended,
+#         written on their own; duplicate_unread: repeated once() keys whose flag was never read;
+#   set_actor_outside_scope: set_actor() calls with no scope to change (nothing was set);
+#   unloaded: template fields left NULL because an ORM attribute was not loaded.
+COUNTERS = (
+    "no_actor",
+    "rolled_back",
+    "late",
+    "duplicate_unread",
+    "set_actor_outside_scope",
+    "unloaded",
+)
+_counts = dict.fromkeys(COUNTERS, 0)
+_warned: set[object] = set()
 _test_hook: Callable[[str, BaseException], None] | None = None
 
 
@@ -52,6 +78,29 @@ def reset() -> None:
     with _lock:
         _errors["internal_errors"] = 0
         _last_logged.clear()
+        for name in COUNTERS:
+            _counts[name] = 0
+
+
+def count(name: str, n: int = 1) -> None:
+    """Add *n* to the stats() counter *name* (one of COUNTERS)."""
+    with _lock:
+        _counts[name] += n
+
+
+def counters() -> dict[str, int]:
+    """Return a snapshot of the COUNTERS since the last configure()."""
+    with _lock:
+        return dict(_counts)
+
+
+def warn_once(key: object, message: str, *args: object) -> None:
+    """Log *message* as a WARNING the first time *key* is seen in this process."""
+    with _lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    logger.warning(message, *args)
 
 
 def count_error(site: str, exc: BaseException) -> None:

@@ -14,7 +14,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from obs_sdk._emit import emit, record_on_success
+from obs_sdk._emit import emit
+from obs_sdk._lane import record_on_success
 from obs_sdk._records import FAILURE, STARTED, SUCCESS, Instrumentation
 from obs_sdk._templates import Params, Plan
 from obs_sdk.exceptions import ConfigurationError
