@@ -7,11 +7,10 @@ actor and tenant ids must not leak to third parties.
 
 from __future__ import annotations
 
-import asyncio
+import contextvars
 import functools
 import inspect
 import threading
-from asyncio import _get_running_loop  # public since 3.7 as asyncio._get_running_loop
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
@@ -33,7 +32,6 @@ __all__ = [
     "current_context",
     "current_frame",
     "current_scope",
-    "owner_token",
     "scope",
     "set_actor",
     "suppressed",
@@ -66,55 +64,88 @@ current_context = _fast_context_getter()
 # Set by configure(scope_provider=...): fills fields no scope set, read only when a record is made.
 provider: Callable[[], Mapping[str, Any]] | None = None
 
+# Set by obs_sdk._tx: called with the session when the scope that opened it exits.
+on_unit_close: Callable[[Any], None] | None = None
+
 _FIELDS = ("actor", "workspace", "organization", "ip", "user_agent", "request_id")
 
 
-def owner_token() -> tuple[int, int | None]:
-    """Identify the running thread and asyncio task (a scope's session is used only there)."""
-    # Ask for the loop first: current_task() raises (and costs ~1 µs) when none is running.
-    loop = _get_running_loop()
-    task = asyncio.current_task(loop) if loop is not None else None
-    return threading.get_ident(), (id(task) if task is not None else None)
+class Unit:
+    """The unit of work a ``scope(session=...)`` opened: shared by the frames derived from it.
+
+    Child tasks and threads see the scope's frame (or a copy made by their ``set_actor``);
+    ``closed`` tells their records that the scope, and so its transaction, has ended.
+    """
+
+    __slots__ = ("closed",)
+
+    def __init__(self) -> None:
+        self.closed = False
 
 
 class Frame:
     """What one ``scope()`` put into context: the merged scope plus what records read.
 
-    ``fields`` is the tuple of plain values copied into every record; ``set_actor``
-    swaps it in place so that later records of the same request see the new actor,
-    also on threads that copied the context.
+    Immutable in use: ``set_actor`` puts a copy with the new actor into the current context,
+    so a child task or thread changes its own actor and never its parent's or siblings'.
+    ``manager`` and ``token`` say which ``scope()`` attached it and how to restore the
+    context it replaced; copies keep both, so the scope's exit also drops them.
     """
 
     __slots__ = (
         "events_plain",
         "fields",
         "idempotency",
-        "owner",
+        "manager",
+        "parent",
         "plain",
         "repeated",
         "scope",
         "session",
         "suppressed",
+        "thread",
+        "token",
+        "unit",
     )
 
-    def __init__(self, merged: Scope, idempotency: Any = None, suppressed: bool = False) -> None:
+    def __init__(
+        self,
+        merged: Scope,
+        idempotency: Any = None,
+        suppressed: bool = False,
+        parent: Frame | None = None,
+    ) -> None:
         self.scope = merged
         self.idempotency = idempotency
         # Kept on the frame too, so the hot path learns both from one context lookup.
         self.suppressed = suppressed
         self.repeated = False  # inside a repeated once() key (see repeated_key())
         self.session = merged.session
-        self.owner = owner_token() if merged.session is not None else None
+        self.parent = parent
+        self.thread = threading.get_ident()  # where it was opened (see set_actor)
+        self.manager: object = None
+        self.token: object = None
+        if merged.session is None:
+            self.unit: Unit | None = None
+        elif parent is not None and parent.session is merged.session and parent.unit is not None:
+            self.unit = parent.unit  # an inner frame of the same unit of work
+        else:
+            self.unit = Unit()
         # No session, no idempotency key, not suppressed: records go straight to the queue.
         self.plain = merged.session is None and idempotency is None and not suppressed
         self.fields = _fields_of(merged)
         # ...and analytics too, when a user or service acts (others need their opt-ins).
         self.events_plain = self.plain and _identified(merged.actor)
 
-    def replace_actor(self, actor: Actor | None) -> None:
-        self.scope = replace(self.scope, actor=actor)
-        self.events_plain = self.plain and _identified(actor)
-        self.fields = _fields_of(self.scope)
+    def with_actor(self, actor: Actor | None) -> Frame:
+        """Return a copy of this frame whose scope has *actor*."""
+        copy = Frame.__new__(Frame)
+        for name in Frame.__slots__:
+            setattr(copy, name, getattr(self, name))
+        copy.scope = replace(self.scope, actor=actor)
+        copy.fields = _fields_of(copy.scope)
+        copy.events_plain = copy.plain and _identified(actor)
+        return copy
 
 
 def _identified(actor: Actor | None) -> bool:
@@ -174,13 +205,17 @@ def current_scope() -> Scope:
 
 
 class _ScopeManager:
-    """Context manager returned by ``scope()``; usable with ``with`` and ``async with``."""
+    """Context manager returned by ``scope()``; usable with ``with`` and ``async with``.
 
-    __slots__ = ("_inner", "_tokens")
+    It keeps no state of its own between enter and exit: the token that restores the
+    context lives on the frame it attached, so one manager may be entered in several tasks
+    or threads at once, each exit restoring its own context.
+    """
+
+    __slots__ = ("_inner",)
 
     def __init__(self, inner: Scope) -> None:
         self._inner = inner
-        self._tokens: list[object] = []
 
     def __enter__(self) -> Scope:
         ctx = otel_context.get_current()
@@ -188,8 +223,11 @@ class _ScopeManager:
         if parent is None:
             frame = Frame(EMPTY_SCOPE.merged(self._inner))
         else:
-            frame = Frame(parent.scope.merged(self._inner), parent.idempotency, parent.suppressed)
-        self._tokens.append(otel_context.attach(otel_context.set_value(SCOPE_KEY, frame, ctx)))
+            merged = parent.scope.merged(self._inner)
+            frame = Frame(merged, parent.idempotency, parent.suppressed, parent)
+            frame.repeated = parent.repeated
+        frame.manager = self
+        frame.token = otel_context.attach(otel_context.set_value(SCOPE_KEY, frame, ctx))
         return frame.scope
 
     def __exit__(
@@ -198,7 +236,20 @@ class _ScopeManager:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        otel_context.detach(self._tokens.pop())  # type: ignore[arg-type]
+        frame = current_frame()
+        while frame is not None and frame.manager is not self:
+            frame = frame.parent
+        if frame is None or not _restore(frame.token):
+            _warn_foreign_exit()
+            return
+        unit = frame.unit
+        if unit is not None and (frame.parent is None or frame.parent.unit is not unit):
+            unit.closed = True  # records its children make from now on are late
+            if on_unit_close is not None:
+                from obs_sdk._guard import guard
+
+                with guard("scope_exit"):
+                    on_unit_close(frame.session)
 
     async def __aenter__(self) -> Scope:
         return self.__enter__()
@@ -210,6 +261,34 @@ class _ScopeManager:
         tb: TracebackType | None,
     ) -> None:
         self.__exit__(exc_type, exc, tb)
+
+
+def _restore(token: object) -> bool:
+    """Restore the context *token* replaced; False when this is not the context it came from."""
+    if isinstance(token, contextvars.Token):
+        # OTel's default runtime hands out the ContextVar's own token: reset it here, where a
+        # token of another context is a plain ValueError rather than OTel's logged traceback.
+        try:
+            token.var.reset(token)
+        except ValueError:
+            return False
+        return True
+    otel_context.detach(token)  # type: ignore[arg-type]  # another runtime: its own rules
+    return True
+
+
+def _warn_foreign_exit() -> None:
+    from obs_sdk._guard import warn_once
+
+    warn_once(
+        "scope-exit",
+        "obs_sdk: a scope was exited in another context than the one it was entered in, so it "
+        "never applied to the code between the two (typical of a sync generator dependency "
+        "that a framework runs on worker threads, such as FastAPI's `def` dependencies with "
+        "`yield`). Open the scope where the work runs: in the middleware, in an `async def` "
+        "dependency, or around the work itself. Records made meanwhile went to the queue "
+        "without the scope's session.",
+    )
 
 
 def _optional_text(name: str, value: object) -> str | None:
@@ -258,18 +337,36 @@ def scope(
 def set_actor(actor: Actor | None) -> None:
     """Replace the actor of the current scope, e.g. right after authentication.
 
-    Every record made after this call in the same scope carries *actor*, also on threads
-    that copied the context. Outside any scope it opens one for the rest of the current
-    context (thread or task), like ``ContextVar.set``.
+    Every record made after this call in the current task or thread carries *actor*, and so
+    do the tasks and threads it starts afterwards; never its parent's or its siblings'. The
+    scope's exit ends it. Called on another thread than the one that opened the scope (a
+    framework's worker thread) it applies there only, and warns once. Outside any scope
+    there is nothing to change: it warns once and counts ``set_actor_outside_scope``.
     """
+    from obs_sdk._guard import count, warn_once
+
     if actor is not None and not isinstance(actor, Actor):
         raise ConfigurationError(f"set_actor() takes an obs.Actor or None, got {actor!r}")
     frame = current_frame()
-    if frame is not None:
-        frame.replace_actor(actor)
+    if frame is None:
+        count("set_actor_outside_scope")
+        warn_once(
+            "set_actor-outside",
+            "obs_sdk: set_actor() was called outside any scope, so it set nothing (an actor "
+            "set there would stick to a pooled thread and leak into unrelated work). Open "
+            "obs.scope(...) first, e.g. in your request middleware, or pass actor= to it.",
+        )
         return
-    ctx = otel_context.get_current()
-    otel_context.attach(otel_context.set_value(SCOPE_KEY, Frame(Scope(actor=actor)), ctx))
+    if frame.thread != threading.get_ident():
+        warn_once(
+            "set_actor-thread",
+            "obs_sdk: set_actor() was called on another thread than the one that opened the "
+            "scope (a framework's worker thread, e.g. a FastAPI `def` dependency): the actor "
+            "applies to that thread's work only, not to the rest of the request. Resolve the "
+            "actor where the scope is opened (the middleware's actor resolver) or in an "
+            "`async def` dependency.",
+        )
+    otel_context.attach(otel_context.set_value(SCOPE_KEY, frame.with_actor(actor)))
 
 
 @contextmanager
@@ -280,7 +377,8 @@ def frame_with(**changes: Any) -> Iterator[Frame]:
     base = parent.scope if parent is not None else EMPTY_SCOPE
     idempotency = changes.pop("idempotency", parent.idempotency if parent else None)
     suppressed = parent.suppressed if parent is not None else False
-    frame = Frame(replace(base, **changes), idempotency, suppressed)
+    frame = Frame(replace(base, **changes), idempotency, suppressed, parent)
+    frame.repeated = parent is not None and parent.repeated
     token = otel_context.attach(otel_context.set_value(SCOPE_KEY, frame, ctx))
     try:
         yield frame
@@ -299,7 +397,7 @@ class _Suppressed:
         parent: Frame | None = otel_context.get_value(SCOPE_KEY)  # type: ignore[assignment]
         scope_ = parent.scope if parent is not None else EMPTY_SCOPE
         idempotency = parent.idempotency if parent is not None else None
-        frame = Frame(scope_, idempotency, suppressed=True)
+        frame = Frame(scope_, idempotency, True, parent)
         frame.repeated = self._repeated or (parent is not None and parent.repeated)
         ctx = otel_context.set_value(SCOPE_KEY, frame)
         ctx = otel_context.set_value(SUPPRESS_KEY, True, ctx)

@@ -15,7 +15,7 @@ from time import time_ns
 from typing import Any
 
 from obs_sdk import _context
-from obs_sdk._context import SCOPE_KEY, SUPPRESS_KEY, Frame, current_context, owner_token
+from obs_sdk._context import SCOPE_KEY, SUPPRESS_KEY, Frame, current_context
 from obs_sdk._dispatch import BATCH_SIZE, dispatcher
 from obs_sdk._guard import count_error
 from obs_sdk._records import (
@@ -33,8 +33,7 @@ __all__ = ["clock", "emit", "events_wanted"]
 
 _NO_FIELDS = (None, None, None, None, None, None)
 # What the lane reads when no scope is open: plain, nobody identified, no fields. Never put in
-# a context (set_actor changes a context's frame in place). Suppression always opens a frame,
-# so a context without one is never suppressed.
+# a context. Suppression always opens a frame, so a context without one is never suppressed.
 _NO_FRAME = Frame(EMPTY_SCOPE)
 _WAKE_AT = BATCH_SIZE - 1  # queue length before the append that fills a batch
 _USER_TYPES = ("user", "service")
@@ -94,13 +93,9 @@ def emit(
         if deliver is not None:
             deliver(raw)
             return
-        if (
-            frame is not None
-            and frame.session is not None  # type: ignore[attr-defined]
-            and outcome == SUCCESS
-            and frame.owner == owner_token()  # type: ignore[attr-defined]
-        ):
-            hold(frame.session, raw)  # type: ignore[attr-defined]
+        if frame is not None and frame.session is not None and outcome == SUCCESS:  # type: ignore[attr-defined]
+            # Children on other tasks and threads join the scope's transaction too.
+            hold(frame.session, frame.unit, raw)  # type: ignore[attr-defined]
             return
         queue = dispatcher.queue  # dispatcher.submit(), inlined for the common case
         n = len(queue)

@@ -32,6 +32,15 @@ class Actor:
     email: str | None = None
     distinct_id: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.type not in ACTOR_TYPES:
+            raise ConfigurationError(
+                f"Actor({self.type!r}) is not an actor kind: build one with Actor.user(id), "
+                "Actor.service(id), Actor.system(label) or Actor.anonymous()"
+            )
+        if self.type in ("user", "service"):
+            _require_text(self.type, "id", self.id)
+
     @classmethod
     def user(cls, id: str, name: str | None = None, email: str | None = None) -> Actor:
         """A signed-in person: ``actor_type`` "user", ``actor_id`` = *id*."""
