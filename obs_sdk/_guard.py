@@ -78,6 +78,7 @@ def reset() -> None:
     with _lock:
         _errors["internal_errors"] = 0
         _last_logged.clear()
+        _warned.clear()
         for name in COUNTERS:
             _counts[name] = 0
 
@@ -95,7 +96,7 @@ def counters() -> dict[str, int]:
 
 
 def warn_once(key: object, message: str, *args: object) -> None:
-    """Log *message* as a WARNING the first time *key* is seen in this process."""
+    """Log *message* as a WARNING the first time *key* is seen since configure()."""
     with _lock:
         if key in _warned:
             return

@@ -175,17 +175,40 @@ class TestTransactionAware:
         assert actions(reader) == []
         assert obs.stats()["submitted"] == 0
 
-    def test_rollback_before_any_sql_drops_success_records(
+    def test_record_before_any_sql_rides_the_next_transaction_and_nothing_begins(
         self, database_url: str, app_engine: sa.Engine, reader: sa.Engine
     ) -> None:
-        """A record made before the session ran any SQL is dropped by the rollback too."""
+        """A record made before the session began waits for the transaction that comes next:
+        obs_sdk begins nothing, so the caller's own `with session.begin():` still works."""
         obs.configure(database_url)
         with Session(app_engine) as session, obs.scope(session=session):
             download("f_1")
-            session.rollback()
-            session.commit()  # a later, empty transaction must not resurrect it
+            assert not session.in_transaction()
+            with session.begin():  # raised "A transaction is already begun" before
+                session.execute(app_items.insert().values(id=1, name="a"))
+            assert actions(reader) == [("file.downloaded", "success")]
+        with Session(app_engine) as session, obs.scope(session=session):
+            download("f_2")
+            with pytest.raises(KeyError), session.begin():
+                session.execute(app_items.insert().values(id=2, name="b"))
+                raise KeyError("the transaction it joined rolled back")
         assert obs.flush()
-        assert actions(reader) == []
+        assert [r.resource_id for r in trail(reader)] == ["f_1"]
+        assert obs.stats()["rolled_back"] == 1
+
+    def test_scope_without_any_sql_queues_its_records_at_exit(
+        self, database_url: str, app_engine: sa.Engine, reader: sa.Engine
+    ) -> None:
+        """No transaction ever began (a download served from a cache): nothing to join, and
+        a session closed without one fires no event, so the scope's exit queues them."""
+        obs.configure(database_url)
+        with Session(app_engine) as session:
+            with obs.scope(session=session):
+                download("f_cached")
+                assert obs.stats()["submitted"] == 0
+            assert obs.stats()["submitted"] == 1
+        assert obs.flush()
+        assert [r.resource_id for r in trail(reader)] == ["f_cached"]
 
     def test_failed_flush_at_commit_leaves_no_record(
         self, database_url: str, app_engine: sa.Engine, reader: sa.Engine
@@ -222,20 +245,22 @@ class TestTransactionAware:
         assert obs.flush()
         assert actions(reader) == [("file.deleted", "failure")]
 
-    def test_record_on_another_thread_goes_to_the_queue(
+    def test_record_on_another_thread_joins_the_transaction(
         self, database_url: str, app_engine: sa.Engine, reader: sa.Engine
     ) -> None:
-        """A thread that inherited the scope never touches the session: its record is queued."""
+        """A thread that inherited the scope joins its transaction: held, dropped by rollback."""
         obs.configure(database_url)
-        with Session(app_engine) as session, obs.scope(session=session):
-            session.execute(app_items.insert().values(id=1, name="a"))
-            worker = threading.Thread(target=obs.with_scope(download), args=("f_thread",))
-            worker.start()
-            worker.join()
-            assert obs.stats()["submitted"] == 1
-            session.rollback()
+        for resource, end in (("f_rolled_back", Session.rollback), ("f_committed", Session.commit)):
+            with Session(app_engine) as session, obs.scope(session=session):
+                session.execute(app_items.delete())
+                worker = threading.Thread(target=obs.with_scope(download), args=(resource,))
+                worker.start()
+                worker.join()
+                assert obs.stats()["submitted"] == 0  # held, not queued
+                end(session)
         assert obs.flush()
-        assert [r.resource_id for r in trail(reader)] == ["f_thread"]
+        assert [r.resource_id for r in trail(reader)] == ["f_committed"]
+        assert obs.stats()["rolled_back"] == 1
 
     def test_async_session_commit_and_rollback(
         self, database_url: str, app_engine: sa.Engine, reader: sa.Engine
@@ -548,6 +573,7 @@ class TestManualRecords:
                 obs.record_audit("export.kept")
                 session.commit()
             with Session(app_engine) as session, obs.scope(session=session):
+                session.execute(app_items.insert().values(id=2, name="b"))
                 obs.record_audit("export.dropped")
                 obs.record_audit("export.failed", outcome="failure")
                 session.rollback()

@@ -136,23 +136,34 @@ class TestSetActor:
             ("anonymous", None),
         ]
 
-    def test_visible_to_threads_that_copied_the_context(self) -> None:
-        """A thread started with the request's context sees the actor set afterwards."""
+    def test_a_copied_context_keeps_the_actor_it_was_copied_with(self) -> None:
+        """set_actor() changes this context and what it starts afterwards, never a context
+        copied before (a child task or thread started earlier keeps its own actor)."""
         with obs.scope(actor=obs.Actor.anonymous()):
-            ctx = contextvars.copy_context()
+            earlier = contextvars.copy_context()
             obs.set_actor(obs.Actor.user("u_late"))
-            seen = ctx.run(lambda: obs.current_scope().actor)
-        assert seen == obs.Actor.user("u_late")
+            later = contextvars.copy_context()
+            assert earlier.run(lambda: obs.current_scope().actor) == obs.Actor.anonymous()
+            assert later.run(lambda: obs.current_scope().actor) == obs.Actor.user("u_late")
+        assert obs.current_scope().actor is None
 
-    def test_outside_any_scope_it_sets_the_actor_for_this_context(self) -> None:
-        """Without a scope, set_actor() behaves like ContextVar.set for the current context."""
+    def test_outside_any_scope_it_sets_nothing_warns_once_and_counts(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Without a scope, set_actor() has nothing to change: an actor set there would stick
+        to a pooled thread and leak into later, unrelated work."""
 
         def body() -> obs.Actor | None:
             obs.set_actor(obs.Actor.service("key_1"))
             return obs.current_scope().actor
 
-        assert contextvars.copy_context().run(body) == obs.Actor.service("key_1")
+        with caplog.at_level("WARNING", logger="obs_sdk"):
+            assert contextvars.copy_context().run(body) is None
+            obs.set_actor(obs.Actor.service("key_2"))
         assert obs.current_scope().actor is None
+        assert obs.stats()["set_actor_outside_scope"] == 2
+        warnings = [r for r in caplog.records if "outside any scope" in r.getMessage()]
+        assert len(warnings) == 1  # once
 
 
 class TestIsolation:

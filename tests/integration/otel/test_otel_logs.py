@@ -125,13 +125,14 @@ class TestInMemoryExporter:
         self, sqlite_url: str, memory: tuple[LoggerProvider, InMemoryLogRecordExporter]
     ) -> None:
         """Audits written at a transaction's commit and by record_audit_now reach OTel, same id."""
-        from sqlalchemy import create_engine
+        from sqlalchemy import create_engine, text
         from sqlalchemy.orm import Session
 
         provider, exporter = memory
         engine = create_engine(sqlite_url)
         obs.configure(engine, otel_logs=provider)
         with Session(engine) as session, obs.scope(actor=ADA, session=session):
+            session.execute(text("SELECT 1"))  # a transaction in progress: records join it
             download("f_tx", 1, "t")
             session.rollback()  # dropped: never stored, never mirrored
             download("f_committed", 1, "t")

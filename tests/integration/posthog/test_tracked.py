@@ -14,7 +14,7 @@ from pathlib import Path
 
 import posthog
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 import obs_sdk as obs
@@ -170,6 +170,7 @@ class TestTransactions:
         engine = create_engine(sqlite_url)
         obs.configure(database=engine, posthog=client)
         with Session(engine) as session, obs.scope(actor=ADA, session=session):
+            session.execute(text("SELECT 1"))  # a transaction in progress: events join it
             download("rolled_back")
             session.rollback()
             download("committed")
@@ -190,6 +191,7 @@ class TestTransactions:
         obs.configure(database=engine, posthog=client)
         async with AsyncSession(engine) as session:
             with obs.scope(actor=ADA, session=session):
+                await session.execute(text("SELECT 1"))
                 download("async_rolled_back")
                 await session.rollback()
                 download("async_committed")

@@ -345,9 +345,10 @@ class TestHandlerFails:
         assert retries == ["processed", "duplicate", "duplicate"]
         assert app.effects() == (1, 1, 1)
 
-    def test_retried_event_keeps_its_uuid(self, sqlite_app):
-        """An event that a failed attempt sent from a worker thread (not held for the
-        transaction) has the same uuid as the retry's, so PostHog keeps one."""
+    def test_worker_thread_event_of_a_failed_attempt_is_dropped(self, sqlite_app):
+        """An event a handler sends from a worker thread joins the attempt's transaction:
+        the failed attempt's event is dropped with its rollback (counted), the retry's is
+        sent once."""
         import threading
 
         attempts = []
@@ -367,10 +368,11 @@ class TestHandlerFails:
         statuses = [deliver(sqlite_app.hooks, body).status for _ in range(3)]
 
         assert statuses == [500, 200, 200]
+        assert attempts == ["evt_w", "evt_w"]  # both attempts ran; the duplicate did not
         assert obs.flush(timeout=10.0)
         sent = sqlite_app.receiver.events_named("ledger_synced")
-        assert len(sent) == 2  # both attempts ran; the duplicate did not
-        assert sent[0]["uuid"] == sent[1]["uuid"]
+        assert len(sent) == 1
+        assert obs.stats()["rolled_back"] >= 1
 
 
 class TestInstrumentationFails:
