@@ -226,8 +226,7 @@ class _ScopeManager:
             merged = parent.scope.merged(self._inner)
             frame = Frame(merged, parent.idempotency, parent.suppressed, parent)
             frame.repeated = parent.repeated
-        frame.manager = self
-        frame.token = otel_context.attach(otel_context.set_value(SCOPE_KEY, frame, ctx))
+        _attach(self, frame, otel_context.set_value(SCOPE_KEY, frame, ctx))
         return frame.scope
 
     def __exit__(
@@ -236,11 +235,8 @@ class _ScopeManager:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        frame = current_frame()
-        while frame is not None and frame.manager is not self:
-            frame = frame.parent
-        if frame is None or not _restore(frame.token):
-            _warn_foreign_exit()
+        frame = _detach(self)
+        if frame is None:
             return
         unit = frame.unit
         if unit is not None and (frame.parent is None or frame.parent.unit is not unit):
@@ -261,6 +257,27 @@ class _ScopeManager:
         tb: TracebackType | None,
     ) -> None:
         self.__exit__(exc_type, exc, tb)
+
+
+def _attach(manager: object, frame: Frame, ctx: otel_context.Context) -> None:
+    """Make *ctx* (holding *frame*) current; the frame keeps the token that undoes it."""
+    frame.manager = manager
+    frame.token = otel_context.attach(ctx)
+
+
+def _detach(manager: object) -> Frame | None:
+    """Restore the context from before *manager*'s frame in this context; return that frame.
+
+    Frames that ``set_actor`` put above it go with it. None (and a one-time warning) when
+    this context never entered *manager*: a framework ran the exit in another context.
+    """
+    frame = current_frame()
+    while frame is not None and frame.manager is not manager:
+        frame = frame.parent
+    if frame is None or not _restore(frame.token):
+        _warn_foreign_exit()
+        return None
+    return frame
 
 
 def _restore(token: object) -> bool:
@@ -387,11 +404,10 @@ def frame_with(**changes: Any) -> Iterator[Frame]:
 
 
 class _Suppressed:
-    __slots__ = ("_repeated", "_tokens")
+    __slots__ = ("_repeated",)
 
     def __init__(self, repeated: bool = False) -> None:
         self._repeated = repeated
-        self._tokens: list[object] = []
 
     def __enter__(self) -> None:
         parent: Frame | None = otel_context.get_value(SCOPE_KEY)  # type: ignore[assignment]
@@ -403,10 +419,10 @@ class _Suppressed:
         ctx = otel_context.set_value(SUPPRESS_KEY, True, ctx)
         # Also OTel's own key, so a sink's HTTP or DB calls are not traced by instrumentations.
         ctx = otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True, ctx)
-        self._tokens.append(otel_context.attach(ctx))
+        _attach(self, frame, ctx)
 
     def __exit__(self, *exc_info: object) -> None:
-        otel_context.detach(self._tokens.pop())  # type: ignore[arg-type]
+        _detach(self)
 
     async def __aenter__(self) -> None:
         self.__enter__()

@@ -127,6 +127,28 @@ class TestActorInChildren:
         got = {resource: actor for _, resource, actor in trail(app_engine)}
         assert got == {f"f_{i}": f"u_{i}" for i in range(8)}
 
+    def test_one_suppressed_object_shared_by_threads(self, app_engine: sa.Engine) -> None:
+        """A module-level `obs.suppressed()` (a health check's) used by 4 threads at once:
+        each thread leaves it unsuppressed, and records what it does afterwards."""
+        quiet = obs.suppressed()
+        barrier = threading.Barrier(4)
+
+        def job(i: int) -> None:
+            with obs.scope(actor=user(i)):
+                with quiet:
+                    barrier.wait()
+                    download(f"f_quiet_{i}")
+                    barrier.wait()
+                download(f"f_{i}")
+
+        threads = [threading.Thread(target=job, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        got = {resource: actor for _, resource, actor in trail(app_engine)}
+        assert got == {f"f_{i}": f"u_{i}" for i in range(4)}
+
     def test_set_actor_outside_a_scope_never_reaches_the_next_job_of_a_pooled_thread(
         self, app_engine: sa.Engine, caplog: pytest.LogCaptureFixture
     ) -> None:
