@@ -15,7 +15,7 @@ from obs_sdk._audit import (
 )
 from obs_sdk._config import configure, flush, posthog_on_error, shutdown, stats
 from obs_sdk._context import current_scope, scope, set_actor, suppressed, with_scope
-from obs_sdk._idempotency import once, purge_idempotency_keys
+from obs_sdk._idempotency import idempotent, once, purge_idempotency_keys
 from obs_sdk._records import AnalyticsEvent, AuditRecord
 from obs_sdk._scope import Actor, Resource, Scope
 from obs_sdk._storage import (
@@ -54,6 +54,7 @@ __all__ = [
     "create_tables",
     "current_scope",
     "flush",
+    "idempotent",
     "identify_group",
     "metadata",
     "metered_storage",

@@ -54,7 +54,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql.expression import Executable
 
 from obs_sdk import _config
-from obs_sdk._context import current_scope, frame_with, is_suppressed
+from obs_sdk._context import current_scope, frame_with, in_repeated_key
 from obs_sdk._scope import Actor, Resource
 from obs_sdk._tables import Tables, tables
 from obs_sdk.exceptions import ConfigurationError, QuotaExceeded
@@ -463,8 +463,10 @@ class _Meter:
     def _prepare(self) -> bool:
         if self._active:
             raise ConfigurationError("a metered_storage(...) block cannot be entered twice")
-        if is_suppressed():
-            return False  # suppressed() or a repeated once() key: meter nothing
+        if in_repeated_key():
+            # The key's first delivery made this charge. suppressed() is no reason to skip:
+            # it silences records, and metering is accounting (a quota bypass otherwise).
+            return False
         if not self._release:
             self._owner = _resolve_owner(self._explicit_owner)
             self._quota = _resolve_quota(self._explicit_quota, self._owner)
@@ -581,7 +583,9 @@ def metered_storage(
     If the block raises, its charge or release is undone (a savepoint), even when the caller
     swallows the error and commits; a rollback undoes everything. Inside the block the
     session is in scope, so audit records join its transaction. Inside ``obs.suppressed()``
-    (or a repeated ``once()`` key) nothing is metered.
+    the charge and the quota check run all the same (only the ``audit_storage`` records are
+    silenced); inside a repeated ``once()`` key nothing is metered, since the key's first
+    delivery made the charge.
 
     Use ``with`` for a ``Session`` and ``async with`` for an ``AsyncSession``. Concurrent
     charges from threads or processes are race-free on SQLite and PostgreSQL; one object is

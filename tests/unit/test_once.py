@@ -4,6 +4,7 @@ in tests/acceptance/test_webhook_concurrency.py)."""
 from __future__ import annotations
 
 import datetime
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,9 +52,9 @@ def keys_in(engine: sa.Engine) -> list[str]:
 
 
 def run_once(Sessions: sessionmaker[Session], key: str) -> bool:
-    """One committed transaction entering *key*; return what once() yielded."""
+    """One committed transaction entering *key*; return what once() yielded, as a bool."""
     with Sessions() as session, session.begin(), obs.once(session, key) as first:
-        return first
+        return bool(first)
 
 
 class TestFirstTime:
@@ -75,7 +76,7 @@ class TestFirstTime:
         """once(session, key=...) works as SPEC writes it."""
         with Sessions() as session, session.begin():
             with obs.once(session, key="kw") as first:
-                assert first is True
+                assert first
 
 
 class TestRollback:
@@ -108,7 +109,7 @@ class TestSuppression:
         run_once(Sessions, "k")
         with capture() as cap, obs.scope(actor=USER):
             with Sessions() as session, session.begin(), obs.once(session, "k") as first:
-                assert first is False
+                assert not first
                 record_payment("in_1")
                 track_payment("in_1")
                 obs.record_audit("manual.entry")
@@ -122,6 +123,17 @@ class TestSuppression:
             with Sessions() as session, session.begin(), obs.once(session, "upload:1"):
                 with obs.metered_storage(session, object_id="doc_1", bytes=size, owner="org_1"):
                     pass
+
+        assert obs.storage_usage("org_1") == 100
+
+    def test_repeated_key_meters_nothing_in_nested_blocks(self, Sessions):
+        """A scope, suppressed() or metered block opened inside a repeated key is still
+        inside it: a charge there (here of a fresh object id) is not made again."""
+        for attempt in range(2):
+            with Sessions() as session, session.begin(), obs.once(session, "upload:2") as first:
+                with obs.scope(organization="org_1"), obs.suppressed():
+                    with obs.metered_storage(session, object_id=f"doc_{attempt}", bytes=100):
+                        assert bool(first) is (attempt == 0)
 
         assert obs.storage_usage("org_1") == 100
 
@@ -201,28 +213,36 @@ class TestEventUuids:
         """Another key gives another uuid for the same event."""
         assert event_uuids(Sessions, "k1", "paid") != event_uuids(Sessions, "k2", "paid")
 
-    def test_event_from_a_worker_thread_of_a_rolled_back_attempt(self, Sessions):
-        """An event sent from a thread during an attempt that rolled back has the uuid the
-        successful retry's event has, so PostHog dedupes it."""
+    def test_late_event_from_a_worker_thread_of_a_rolled_back_attempt(self, Sessions):
+        """A worker thread's event made after its attempt rolled back and its scope ended is
+        sent on its own (late); it has the uuid the successful retry's event has (held to
+        that commit), so PostHog dedupes it."""
         uuids = []
         for attempt in ("rolled back", "committed"):
-            with capture() as cap, obs.scope(actor=USER):
-                with Sessions() as session:
+            ended = threading.Event()
+
+            def send_paid(wait: threading.Event) -> None:
+                wait.wait(timeout=30)
+                obs.track("paid")
+
+            with capture() as cap, Sessions() as session:
+                with obs.scope(actor=USER, session=session):
                     session.begin()
                     with obs.once(session, "stripe:evt_t") as first:
                         assert first
-                        # Off the session's thread the event is queued at once, not held.
-                        worker = threading.Thread(target=obs.with_scope(obs.track), args=("paid",))
+                        worker = threading.Thread(target=obs.with_scope(send_paid), args=(ended,))
                         worker.start()
-                        worker.join()
-                    if attempt == "rolled back":
-                        session.rollback()
-                    else:
-                        session.commit()
+                        if attempt == "committed":
+                            ended.set()
+                            worker.join()
+                    getattr(session, "rollback" if attempt == "rolled back" else "commit")()
+                ended.set()
+                worker.join()
             uuids.append([str(e["uuid"]) for e in cap.events])
 
         assert len(uuids[0]) == 1
         assert uuids[0] == uuids[1]
+        assert obs.stats()["late"] == 1
 
     def test_counter_is_thread_safe(self, Sessions):
         """Events made on many threads inside one key all get distinct uuids."""
@@ -340,7 +360,7 @@ async def AsyncSessions(sqlite_url: str):
 
 async def arun_once(AsyncSessions: async_sessionmaker[AsyncSession], key: str) -> bool:
     async with AsyncSessions() as session, session.begin(), obs.once(session, key) as first:
-        return first
+        return bool(first)
 
 
 class TestAsync:
@@ -376,3 +396,234 @@ class TestAsync:
             with pytest.raises(obs.ConfigurationError, match="async with"):
                 with obs.once(session, "k"):
                     pass
+
+
+def unread_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "obs_sdk" and r.levelno == logging.WARNING and "never read" in r.getMessage()
+    ]
+
+
+class TestFlag:
+    def test_truth_equality_and_repr(self, Sessions):
+        """The flag is true the first time only, equals True/False and says which it is."""
+        flags = []
+        for _ in range(2):
+            with Sessions() as session, session.begin(), obs.once(session, "k") as first:
+                flags.append(first)
+
+        assert [bool(f) for f in flags] == [True, False]
+        assert flags == [True, False]
+        assert flags[0] != False  # noqa: E712
+        assert (flags[0] == 1, flags[1] == 0, flags[0] == "yes") == (True, True, False)
+        assert {flags[0]: "a"}[True] == "a"  # hashes like the bool it equals
+        assert [repr(f) for f in flags] == ["<obs.once 'k': first>", "<obs.once 'k': duplicate>"]
+
+    @pytest.mark.parametrize(
+        "read",
+        [bool, lambda flag: not flag, lambda flag: flag == False],  # noqa: E712
+    )
+    def test_a_read_duplicate_is_quiet(self, Sessions, caplog, read):
+        """Reading the duplicate's flag (truth, not, ==) means the caller decided: no warning."""
+        run_once(Sessions, "k")
+        with caplog.at_level(logging.WARNING, logger="obs_sdk"):
+            with Sessions() as session, session.begin(), obs.once(session, "k") as first:
+                read(first)
+
+        assert unread_warnings(caplog) == []
+        assert obs.stats()["duplicate_unread"] == 0
+
+    def test_an_unread_first_time_is_quiet(self, Sessions, caplog):
+        """The first delivery runs its block as it should: not reading its flag is harmless."""
+        with caplog.at_level(logging.WARNING, logger="obs_sdk"):
+            with Sessions() as session, session.begin(), obs.once(session, "k"):
+                pass
+
+        assert unread_warnings(caplog) == []
+
+    def test_unread_duplicate_warns_each_time_and_counts(self, Sessions, caplog):
+        """Each duplicate whose flag was never read warns (naming the key) and is counted,
+        also when its block raised."""
+        run_once(Sessions, "stripe:evt_1")
+        with caplog.at_level(logging.WARNING, logger="obs_sdk"):
+            with Sessions() as session, session.begin(), obs.once(session, "stripe:evt_1"):
+                pass
+            with pytest.raises(RuntimeError):
+                with Sessions() as session, session.begin(), obs.once(session, "stripe:evt_1"):
+                    raise RuntimeError("duplicate work failed")
+
+        warnings = unread_warnings(caplog)
+        assert len(warnings) == 2
+        assert all("'stripe:evt_1'" in w for w in warnings)
+        assert obs.stats()["duplicate_unread"] == 2
+
+
+class Invoices:
+    """Methods decorated on either side of classmethod/staticmethod."""
+
+    def __init__(self, ran: list[str]) -> None:
+        self.ran = ran
+
+    @obs.idempotent(key="invoice:{invoice_id}")
+    def pay(self, invoice_id: str, session: Session) -> str:
+        self.ran.append(invoice_id)
+        return "paid"
+
+    @classmethod
+    @obs.idempotent(key="class:{invoice_id}")
+    def pay_below(cls, invoice_id: str, session: Session) -> str:
+        return cls.__name__
+
+    @obs.idempotent(key="class-above:{invoice_id}")
+    @classmethod
+    def pay_above(cls, invoice_id: str, session: Session) -> str:
+        return cls.__name__
+
+    @obs.idempotent(key="static:{invoice_id}")
+    @staticmethod
+    def pay_static(invoice_id: str, session: Session) -> str:
+        return invoice_id
+
+
+class TestIdempotent:
+    def test_methods(self, Sessions):
+        """Instance, class and static methods (either side of the method decorator) work."""
+        ran: list[str] = []
+        invoices = Invoices(ran)
+        calls = [
+            lambda s: invoices.pay("in_1", s),
+            lambda s: Invoices.pay_below("in_1", s),
+            lambda s: Invoices.pay_above("in_1", session=s),
+            lambda s: Invoices.pay_static("in_1", s),
+        ]
+        results = []
+        for _ in range(2):
+            for call in calls:
+                with Sessions() as session, session.begin():
+                    results.append(call(session))
+
+        assert results == ["paid", "Invoices", "Invoices", "in_1", None, None, None, None]
+        assert ran == ["in_1"]
+
+    def test_key_from_keywords_defaults_and_format_specs(self, Sessions, engine):
+        """Fields read keyword arguments and defaults; a format spec applies."""
+
+        @obs.idempotent(key="export:{kind}:{n:04d}")
+        def export(session: Session, n: int, kind: str = "csv") -> int:
+            return n
+
+        with Sessions() as session, session.begin():
+            assert export(session, n=7) == 7
+
+        assert keys_in(engine) == ["export:csv:0007"]
+
+    def test_callable_key(self, Sessions, engine):
+        """The key may be a callable taking the call (e.g. to hash a long key)."""
+
+        @obs.idempotent(key=lambda call: f"report:{len(call.args['rows'])}")
+        def report(rows: list[int], session: Session) -> str:
+            return "sent"
+
+        with Sessions() as session, session.begin():
+            assert report([1, 2, 3], session) == "sent"
+
+        assert keys_in(engine) == ["report:3"]
+
+    def test_none_field_is_refused(self, Sessions):
+        """A field that is None would let unrelated calls share one key: it raises."""
+        ran = []
+
+        @obs.idempotent(key="stripe:{event_id}")
+        def handle(event_id: str | None, session: Session) -> None:
+            ran.append(event_id)
+
+        with Sessions() as session, pytest.raises(obs.ConfigurationError, match="None"):
+            handle(None, session)
+        assert ran == []
+
+    def test_unreadable_field_raises_naming_the_function(self, Sessions):
+        """A field the argument does not have raises (never runs without a key)."""
+
+        @obs.idempotent(key="stripe:{event.id}")
+        def handle(event: object, session: Session) -> None:
+            raise AssertionError("must not run")
+
+        with Sessions() as session, pytest.raises(obs.ConfigurationError, match="handle") as error:
+            handle(object(), session)
+        assert isinstance(error.value.__cause__, AttributeError)
+
+    def test_session_argument_none_falls_back_to_the_scope(self, Sessions, engine):
+        """A `session` parameter left None means: the scope's session."""
+
+        @obs.idempotent(key="job:{name}")
+        def job(name: str, session: Session | None = None) -> str:
+            return name
+
+        with Sessions() as session, session.begin(), obs.scope(session=session):
+            assert job("nightly") == "nightly"
+
+        assert keys_in(engine) == ["job:nightly"]
+
+    def test_not_a_session(self):
+        """A `session` argument that is not a SQLAlchemy session is refused."""
+
+        @obs.idempotent(key="job:{name}")
+        def job(name: str, session: object) -> None:
+            raise AssertionError("must not run")
+
+        with pytest.raises(obs.ConfigurationError, match="Session or AsyncSession"):
+            job("x", session="not a session")
+
+    async def test_plain_function_with_an_async_session(self, AsyncSessions):
+        """A plain function cannot write the key on an AsyncSession: make it async."""
+
+        @obs.idempotent(key="job:{name}")
+        def job(name: str) -> None:
+            raise AssertionError("must not run")
+
+        async with AsyncSessions() as session:
+            with obs.scope(session=session), pytest.raises(obs.ConfigurationError, match="async"):
+                job("x")
+
+    @pytest.mark.parametrize("key", ["", None, 42])
+    def test_bad_key_argument(self, key):
+        """The key must be a non-empty template string (or a callable)."""
+        with pytest.raises(obs.ConfigurationError, match="key"):
+            obs.idempotent(key=key)
+
+    def test_generators_are_refused(self):
+        """A generator's body runs after the call returned, outside the key: refused."""
+
+        def rows(session: Session) -> Iterator[int]:
+            yield 1
+
+        with pytest.raises(obs.ConfigurationError, match="generator"):
+            obs.idempotent(key="rows")(rows)
+
+    def test_format_spec_that_does_not_fit_raises(self, Sessions):
+        """A format spec the value cannot take raises instead of running without a key."""
+
+        @obs.idempotent(key="export:{n:04d}")
+        def export(n: object, session: Session) -> None:
+            raise AssertionError("must not run")
+
+        with Sessions() as session, pytest.raises(obs.ConfigurationError, match="export"):
+            export("seven", session)
+
+    async def test_async_function_with_the_sync_side_of_an_async_session(self, AsyncSessions):
+        """An async function given an AsyncSession's sync_session writes through the async one."""
+        ran = []
+
+        @obs.idempotent(key="job:{name}")
+        async def job(name: str, session: Session) -> str:
+            ran.append(name)
+            return name
+
+        results = []
+        for _ in range(2):
+            async with AsyncSessions() as session, session.begin():
+                results.append(await job("nightly", session.sync_session))
+
+        assert (results, ran) == (["nightly", None], ["nightly"])

@@ -12,8 +12,8 @@ SPEC_NAMES = {
     "Actor", "AnalyticsEvent", "AuditRecord", "AuditWriteError", "ConfigurationError",
     "MissingDependencyError", "ObsError", "QuotaExceeded", "Resource", "Scope", "StorageDrift",
     "after_commit", "arecord_audit_now", "audit_log", "audited", "configure", "create_tables",
-    "current_scope", "flush", "identify_group", "metadata", "metered_storage", "once",
-    "posthog_on_error", "propagation", "purge_idempotency_keys", "reconcile_storage",
+    "current_scope", "flush", "idempotent", "identify_group", "metadata", "metered_storage",
+    "once", "posthog_on_error", "propagation", "purge_idempotency_keys", "reconcile_storage",
     "record_audit", "record_audit_now", "scope", "set_actor", "shutdown", "stats",
     "storage_usage", "suppressed", "track", "tracked", "with_scope",
 }  # fmt: skip

@@ -401,15 +401,19 @@ class TestScopeAndSuppression:
                     session.commit() if commit else session.rollback()
         assert [a["action"] for a in cap.audits] == ["file.uploaded"]
 
-    def test_suppressed_meters_nothing(self, engine: sa.Engine) -> None:
-        """Inside obs.suppressed() the body runs and nothing is charged, even over quota."""
+    def test_suppressed_still_meters(self, engine: sa.Engine) -> None:
+        """obs.suppressed() silences records only: inside it the quota is checked (over it,
+        QuotaExceeded and the body does not run) and a charge that fits is counted."""
         ran = []
         with Session(engine) as session, obs.scope(organization=ORG), obs.suppressed():
-            with obs.metered_storage(session, object_id="a", bytes=10, quota=1):
-                ran.append(True)
+            with pytest.raises(obs.QuotaExceeded):
+                with obs.metered_storage(session, object_id="a", bytes=10, quota=1):
+                    ran.append("a")
+            with obs.metered_storage(session, object_id="b", bytes=1, quota=1):
+                ran.append("b")
             session.commit()
-        assert ran == [True]
-        assert (usage(engine), ledger(engine)) == (0, {})
+        assert ran == ["b"]
+        assert (usage(engine), ledger(engine)) == (1, {"b": (ORG, 1)})
 
     def test_metering_sql_failure_raises(self, sqlite_url: str) -> None:
         """Accounting errors are the caller's: missing tables raise instead of being swallowed."""
