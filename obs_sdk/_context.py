@@ -236,16 +236,8 @@ class _ScopeManager:
         tb: TracebackType | None,
     ) -> None:
         frame = _detach(self)
-        if frame is None:
-            return
-        unit = frame.unit
-        if unit is not None and (frame.parent is None or frame.parent.unit is not unit):
-            unit.closed = True  # records its children make from now on are late
-            if on_unit_close is not None:
-                from obs_sdk._guard import guard
-
-                with guard("scope_exit"):
-                    on_unit_close(frame.session)
+        if frame is not None:
+            _close_unit(frame)
 
     async def __aenter__(self) -> Scope:
         return self.__enter__()
@@ -257,6 +249,19 @@ class _ScopeManager:
         tb: TracebackType | None,
     ) -> None:
         self.__exit__(exc_type, exc, tb)
+
+
+def _close_unit(frame: Frame) -> None:
+    """At the exit of the frame that opened a unit of work: children's records are late now."""
+    unit = frame.unit
+    if unit is None or (frame.parent is not None and frame.parent.unit is unit):
+        return  # no session, or an inner frame of its parent's unit
+    unit.closed = True
+    if on_unit_close is not None:
+        from obs_sdk._guard import guard
+
+        with guard("scope_exit"):
+            on_unit_close(frame.session)
 
 
 def _attach(manager: object, frame: Frame, ctx: otel_context.Context) -> None:
@@ -401,6 +406,7 @@ def frame_with(**changes: Any) -> Iterator[Frame]:
         yield frame
     finally:
         otel_context.detach(token)
+        _close_unit(frame)
 
 
 class _Suppressed:

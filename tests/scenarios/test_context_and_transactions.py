@@ -308,21 +308,27 @@ def fastapi_app(engine: sa.Engine, async_engine: Any) -> FastAPI:
         obs.set_actor(user("sync_dep"))
 
     @app.get("/async/{file_id}", dependencies=[Depends(async_auth)])
-    async def async_route(file_id: str, session: AsyncSession = Depends(async_db)) -> dict:
+    async def async_route(
+        file_id: str,
+        session: AsyncSession = Depends(async_db),  # noqa: B008
+    ) -> dict:
         if await session.get(File, file_id) is None:
             raise HTTPException(404)
         await adownload(file_id)
         return {"ok": True}
 
     @app.post("/async/{file_id}/fail", dependencies=[Depends(async_auth)])
-    async def async_fails(file_id: str, session: AsyncSession = Depends(async_db)) -> dict:
+    async def async_fails(
+        file_id: str,
+        session: AsyncSession = Depends(async_db),  # noqa: B008
+    ) -> dict:
         session.add(File(id=f"{file_id}_copy", name="copy"))
         await session.flush()
         await adownload(file_id)
         raise HTTPException(409)
 
     @app.get("/sync/{file_id}", dependencies=[Depends(sync_auth)])
-    def sync_route(file_id: str, session: Session = Depends(sync_db)) -> dict:
+    def sync_route(file_id: str, session: Session = Depends(sync_db)) -> dict:  # noqa: B008
         download(file_id)
         return {"ok": True}
 
