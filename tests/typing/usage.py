@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from sqlalchemy.orm import Session
+
 import obs_sdk as obs
 from obs_sdk._sinks import DatabaseSink, PostHogSink, Sink
 from obs_sdk.testing import CaptureSink
@@ -24,12 +26,21 @@ async def fetch(url: str) -> int:
     return len(url)
 
 
+@obs.idempotent(key="jobs:{job_id}")
+def run_job(session: Session, job_id: str) -> int:
+    return len(job_id)
+
+
 data: bytes = download("f_1", inline=True)
 count: int = sum(rows(3))
 
 
 async def use() -> int:
     return await fetch("https://example.com")
+
+
+def once_per_job(session: Session) -> int | None:
+    return run_job(session, "j_1")  # None for a duplicate
 
 
 def sinks(database: DatabaseSink, posthog: PostHogSink, capture: CaptureSink) -> list[Sink]:
