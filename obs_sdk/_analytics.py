@@ -6,7 +6,14 @@ from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
 from obs_sdk._emit import emit
-from obs_sdk._records import EVENT, GROUP, SUCCESS, Instrumentation
+from obs_sdk._records import (
+    EVENT,
+    GROUP,
+    SUCCESS,
+    Instrumentation,
+    add_plain_tenant,
+    add_tenant,
+)
 from obs_sdk._templates import ARGS, Call, Plan, freeze
 from obs_sdk._wrapping import build_plan, instrument, params_of
 from obs_sdk.exceptions import ConfigurationError
@@ -33,15 +40,19 @@ def tracked(
     allow_anonymous: bool = False,
     allow_system: bool = False,
     emit_if: Callable[[Call], bool] | None = None,
+    organization: str | Callable[[Call], Any] | None = None,
+    workspace: str | Callable[[Call], Any] | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Send a PostHog event for each call of the decorated function.
 
     ``distinct_id`` is the scope's actor id; ``$groups`` carries the scope's workspace and
     organization. Anonymous and system actors send nothing unless ``allow_anonymous`` /
     ``allow_system`` is set (then with ``$process_person_profile: false``). ``properties``
-    and ``when`` work like ``@audited``'s metadata and when. Inside a transaction the event
-    waits for the commit and is dropped on rollback. The capture happens on the dispatcher
-    thread; the caller never pays for building the PostHog message. Thread-safe.
+    and ``when`` work like ``@audited``'s metadata and when. ``organization`` /
+    ``workspace`` work like ``@audited``'s: templates over the call that, when either is
+    given, replace the scope's pair in ``$groups`` as one unit. Inside a transaction the
+    event waits for the commit and is dropped on rollback. The capture happens on the
+    dispatcher thread; the caller never pays for building the PostHog message. Thread-safe.
     """
     _check_event(event, "@tracked(...)")
     if emit_if is not None and not callable(emit_if):
@@ -51,6 +62,7 @@ def tracked(
         params = params_of(func, "@tracked")
         plan = build_plan(f"@tracked({event!r}) on {params.qualname}", params, when)
         plan.add_mapping("properties", properties)
+        add_tenant(plan, workspace, organization)
         spec = Instrumentation(
             EVENT,
             event,
@@ -71,14 +83,21 @@ def track(
     properties: Mapping[str, Any] | None = None,
     allow_anonymous: bool = False,
     allow_system: bool = False,
+    organization: str | None = None,
+    workspace: str | None = None,
 ) -> None:
-    """Send one analytics event by hand; it follows the scope like ``@tracked`` does."""
+    """Send one analytics event by hand; it follows the scope like ``@tracked`` does.
+
+    ``organization`` / ``workspace`` (strings) replace the scope's pair in ``$groups`` as
+    one unit, as in ``@tracked``.
+    """
     _check_event(event, "track(...)")
     if properties is not None and not isinstance(properties, Mapping):
         raise ConfigurationError(f"track({event!r}): properties= takes a dict")
     plan = Plan(f"track({event!r})", None, "success")
     plan.whole = "properties"
     plan.slots["properties"] = ("const", freeze(dict(properties or {})))
+    add_plain_tenant(plan, f"track({event!r})", workspace, organization)
     spec = Instrumentation(
         EVENT, event, plan, allow_anonymous=allow_anonymous, allow_system=allow_system
     )

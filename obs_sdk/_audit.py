@@ -10,19 +10,25 @@ from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import and_, select
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from obs_sdk import _config
 from obs_sdk._dispatch import dispatcher
 from obs_sdk._emit import emit
+from obs_sdk._guard import count_error
 from obs_sdk._records import (
     AUDIT,
     FAILURE,
     STORED,
     SUCCESS,
     AuditRecord,
+    IdCollision,
     Instrumentation,
     RawRecord,
+    add_plain_tenant,
+    add_tenant,
     render_audit,
+    uuid7,
 )
 from obs_sdk._scope import Resource
 from obs_sdk._tables import insert_ignoring_duplicates, tables
@@ -58,6 +64,8 @@ def audited(
     metadata: Mapping[str, Any] | Callable[[Call], Mapping[str, Any]] | None = None,
     when: str = "success",
     emit_if: Callable[[Call], bool] | None = None,
+    organization: str | Callable[[Call], Any] | None = None,
+    workspace: str | Callable[[Call], Any] | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Write an audit record for each call of the decorated function.
 
@@ -67,6 +75,13 @@ def audited(
     ``result`` (``"{file_id}"``, ``"{result.size}"``), constants, or callables taking the
     call; ``metadata`` may also be one callable returning the whole dict. ``emit_if`` (a
     callable taking the call) drops the record when it returns False.
+
+    ``organization`` and ``workspace`` name the tenant where it arrives as an argument
+    (a webhook's customer, a job's payload), with the same template rules:
+    ``organization="{event.data.object.metadata.org}"``. They win over the scope's, as one
+    unit like nested scopes: when either is given, the record's workspace and organization
+    are the decorator's (the one not given is None); when both render to None, the
+    scope's pair stands.
 
     Templates are checked against the signature here: a mistake raises
     ``ConfigurationError``. Works on plain and async functions, generators, async
@@ -88,6 +103,7 @@ def audited(
             plan.add("resource.id", resource.id)
             plan.add("resource.name", resource.name)
         plan.add_mapping("metadata", metadata)
+        add_tenant(plan, workspace, organization)
         spec = Instrumentation(AUDIT, action, plan, when=when, emit_if=emit_if)
         return instrument(func, spec)  # type: ignore[no-any-return]
 
@@ -95,7 +111,11 @@ def audited(
 
 
 def _manual_spec(
-    action: str, resource: Resource | None, metadata: Mapping[str, Any] | None, where: str
+    action: str,
+    resource: Resource | None,
+    metadata: Mapping[str, Any] | None,
+    where: str,
+    tenant: tuple[str | None, str | None] = (None, None),
 ) -> Instrumentation:
     _check_action(action, where)
     _check_resource(resource, where)
@@ -108,6 +128,7 @@ def _manual_spec(
         plan.slots["resource.name"] = ("const", freeze(resource.name))
     plan.whole = "metadata"
     plan.slots["metadata"] = ("const", freeze(dict(metadata or {})))
+    add_plain_tenant(plan, where, *tenant)
     return Instrumentation(AUDIT, action, plan)
 
 
@@ -123,20 +144,30 @@ def record_audit(
     resource: Resource | None = None,
     metadata: Mapping[str, Any] | None = None,
     outcome: str = "success",
+    organization: str | None = None,
+    workspace: str | None = None,
 ) -> None:
     """Record an audit entry by hand; it follows the scope like a decorated call does.
 
     A success record joins the scope's transaction (inserted at commit, dropped on
-    rollback); a failure record is queued at once. Never raises for instrumentation errors.
+    rollback); a failure record is queued at once. ``organization`` / ``workspace``
+    (strings) win over the scope's pair as one unit, as in ``@audited``. Never raises for
+    instrumentation errors.
     """
-    spec = _manual_spec(action, resource, metadata, f"record_audit({action!r})")
+    spec = _manual_spec(
+        action, resource, metadata, f"record_audit({action!r})", (workspace, organization)
+    )
     emit(spec, _check_outcome(outcome, "record_audit"), (), {}, None, None)
 
 
 def _render_now(
-    action: str, resource: Resource | None, metadata: Mapping[str, Any] | None, outcome: str
+    action: str,
+    resource: Resource | None,
+    metadata: Mapping[str, Any] | None,
+    outcome: str,
+    tenant: tuple[str | None, str | None],
 ) -> AuditRecord | None:
-    spec = _manual_spec(action, resource, metadata, f"record_audit_now({action!r})")
+    spec = _manual_spec(action, resource, metadata, f"record_audit_now({action!r})", tenant)
     made: list[RawRecord] = []
     emit(spec, _check_outcome(outcome, "record_audit_now"), (), {}, None, None, made.append)
     return render_audit(made[0]) if made else None
@@ -148,30 +179,50 @@ def record_audit_now(
     resource: Resource | None = None,
     metadata: Mapping[str, Any] | None = None,
     outcome: str = "success",
+    organization: str | None = None,
+    workspace: str | None = None,
 ) -> None:
     """Write an audit record and commit it on its own connection before returning.
 
     For actions that must leave a trail even if what follows fails (a credential shown, a
-    permission granted). Thread-safe; blocks on the database.
+    permission granted). Takes what ``record_audit`` takes. Thread-safe; blocks on the
+    database.
 
     Raises:
         AuditWriteError: the record could not be committed (obs_sdk not configured, the
             database unreachable, ...). The caller asked to wait, so it decides what to do.
     """
-    record = _render_now(action, resource, metadata, outcome)
+    record = _render_now(action, resource, metadata, outcome, (workspace, organization))
     if record is None:
         return
     engine = _engine_or_raise()
     try:
-        _write(engine, record)
+        record = _write(engine, record)
     except Exception as exc:
         raise AuditWriteError(f"could not write audit record {action!r}: {exc}") from exc
     dispatcher.submit((STORED, record))  # stored: for the other sinks (OTel logs) and stats()
 
 
-def _write(engine: Engine, record: AuditRecord) -> None:
+def _write(engine: Engine, record: AuditRecord) -> AuditRecord:
+    """Insert and commit *record*; return it as stored (under a new id if its id was taken)."""
+    statement, returning = _checked_insert_for(engine)
     with engine.begin() as conn:
-        conn.execute(_insert_for(engine), [record.as_dict()])
+        for _ in range(_WRITE_ATTEMPTS):
+            if _written(conn.execute(statement, record.as_dict()), returning):
+                return record
+            record = _replacing_id(record)
+    raise RuntimeError(f"no free id after {_WRITE_ATTEMPTS} attempts")
+
+
+async def _awrite(engine: AsyncEngine, record: AuditRecord) -> AuditRecord:
+    """``_write`` on an AsyncEngine."""
+    statement, returning = _checked_insert_for(engine)
+    async with engine.begin() as conn:
+        for _ in range(_WRITE_ATTEMPTS):
+            if _written(await conn.execute(statement, record.as_dict()), returning):
+                return record
+            record = _replacing_id(record)
+    raise RuntimeError(f"no free id after {_WRITE_ATTEMPTS} attempts")
 
 
 async def arecord_audit_now(
@@ -180,26 +231,52 @@ async def arecord_audit_now(
     resource: Resource | None = None,
     metadata: Mapping[str, Any] | None = None,
     outcome: str = "success",
+    organization: str | None = None,
+    workspace: str | None = None,
 ) -> None:
     """Async twin of ``record_audit_now``: committed before it returns, without blocking the loop.
 
     Raises:
         AuditWriteError: the record could not be committed.
     """
-    record = _render_now(action, resource, metadata, outcome)
+    record = _render_now(action, resource, metadata, outcome, (workspace, organization))
     if record is None:
         return
     async_engine = _config.current().async_engine
     engine = _engine_or_raise() if async_engine is None else None
     try:
         if engine is not None:  # a sync engine: write on a worker thread, not on the loop
-            await asyncio.to_thread(_write, engine, record)
+            record = await asyncio.to_thread(_write, engine, record)
         else:
-            async with async_engine.begin() as conn:  # type: ignore[union-attr]
-                await conn.execute(_insert_for(async_engine), [record.as_dict()])
+            record = await _awrite(async_engine, record)  # type: ignore[arg-type]
     except Exception as exc:
         raise AuditWriteError(f"could not write audit record {action!r}: {exc}") from exc
     dispatcher.submit((STORED, record))
+
+
+# A record's id found taken (ON CONFLICT skipped the insert) is replaced, never dropped.
+_WRITE_ATTEMPTS = 5
+
+
+def _checked_insert_for(engine: Any) -> tuple[Any, bool]:
+    """The insert skipping a taken id, with ``RETURNING id`` where the dialect has it."""
+    statement = _insert_for(engine)
+    if engine.dialect.insert_returning:
+        return statement.returning(statement.table.c.id), True
+    return statement, False
+
+
+def _written(result: Any, returning: bool) -> bool:
+    """Whether a one-row insert wrote its row (ON CONFLICT may have skipped it)."""
+    # A returned row, not the row count: psycopg may report -1 (see once()).
+    return result.first() is not None if returning else result.rowcount == 1
+
+
+def _replacing_id(record: AuditRecord) -> AuditRecord:
+    """The record under a new id, its old one being taken; logged and counted."""
+    replaced = record._replace(id=uuid7.replacing(record.id))
+    count_error("record_audit_now", IdCollision(record.id, replaced.id))
+    return replaced
 
 
 def _engine_or_raise() -> Engine:

@@ -150,6 +150,7 @@ def configure(
     otel_logs: Any = None,
     scope_provider: Callable[[], Mapping[str, Any]] | None = None,
     *,
+    require_actor: bool = False,
     person_properties: bool = False,
     clock: Callable[[], int] | None = None,
     id_factory: Callable[[int], Any] | None = None,
@@ -160,6 +161,12 @@ def configure(
     ``create_tables=False``, in which case the schema version is checked. Calling it again
     flushes the previous configuration and replaces it; after ``shutdown()`` it starts
     afresh. Records made before the first call wait in the bounded queue.
+
+    A record made with no actor in scope is filed anonymous and counted in
+    ``stats()["no_actor"]`` (audit records, and analytics events sent with
+    ``allow_anonymous``). ``require_actor=True`` also logs a WARNING on the "obs_sdk"
+    logger naming the action, once per action, for code that should always run with an
+    actor (behind authentication, in jobs that set one).
 
     ``person_properties=True`` adds the actor's name and email as ``$set`` to analytics
     events. ``clock`` (ns since the epoch) and ``id_factory`` are for deterministic tests.
@@ -174,6 +181,10 @@ def configure(
     max_metadata_bytes = _check_int("max_metadata_bytes", max_metadata_bytes, 256)
     if storage_quota is not None and not callable(storage_quota):
         _check_int("storage_quota", storage_quota, 0)
+    if not isinstance(require_actor, bool):
+        raise ConfigurationError(
+            f"configure(require_actor=...) takes True or False, got {require_actor!r}"
+        )
     if scope_provider is not None and not callable(scope_provider):
         raise ConfigurationError("configure(scope_provider=...) takes a callable returning a dict")
     if not isinstance(idempotency_retention, datetime.timedelta) or (
@@ -211,6 +222,7 @@ def configure(
         clock=clock or _records.Settings.clock,
         id_factory=id_factory or _records.uuid7,
         person_properties=person_properties,
+        require_actor=require_actor,
     )
     _emit.clock = _records.settings.clock
     _context.provider = scope_provider
@@ -292,8 +304,10 @@ def shutdown(timeout: float = 5.0) -> bool:
 def stats() -> dict[str, Any]:
     """Return the counters since the last configure().
 
-    Keys: submitted, queued, delivered, dropped, failed, retried, internal_errors, by_sink.
-    Invariant: submitted == queued + delivered + dropped + failed. Records written at a
+    Keys: submitted, queued, delivered, dropped, failed, retried, internal_errors, by_sink,
+    and the outcomes that are not errors but must not pass unseen, among them
+    ``no_actor`` (records filed anonymous because no actor was in scope). Invariant:
+    submitted == queued + delivered + dropped + failed. Records written at a
     transaction's commit go straight to its database and are not counted here.
     """
     return dispatcher.stats()

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from obs_sdk._context import SPAN_KEY
-from obs_sdk._guard import count_error
+from obs_sdk._guard import count, count_error, warn_once
 from obs_sdk._redact import Redactor
 from obs_sdk._scope import ANONYMOUS, Actor
 from obs_sdk._templates import Plan, optional_text
+from obs_sdk.exceptions import ConfigurationError
 
 __all__ = [
     "AUDIT",
@@ -42,6 +43,9 @@ STORED = object()
 
 SUCCESS, FAILURE, STARTED = "success", "failure", "started"
 
+# The plan slots of organization= / workspace= (decorators, record_audit, track).
+TENANT = ("workspace", "organization")
+
 # Layout of the raw record tuple (a tuple: the cheapest thing to build on the hot path).
 # CONTEXT is the OTel context of the call (its span's ids are read at render), or None.
 SPEC, OUTCOME, TIME_NS, FIELDS, CONTEXT, VALUES, ERROR_TYPE, IDEMPOTENCY = range(8)
@@ -62,6 +66,7 @@ class Instrumentation:
         "name",
         "plain",
         "plan",
+        "tenant",
         "when",
     )
 
@@ -84,6 +89,8 @@ class Instrumentation:
         self.allow_system = allow_system
         # An audit with nothing to resolve and no predicate: the hot path skips straight on.
         self.plain = kind == AUDIT and emit_if is None and not plan.resolvers
+        # organization= / workspace= given: rendered with the record, they win over the scope.
+        self.tenant = any(name in plan.slots for name in TENANT)
 
 
 _UNKNOWN_SAFETY = uuid.SafeUUID.unknown  # an enum member: each lookup runs a descriptor
@@ -94,22 +101,30 @@ class _Uuid7:
 
     48 bits of milliseconds, a 12-bit sequence that counts within one millisecond (so ids
     made in the same millisecond keep their order), then 62 random bits.
-    ``random.getrandbits`` rather than ``os.urandom``: ids need uniqueness, not secrecy,
-    and a syscall per record costs 3 µs here. The random module reseeds after fork.
+
+    The random bits come from a private generator seeded from the operating system
+    (``os.urandom``) and reseeded in a forked child, never from the ``random`` module:
+    processes that call ``random.seed(same)`` (tests, simulations, workers) would make the
+    same ids, and an insert that skips a taken id would lose a record (issue 14). Its
+    ``getrandbits`` costs what the module's does; a syscall per id would cost 3 µs.
     """
 
-    __slots__ = ("_lock", "_next")
+    __slots__ = ("_bits", "_lock", "_next", "_random")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         # The high 64 bits (milliseconds, version, sequence) the next id of the same
         # millisecond takes; one int to read and bump under the lock.
         self._next = 0
-        # A fork while the worker holds the lock would leave it held in the child forever.
+        self._random = random.Random()  # seeded from os.urandom
+        self._bits = self._random.getrandbits
+        # A fork while the worker holds the lock would leave it held in the child forever;
+        # a child that kept the parent's generator state would repeat the parent's ids.
         os.register_at_fork(after_in_child=self._after_fork)
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
+        self._random.seed()  # from os.urandom, in place: _bits stays bound to it
 
     def __call__(self, time_ns: int) -> uuid.UUID:
         # What UUID(int=...) ends with, minus its range checks (the value is 128 bits by
@@ -128,25 +143,70 @@ class _Uuid7:
         # ms << 16 | version 7 << 12 | a 12-bit sequence: comparing these 64 bits orders ids
         # by millisecond, then by sequence.
         start = ((time_ns // 1_000_000) & 0xFFFF_FFFF_FFFF) << 16 | 0x7000
+        bits = self._bits
         lock = self._lock
         lock.acquire()  # not `with`: a third of the cost, and nothing in between can raise
         high = self._next
         if start > high:  # a new millisecond: start the sequence low, with room to count
-            high = start | getrandbits(10)
+            high = start | bits(10)
         elif high & 0xFFF == 0:  # the sequence of this millisecond ran out: borrow the next
             high = (high >> 16 << 16) + 0x1_7000
         self._next = high + 1
         lock.release()
-        return high << 64 | _VARIANT | getrandbits(62)
+        return high << 64 | _VARIANT | bits(62)
+
+    def replacing(self, taken: uuid.UUID) -> uuid.UUID:
+        """A new id for a record whose id *taken* was found in use (a collision).
+
+        A UUIDv7 keeps its millisecond and sequence (its place in time order) with new
+        random bits; any other id (from a configured ``id_factory``) is replaced by a
+        UUIDv7 of now.
+        """
+        if taken.version == _VERSION and taken.variant == uuid.RFC_4122:
+            return uuid.UUID(int=taken.int >> 64 << 64 | _VARIANT | self._bits(62))
+        return self(time.time_ns())
 
 
-_new, getrandbits = object.__new__, random.getrandbits
+_new = object.__new__
 _set_int = uuid.UUID.__dict__["int"].__set__
 _set_safety = uuid.UUID.__dict__["is_safe"].__set__
 _VARIANT = 0b10 << 62
+_VERSION = 7
 
 
 uuid7 = _Uuid7()
+
+
+class IdCollision(Exception):
+    """A record's id was found taken: it was written under a new one (counted, logged)."""
+
+    def __init__(self, taken: Any, replacement: Any) -> None:
+        super().__init__(
+            f"audit record id {taken} was already in the table (ids collided); "
+            f"the record was written under the new id {replacement}"
+        )
+
+
+def add_tenant(plan: Plan, workspace: Any, organization: Any) -> None:
+    """Compile a decorator's ``workspace=`` / ``organization=`` into their plan slots.
+
+    The same rules as resource fields: a template over the arguments and result, a
+    constant, or a callable taking the call. Neither given: no slot, the scope decides.
+    """
+    for name, spec in zip(TENANT, (workspace, organization), strict=True):
+        if spec is not None:
+            plan.add(name, spec)
+
+
+def add_plain_tenant(
+    plan: Plan, where: str, workspace: str | None, organization: str | None
+) -> None:
+    """Set ``record_audit``/``track``'s plain ``workspace=`` / ``organization=`` values."""
+    for name, value in zip(TENANT, (workspace, organization), strict=True):
+        if value is not None and not isinstance(value, str):
+            raise ConfigurationError(f"{where}: {name}= takes a string or None, got {value!r}")
+        if value:
+            plan.slots[name] = ("const", value)
 
 
 # The calendar fields of the last second converted: records come in bursts within a second,
@@ -178,6 +238,7 @@ class Settings:
     clock: Callable[[], int] = time.time_ns
     id_factory: Callable[[int], uuid.UUID] = uuid7
     person_properties: bool = False
+    require_actor: bool = False
 
 
 settings = Settings()
@@ -271,6 +332,40 @@ def _properties(raw: RawRecord) -> dict[str, Any]:
 
 
 _RESOURCE = ("resource.type", "resource.id", "resource.name")
+_RESOURCE_TENANT = (*_RESOURCE, *TENANT)
+
+
+def _tenant(
+    given_workspace: str | None,
+    given_organization: str | None,
+    workspace: str | None,
+    organization: str | None,
+) -> tuple[str | None, str | None]:
+    """The record's (workspace, organization): the call's pair wins over the scope's.
+
+    As with nested scopes (``Scope.merged``), the pair is one unit: a call that gives
+    either replaces both, the one it does not give being None. A pair that rendered to
+    None (or "") leaves the scope's.
+    """
+    if not given_workspace and not given_organization:
+        return workspace, organization
+    return given_workspace or None, given_organization or None
+
+
+def _no_actor(spec: Instrumentation) -> None:
+    """Count a record filed with no actor in scope; warn once per action if required."""
+    count("no_actor")
+    if settings.require_actor:
+        what = "audit action" if spec.kind == AUDIT else "analytics event"
+        warn_once(
+            ("require_actor", spec.kind, spec.name),
+            "obs_sdk: %s %r was recorded with no actor in scope (filed anonymous); open "
+            "obs.scope(actor=...) or call obs.set_actor() first, or pass "
+            "configure(require_actor=False). Further records of it are counted in "
+            "obs.stats()['no_actor'] and not logged.",
+            what,
+            spec.name,
+        )
 
 
 def _trace_hex(context: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
@@ -312,11 +407,26 @@ def audit_columns(raw: RawRecord, record_id: Any, occurred_at: Any) -> tuple[Any
     """
     spec: Instrumentation = raw[SPEC]
     actor, workspace, organization, ip, user_agent, request_id = raw[FIELDS]
-    actor = actor or ANONYMOUS
+    if actor is None:
+        _no_actor(spec)
+        actor = ANONYMOUS
     trace_id, span_id = _trace_hex(raw[CONTEXT])
-    resource_type, resource_id, resource_name, metadata = _rendered(
-        spec.plan, _RESOURCE, "metadata", raw[VALUES]
-    )
+    if spec.tenant:
+        (
+            resource_type,
+            resource_id,
+            resource_name,
+            given_workspace,
+            given_organization,
+            metadata,
+        ) = _rendered(spec.plan, _RESOURCE_TENANT, "metadata", raw[VALUES])
+        workspace, organization = _tenant(
+            given_workspace, given_organization, workspace, organization
+        )
+    else:
+        resource_type, resource_id, resource_name, metadata = _rendered(
+            spec.plan, _RESOURCE, "metadata", raw[VALUES]
+        )
     return (
         record_id,
         occurred_at,
@@ -356,7 +466,10 @@ def render_event(raw: RawRecord) -> AnalyticsEvent:
     """Build the AnalyticsEvent for a raw record (dispatcher thread or commit)."""
     spec: Instrumentation = raw[SPEC]
     actor, workspace, organization = raw[FIELDS][:3]
-    actor = actor or ANONYMOUS
+    if actor is None:
+        if spec.kind != GROUP:  # an event sent (allow_anonymous) with nobody in scope
+            _no_actor(spec)
+        actor = ANONYMOUS
     _, distinct_id = analytics_identity(spec, actor)
     if spec.kind == GROUP:
         properties = _properties(raw)
@@ -369,7 +482,17 @@ def render_event(raw: RawRecord) -> AnalyticsEvent:
             timestamp=to_datetime(raw[TIME_NS]),
             kind=GROUP,
         )
-    properties = {k: v for k, v in _properties(raw).items() if v is not None and v != ""}
+    if spec.tenant:
+        given_workspace, given_organization, properties = _rendered(
+            spec.plan, TENANT, "properties", raw[VALUES]
+        )
+        workspace, organization = _tenant(
+            given_workspace, given_organization, workspace, organization
+        )
+        properties = _clean(properties)
+    else:
+        properties = _properties(raw)
+    properties = {k: v for k, v in properties.items() if v is not None and v != ""}
     if actor.type not in ("user", "service"):
         properties["$process_person_profile"] = False
     elif settings.person_properties:

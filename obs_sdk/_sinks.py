@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from sqlalchemy import Table
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from obs_sdk import _records
+from obs_sdk._guard import count_error
 from obs_sdk._records import (
     AUDIT,
     EVENT,
@@ -18,6 +20,7 @@ from obs_sdk._records import (
     TIME_NS,
     AnalyticsEvent,
     AuditRecord,
+    IdCollision,
     RawRecord,
     audit_columns,
     uuid7,
@@ -90,6 +93,17 @@ def _postgres_row(r: AuditRecord) -> tuple[Any, ...]:
     return (*r[:19], to_json(r[19]), r[20])
 
 
+def _as_uuid(stored: Any) -> uuid.UUID:
+    return uuid.UUID(hex=stored) if isinstance(stored, str) else stored
+
+
+def _replacement(taken: Any) -> Any:
+    """A new id in the stored form of *taken* (SQLite: 32 hex digits; PostgreSQL: a UUID)."""
+    if isinstance(taken, str):
+        return uuid7.replacing(uuid.UUID(hex=taken)).hex
+    return uuid7.replacing(taken)
+
+
 def _driver_insert(
     table: Table, dialect_name: str
 ) -> tuple[str | None, Callable[[AuditRecord], tuple[Any, ...]]]:
@@ -114,8 +128,21 @@ def _driver_insert(
 _PERMANENT_SQLITE = ("no such table", "readonly database", "no such column", "has no column")
 
 
+# How many times one record may find its new id taken too before its batch fails.
+_ID_ATTEMPTS = 5
+# Bound on the ids remembered from exports that raised (see DatabaseSink._unsure): a batch's
+# retries follow its failure at once, so a few batches' worth is plenty.
+_MAX_UNSURE = 10_000
+
+
 class DatabaseSink:
-    """Insert audit records into ``obs_audit_log`` in batches, skipping ids already there."""
+    """Insert audit records into ``obs_audit_log`` in batches; no record is ever skipped.
+
+    Rows go in with ``ON CONFLICT (id) DO NOTHING``, so a retried batch never duplicates
+    the rows an earlier attempt wrote. An id taken by another record (ids collided: a
+    repeating ``id_factory``, or any other cause) is not such a retry: that record gets a
+    new id, is written, and the collision is logged and counted in ``internal_errors``.
+    """
 
     name = "database"
     kinds = frozenset({AUDIT})
@@ -130,18 +157,83 @@ class DatabaseSink:
         # render_alone(raw) rather than AuditRecords: on SQLite the id and time go straight
         # to their stored text (a fifth of the drain was making and unmaking the objects).
         self.render_alone = _sqlite_row_of if engine.dialect.name == "sqlite" else None
+        # Ids of rows sent by an export that raised: that attempt may have written them
+        # (a commit whose answer was lost), so a retry that finds them taken found its own
+        # rows. Any other id found taken is a collision. Insertion-ordered, oldest first.
+        self._unsure: dict[Any, None] = {}
 
     def export(self, batch: Sequence[AuditRecord | tuple[Any, ...]], /) -> None:
         # On SQLite and PostgreSQL, rows go to the driver's executemany as tuples already in
         # the stored form: SQLAlchemy's per-row parameter processing was 40 % of the drain.
-        if self._driver_sql is not None:
-            row = self._driver_row
-            rows = [r if type(r) is tuple else row(r) for r in batch]  # type: ignore[arg-type]
-            with self.engine.begin() as conn:
-                conn.exec_driver_sql(self._driver_sql, rows)
+        sql = self._driver_sql
+        if sql is None:
+            with self.engine.begin() as conn:  # other dialects never render alone: records
+                conn.execute(self._insert, [cast(AuditRecord, r).as_dict() for r in batch])
             return
-        with self.engine.begin() as conn:  # other dialects never render alone: records only
-            conn.execute(self._insert, [cast(AuditRecord, r).as_dict() for r in batch])
+        row = self._driver_row
+        rows = [r if type(r) is tuple else row(r) for r in batch]  # type: ignore[arg-type]
+        collided: set[Any] = set()
+        try:
+            replaced = self._write(sql, rows, collided)
+        except Exception:
+            # Rows found taken by another record were not written under their ids.
+            self._remember_unsure(r[0] for r in rows if r[0] not in collided)
+            raise
+        unsure = self._unsure
+        if unsure:
+            for r in rows:
+                unsure.pop(r[0], None)
+        for taken, replacement in replaced:
+            count_error("id_collision", IdCollision(_as_uuid(taken), _as_uuid(replacement)))
+
+    def _write(
+        self, sql: str, rows: list[tuple[Any, ...]], collided: set[Any]
+    ) -> list[tuple[Any, Any]]:
+        """Insert *rows* in one transaction; return the (taken, new) ids of collided rows.
+
+        The executemany's row count says whether every row was written (both drivers sum
+        it, one per inserted row). Only when some were skipped is the batch rolled back and
+        inserted again row by row, learning from each insert (``RETURNING id``) whether it
+        was written: a skipped row is a retry's own (its id in ``_unsure``) or a collision.
+        """
+        with self.engine.connect() as conn:
+            with conn.begin() as transaction:
+                if conn.exec_driver_sql(sql, rows).rowcount == len(rows):
+                    return []
+                transaction.rollback()
+            with conn.begin():
+                return self._write_checking(conn, sql, rows, collided)
+
+    def _write_checking(
+        self, conn: Connection, sql: str, rows: list[tuple[Any, ...]], collided: set[Any]
+    ) -> list[tuple[Any, Any]]:
+        returning = conn.dialect.insert_returning
+        if returning:
+            sql += " RETURNING id"
+        replaced: list[tuple[Any, Any]] = []
+        pending = rows
+        for _ in range(_ID_ATTEMPTS):
+            skipped = []
+            for r in pending:
+                result = conn.exec_driver_sql(sql, r)
+                written = result.first() is not None if returning else result.rowcount == 1
+                if not written and r[0] not in self._unsure:
+                    skipped.append(r)
+            if not skipped:
+                return replaced
+            pending = []
+            for r in skipped:
+                collided.add(r[0])
+                replacement = _replacement(r[0])
+                replaced.append((r[0], replacement))
+                pending.append((replacement, *r[1:]))
+        raise RuntimeError(f"no free audit record id after {_ID_ATTEMPTS} attempts")
+
+    def _remember_unsure(self, ids: Iterable[Any]) -> None:
+        unsure = self._unsure
+        unsure.update(dict.fromkeys(ids))
+        while len(unsure) > _MAX_UNSURE:
+            del unsure[next(iter(unsure))]
 
     def is_transient(self, error: Exception, /) -> bool:
         if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
@@ -161,6 +253,7 @@ class DatabaseSink:
     def after_fork(self) -> None:
         # The parent's pooled connections must not be used (or closed) by the child.
         self.engine.dispose(close=False)
+        self._unsure.clear()  # the parent's exports; the child retries none of them
 
 
 class PostHogSink:

@@ -850,3 +850,55 @@ class TestWithoutAScope:
             ("anonymous", None, {"n": 1})
         ]
         assert sent == []
+
+
+class TestTenant:
+    """organization= / workspace=: templates over the call that win over the scope (issue 14)."""
+
+    def test_every_wrapper_kind_resolves_the_tenant(self, sqlite_url: str) -> None:
+        """The compiled sync and async wrappers, generators and failure records alike."""
+        obs.configure(database=sqlite_url)
+
+        @obs.audited("sync", organization="{org}")
+        def sync(org: str) -> None: ...
+
+        @obs.audited("async", organization="{org}", workspace="ws_{org}")
+        async def coroutine(org: str) -> None:
+            await asyncio.sleep(0)
+
+        @obs.audited("generator", organization="{org}")
+        def generator(org: str) -> Iterator[int]:
+            yield 1
+
+        @obs.audited("failed", organization="{org}", when="failure")
+        def failing(org: str) -> None:
+            raise Boom(org)
+
+        with obs.scope(actor=USER, workspace="ws_scope", organization="org_scope"):
+            sync("o_1")
+            asyncio.run(coroutine("o_2"))
+            assert list(generator("o_3")) == [1]
+            with pytest.raises(Boom):
+                failing("o_4")
+        assert obs.flush(5.0)
+        records = obs.audit_log(create_engine(sqlite_url))
+        assert sorted((r.action, r.organization_id, r.workspace_id) for r in records) == [
+            ("async", "o_2", "ws_o_2"),
+            ("failed", "o_4", None),
+            ("generator", "o_3", None),
+            ("sync", "o_1", None),
+        ]
+
+    def test_tenant_templates_are_checked_when_decorating(self) -> None:
+        """A missing parameter, or a result under when="start", names the field."""
+        with pytest.raises(obs.ConfigurationError, match="workspace template"):
+            obs.audited("op", workspace="{nope}")(lambda org: None)
+        with pytest.raises(obs.ConfigurationError, match="organization template"):
+            obs.tracked("op", organization="{result.org}", when="start")(lambda: None)
+
+    def test_record_audit_takes_strings_only(self) -> None:
+        """record_audit/track take plain values: anything but a string or None is refused."""
+        with pytest.raises(obs.ConfigurationError, match="organization= takes a string"):
+            obs.record_audit("op", organization=42)  # type: ignore[arg-type]
+        with pytest.raises(obs.ConfigurationError, match="workspace= takes a string"):
+            obs.track("op", workspace=["ws"])  # type: ignore[arg-type]

@@ -10,7 +10,10 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
+import os
+import random
 import uuid
+import warnings
 from typing import Any
 
 import pytest
@@ -162,6 +165,54 @@ class TestIds:
             latest = max(latest, ns // 1_000_000)
             assert made.int >> 80 >= latest
         assert ids[0].int >> 80 == stamps_ms[0]
+
+    def test_random_seed_does_not_repeat_ids(self) -> None:
+        """random.seed(same) before each id (a test, a simulation) changes nothing.
+
+        The random bits come from obs_sdk's own generator, seeded from the operating
+        system: two ids made after the same seed differ in all of their 62 random bits'
+        worth, not only in their millisecond.
+        """
+        low = (1 << 62) - 1
+        make = _Uuid7()
+        made = []
+        for ms in (1, 2):
+            random.seed(20261205)
+            made.append(make.value(1_767_225_600_000_000_000 + ms * 1_000_000))
+        assert made[0] & low != made[1] & low
+
+    def test_a_forked_child_makes_other_ids_than_its_parent(self) -> None:
+        """After fork the child's generator is reseeded: it does not repeat the parent's ids.
+
+        (The random module reseeds itself after fork too; obs_sdk's own generator must.)
+        """
+        ns = 1_767_225_600_000_000_000
+        read, write = os.pipe()
+        with warnings.catch_warnings():  # 3.12+: fork() of a process with threads warns
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child: one id, then leave without running anything of pytest's
+            try:
+                os.write(write, uuid7.hex(ns).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            child = pipe.read()
+        os.waitpid(pid, 0)
+        parent = uuid7.hex(ns)
+        assert len(child) == 32
+        assert child[-15:] != parent[-15:]  # the random tail (the last 60 of 62 bits)
+
+    def test_a_replacement_id_keeps_its_place_in_time(self) -> None:
+        """A collided UUIDv7 is replaced by one of the same millisecond and sequence."""
+        taken = uuid7(1_767_225_600_000_000_000)
+        replacement = uuid7.replacing(taken)
+        assert replacement != taken
+        assert replacement.int >> 64 == taken.int >> 64
+        assert (replacement.version, replacement.variant) == (7, uuid.RFC_4122)
+        other = uuid7.replacing(uuid.UUID(int=1))  # not a UUIDv7 (a test's id_factory)
+        assert (other.version, other.variant) == (7, uuid.RFC_4122)
 
 
 class TestRowsRenderedAlone:

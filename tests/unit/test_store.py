@@ -7,6 +7,8 @@ Tests that touch a database run on a SQLite file and on the real PostgreSQL
 from __future__ import annotations
 
 import asyncio
+import logging
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import obs_sdk as obs
+from obs_sdk._dispatch import dispatcher
+from obs_sdk.testing import IncrementingIds
 
 SPEC_COLUMNS = [
     "id",
@@ -225,3 +229,85 @@ class TestLifecycle:
         obs.record_audit("after")
         assert obs.flush()
         assert sorted(r.action for r in obs.audit_log(reader)) == ["after", "before", "between"]
+
+
+class TestIdCollisions:
+    """ON CONFLICT (id) DO NOTHING keeps retries from duplicating; it never loses a record."""
+
+    @pytest.mark.swallows_internal_errors
+    def test_a_taken_id_is_replaced_logged_and_counted(
+        self, database_url: str, reader: sa.Engine, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A record whose fresh id is already in the table is written under a new id."""
+        obs.configure(database_url, id_factory=IncrementingIds())
+        for i in range(3):
+            obs.record_audit("first", metadata={"i": i})
+        assert obs.flush()
+        obs.configure(database_url, id_factory=IncrementingIds())  # ids 1, 2, 3 again
+        caplog.set_level(logging.WARNING, logger="obs_sdk")
+        for i in range(4):
+            obs.record_audit("second", metadata={"i": i})
+        assert obs.flush()
+        records = obs.audit_log(reader, limit=100)
+        assert sorted((r.action, r.metadata["i"]) for r in records) == [
+            ("first", 0),
+            ("first", 1),
+            ("first", 2),
+            ("second", 0),
+            ("second", 1),
+            ("second", 2),
+            ("second", 3),
+        ]
+        assert len({r.id for r in records}) == 7
+        stats = obs.stats()
+        assert (stats["delivered"], stats["failed"], stats["internal_errors"]) == (4, 0, 3)
+        assert "id_collision" in caplog.text
+        assert "ids collided" in caplog.text  # the exception logged with it
+
+    def test_a_retry_that_finds_its_own_rows_is_no_collision(
+        self, database_url: str, reader: sa.Engine
+    ) -> None:
+        """An export that wrote its rows but failed to say so is retried: nothing doubles.
+
+        The retry's ON CONFLICT skips every row (the first attempt wrote them), and none
+        is taken for a collision: no row is written twice under a new id.
+        """
+        obs.configure(database_url)
+        (sink,) = dispatcher.sinks
+        attempts = []
+        original = sink.export
+
+        def counted(batch: Any) -> None:
+            attempts.append(len(batch))
+            original(batch)
+
+        def commit_then_fail(conn: sa.Connection) -> None:
+            # The commit happens; the error surfaces anyway, as when a connection drops
+            # before the server's answer arrives.
+            if len(attempts) == 1:
+                conn.connection.dbapi_connection.commit()  # type: ignore[union-attr]
+                raise sa.exc.OperationalError("COMMIT", {}, Exception("connection reset"))
+
+        sink.export = counted  # type: ignore[method-assign]
+        sa.event.listen(sink.engine, "commit", commit_then_fail)  # type: ignore[attr-defined]
+        for i in range(5):
+            obs.record_audit("once", metadata={"i": i})
+        assert obs.flush()
+        assert attempts == [5, 5]
+        assert sorted(r.metadata["i"] for r in obs.audit_log(reader)) == [0, 1, 2, 3, 4]
+        stats = obs.stats()
+        assert (stats["delivered"], stats["retried"], stats["internal_errors"]) == (5, 1, 0)
+
+    @pytest.mark.swallows_internal_errors
+    def test_record_audit_now_replaces_a_taken_id(
+        self, database_url: str, reader: sa.Engine
+    ) -> None:
+        """record_audit_now never returns having skipped its record."""
+        taken = uuid.UUID(int=7)
+        obs.configure(database_url, id_factory=lambda ns: taken)
+        obs.record_audit_now("key.shown")
+        obs.record_audit_now("key.shown")
+        ids = [r.id for r in obs.audit_log(reader)]
+        assert len(ids) == 2
+        assert taken in ids
+        assert obs.stats()["internal_errors"] == 1
