@@ -48,7 +48,8 @@ _errors = {"internal_errors": 0}
 #   late: records made in a child task or thread after its scope's transaction had ended,
 #         written on their own; duplicate_unread: repeated once() keys whose flag was never read;
 #   set_actor_outside_scope: set_actor() calls with no scope to change (nothing was set);
-#   unloaded: template fields left NULL because an ORM attribute was not loaded.
+#   unloaded: template fields left NULL because an ORM attribute was not loaded;
+#   sanitized: records whose values were changed so that every database can store them.
 COUNTERS = (
     "no_actor",
     "rolled_back",
@@ -56,6 +57,7 @@ COUNTERS = (
     "duplicate_unread",
     "set_actor_outside_scope",
     "unloaded",
+    "sanitized",
 )
 _counts = dict.fromkeys(COUNTERS, 0)
 _warned: set[object] = set()
