@@ -28,7 +28,16 @@ from obs_sdk import _context
 from obs_sdk._context import Unit, suppressed
 from obs_sdk._dispatch import dispatcher
 from obs_sdk._guard import count, count_error
-from obs_sdk._records import AUDIT, SPEC, STORED, AuditRecord, RawRecord, render_audit
+from obs_sdk._records import (
+    AUDIT,
+    SPEC,
+    STORED,
+    AuditRecord,
+    IdCollision,
+    RawRecord,
+    render_audit,
+    uuid7,
+)
 from obs_sdk._tables import insert_ignoring_duplicates, tables
 
 __all__ = ["after_commit", "hold", "mark_written", "release_idle", "sync_session"]
@@ -39,6 +48,7 @@ _KEY = "obs_sdk.pending"
 _WROTE = "obs_sdk.wrote"  # the transaction in progress changed something
 _ROLLED_BACK = "obs_sdk.rolled_back"  # ...and was rolled back, not merely closed
 table_prefix = "obs_"  # set by configure()
+_INSERT_ATTEMPTS = 5  # new ids for records whose id was taken, before giving up on them
 _READS = ("select", "with", "show", "explain", "values", "pragma")
 
 
@@ -171,13 +181,39 @@ def _insert_held_audits(session: Session) -> None:
             _begin_sqlite(conn)
             statement = insert_ignoring_duplicates(tables(table_prefix).audit, conn.dialect.name)
             with conn.begin_nested():
-                conn.execute(statement, [r.as_dict() for r in records])
-            pending.stored.extend(records)
+                pending.stored.extend(_insert_all(conn, statement, records))
         except Exception as exc:
             # The savepoint rolled back; the caller's commit goes on and the records take
             # the queue after it (they keep their resolved values, and get new ids).
             count_error("transaction_insert", exc)
             pending.queued.extend(held)
+
+
+def _insert_all(conn: Any, statement: Any, records: list[AuditRecord]) -> list[AuditRecord]:
+    """Insert *records*; one whose id is taken is written under a new id (logged, counted).
+
+    ``ON CONFLICT DO NOTHING`` would skip it silently: ``RETURNING id`` says which rows were
+    written. Returns the records as stored.
+    """
+    if not conn.dialect.insert_executemany_returning:  # no way to tell: as before
+        conn.execute(statement, [r.as_dict() for r in records])
+        return records
+    returning = statement.returning(statement.table.c.id)
+    stored: list[AuditRecord] = []
+    todo = records
+    for _ in range(_INSERT_ATTEMPTS):
+        written = set(conn.execute(returning, [r.as_dict() for r in todo]).scalars())
+        stored += [r for r in todo if r.id in written]
+        todo = [_with_new_id(r) for r in todo if r.id not in written]
+        if not todo:
+            break
+    return stored
+
+
+def _with_new_id(record: AuditRecord) -> AuditRecord:
+    replaced = record._replace(id=uuid7.replacing(record.id))
+    count_error("transaction_insert", IdCollision(record.id, replaced.id))
+    return replaced
 
 
 def _begin_sqlite(conn: Any) -> None:

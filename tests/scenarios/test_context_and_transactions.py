@@ -283,6 +283,37 @@ class TestHowTheTransactionEnds:
         assert obs.stats()["rolled_back"] == 1
 
 
+class TestIdsAtCommit:
+    @pytest.mark.swallows_internal_errors
+    def test_a_taken_id_at_commit_is_replaced_not_skipped(
+        self, database_url: str, app_engine: sa.Engine, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Records inserted at the caller's commit whose ids are taken (a process that reuses
+        ids) were skipped silently by ON CONFLICT DO NOTHING: they are written under new ids."""
+        from obs_sdk.testing import IncrementingIds
+
+        obs.configure(app_engine, id_factory=IncrementingIds())
+        for i in range(2):
+            download(f"f_before_{i}")
+        assert obs.flush()
+        obs.configure(app_engine, id_factory=IncrementingIds())  # ids 1, 2 again
+        with Session(app_engine) as session, obs.scope(actor=user(1), session=session):
+            session.add(File(id="f_1", name="a.txt"))
+            for i in range(3):
+                download(f"f_tx_{i}")
+            session.commit()
+        got = trail(app_engine)
+        assert sorted(resource for _, resource, _ in got) == [
+            "f_before_0",
+            "f_before_1",
+            "f_tx_0",
+            "f_tx_1",
+            "f_tx_2",
+        ]
+        assert obs.stats()["internal_errors"] == 2
+        assert "ids collided" in caplog.text
+
+
 def fastapi_app(engine: sa.Engine, async_engine: Any) -> FastAPI:
     """An app in FastAPI's usual shapes: sync and async generator dependencies that open
     the session and the scope, `def` and `async def` routes, authentication dependencies."""
