@@ -1,60 +1,260 @@
-"""Secret-looking keys lose their values before anything leaves the process (SPEC rule 7)."""
+"""Secret-looking keys lose their values before anything leaves the process (SPEC rule 7).
+
+A key is judged by the *words* it is made of, not by the letters it contains: ``privateKey``,
+``private-key`` and ``PRIVATE_KEY`` are all the words ``private key``, and a secret word must
+be a whole word, so ``tokens_used`` (an LLM's token count) and ``session_length_s`` keep their
+values while ``auth``, ``pwd`` and ``bearer_token`` lose theirs. The rules are the tables
+below; ``Redactor`` applies them, plus the words and keys ``configure()`` adds.
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["REDACTED", "Redactor", "limit_size"]
+from obs_sdk._guard import count_error
+from obs_sdk.exceptions import ConfigurationError
+
+__all__ = ["REDACTED", "Redactor", "key_words", "limit_size"]
 
 REDACTED = "[REDACTED]"
-DEFAULT_SECRET_WORDS = (
-    "token",
-    "password",
-    "passwd",
-    "secret",
-    "authorization",
-    "api_key",
-    "apikey",
-    "cookie",
-    "session",
-    "private_key",
-    "credential",
-)
-_CACHE_LIMIT = 4096
 
+# -- The rules, as data ---------------------------------------------------------------------
+# A key is split into lower-case words (see key_words): ``X-Auth-Token`` -> x auth token,
+# ``privateKey`` -> private key, ``api_key_2`` -> api key 2. Then:
+
+# 1. A key is secret when ANY of its words is one of these: the word names a credential, or a
+#    header that carries one, wherever it sits: Authorization, X-Auth-Token, auth_method,
+#    Set-Cookie, aws_credentials, bearer. (Whole words only: ``author`` is not ``auth``.)
+SECRET_ANYWHERE = frozenset(
+    {"auth", "authorization", "bearer", "cookie", "cookies", "credential", "credentials"}
+)
+
+# 2. A key is secret when its LAST word is one of these nouns: the key names the secret
+#    itself: token, access_token, csrf_token, client_secret, new_password, passwd, pwd.
+#    Plural "tokens" is not here: tokens_used and max_tokens count an LLM's tokens.
+SECRET_NOUNS = frozenset(
+    {"token", "secret", "secrets", "password", "passwords", "passwd", "pwd", "passphrase"}
+)
+
+# 3. A key whose last word is "key" is secret only when the word before it says what kind of
+#    key is a secret one: api_key, x-api-key, privateKey, secret_key, aws_secret_access_key;
+#    never idempotency_key, cache_key, primary_key, public_key, sort_key or a bare "key" (an
+#    S3 object's name).
+SECRET_KEY_QUALIFIERS = frozenset(
+    {
+        "access",
+        "api",
+        "client",
+        "encryption",
+        "hmac",
+        "license",
+        "master",
+        "private",
+        "secret",
+        "signing",
+        "ssh",
+        "webhook",
+    }
+)
+
+# 4. A session's identifier is a bearer credential: session_id, sessionId, session_key,
+#    session_token, sessionid, JSESSIONID, PHPSESSID; not session_length_s or session_count.
+SESSION_WORDS = frozenset({"session", "sess"})
+SESSION_ID_WORDS = frozenset({"id", "ids", "key", "keys", "token", "tokens"})
+
+# 5. Trailing words that only say which form a secret takes are set aside before rules 2-4
+#    look at the last word: password_hash, token_value, private_key_pem, password_confirmation,
+#    api_key_2 are secret because password, token, private_key and api_key are; cache_key_hash
+#    and file_hash stay plain, because cache_key and file do.
+FORM_WORDS = frozenset(
+    {
+        "b64",
+        "base64",
+        "confirm",
+        "confirmation",
+        "digest",
+        "encoded",
+        "encrypted",
+        "hash",
+        "hashed",
+        "hex",
+        "pem",
+        "plain",
+        "plaintext",
+        "raw",
+        "value",
+    }
+)
+
+# 6. Words written without a separator are read as two when they end in a secret word:
+#    apikey -> api key, accesstoken -> access token, clientsecret -> client secret,
+#    setcookie -> set cookie, sessionid / jsessionid -> session id. The head must itself end
+#    in a qualifier for "key" and "id" (so monkey, hockey and valid stay one word); "auth" is
+#    never split off (oauth is a protocol's name).
+_GLUED_NOUNS = (SECRET_NOUNS | SECRET_ANYWHERE) - {"auth"}
+
+
+def _alternatives(words: Iterable[str]) -> str:
+    return "|".join(sorted(words, key=len, reverse=True))  # longest first: passwords, password
+
+
+_GLUED_SECRET = re.compile(rf"(.+?)({_alternatives(_GLUED_NOUNS)})")
+_GLUED_KEY = re.compile(rf"(.*?)({_alternatives(SECRET_KEY_QUALIFIERS | SESSION_WORDS)})(keys?)")
+_GLUED_SESSION_ID = re.compile(rf"(.*?)({_alternatives(SESSION_WORDS)})(id)")
+_GLUED_TAILS = (*_GLUED_NOUNS, "key", "keys", "id")  # a cheap test before the patterns
+
+# One pass over the key: ACRONYM before a Capitalised word, an optionally Capitalised
+# lower-case word (other scripts' letters count as lower case: they have no case boundary
+# to find), an ACRONYM, or digits. "_", "-", ".", spaces and other punctuation separate.
+_WORD = re.compile(r"[A-Z]+(?=[A-Z][^\W_A-Z0-9])|[A-Z]?[^\W_A-Z0-9]+|[A-Z]+|[0-9]+")
+_CACHE_LIMIT = 4096
 
 _NUMBERS = frozenset({int, float, bool, type(None)})  # nothing inside them to redact
 _BIG = 10**20  # an int under this in size has at most 21 characters of JSON
+_SEQUENCES = (list, tuple)
+_PAIR = 2  # a (name, value) pair
+
+
+def key_words(key: str) -> tuple[str, ...]:
+    """Split *key* into lower-case words across snake, kebab, camel and dotted case.
+
+    ``"X-Auth-Token"`` -> ``("x", "auth", "token")``; ``"privateKey"`` -> ``("private",
+    "key")``; ``"HTTP_AUTHORIZATION"`` -> ``("http", "authorization")``. Pure; thread-safe.
+    """
+    return tuple(map(str.lower, _WORD.findall(key)))
+
+
+def _unglued(word: str) -> tuple[str, ...]:
+    """Rule 6: read a word written without separators as the words it is glued from."""
+    if not word.endswith(_GLUED_TAILS) or word in _GLUED_TAILS:
+        return (word,)
+    glued = _GLUED_SECRET.fullmatch(word)
+    if glued is not None:
+        return (*_unglued(glued[1]), glued[2])
+    glued = _GLUED_KEY.fullmatch(word) or _GLUED_SESSION_ID.fullmatch(word)
+    if glued is not None:
+        return (*((glued[1],) if glued[1] else ()), glued[2], glued[3])
+    return (word,)
+
+
+def _secret_by_rules(words: tuple[str, ...]) -> bool:
+    """Apply rules 1-5 to a key's words (already unglued)."""
+    if not SECRET_ANYWHERE.isdisjoint(words):
+        return True
+    end = len(words)
+    while end > 1 and (words[end - 1] in FORM_WORDS or words[end - 1].isdigit()):
+        end -= 1  # rule 5: api_key_2, password_hash
+    if end == 0:
+        return False
+    last, before = words[end - 1], words[end - 2] if end > 1 else ""
+    if last in SECRET_NOUNS:
+        return True
+    if last in ("key", "keys") and before in SECRET_KEY_QUALIFIERS:
+        return True
+    return last in SESSION_ID_WORDS and before in SESSION_WORDS
+
+
+def _contains(words: tuple[str, ...], part: tuple[str, ...]) -> bool:
+    n = len(part)
+    return any(words[i : i + n] == part for i in range(len(words) - n + 1))
+
+
+def _normal_words(value: object, option: str) -> tuple[str, ...]:
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            f"configure({option}=...) takes key names as strings, got {value!r}"
+        )
+    words = key_words(value)
+    if not words:
+        raise ConfigurationError(
+            f"configure({option}=...) got {value!r}, which has no letters or digits"
+        )
+    return words
+
+
+def _checked_list(values: object, option: str) -> list[tuple[str, ...]]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ConfigurationError(
+            f"configure({option}=...) takes a list of key names, not {values!r}"
+        )
+    return [_normal_words(value, option) for value in values]
 
 
 class Redactor:
     """Replace values under secret-looking keys, at any depth, in dicts inside lists too.
 
-    A key is secret when, lower-cased with ``-`` read as ``_``, it contains one of the
-    words. Decisions are cached per key: the same few keys recur in every record.
+    A key is secret by the rules at the top of this module, judged on its words
+    (``key_words``), or when its words contain the words of one of *extra_words*
+    (``configure(redact_keys=...)``: ``"ssn"`` redacts ``user_ssn`` and ``userSsn``, not
+    ``classname``). A key in *keep_keys* (``configure(keep_keys=...)``), compared by its
+    words, so ignoring case and ``_``/``-``/camelCase, is never redacted. A list or tuple of
+    ``(name, value)`` pairs, e.g. headers ``[("Authorization", "Bearer x"), ("Accept", "*")]``,
+    has the values of secret names replaced.
+
+    *redact*, when given, takes each cleaned dict and returns the dict to send (like
+    posthog's and sentry's ``before_send``), on the dispatcher thread. If it raises or
+    returns something other than a dict, the default-redacted dict is sent and the error
+    counted in ``obs.stats()["internal_errors"]``: the unredacted data never is. It receives
+    a copy of the top-level dict.
+
+    Decisions are cached per key: the same few keys recur in every record. Thread-safe (the
+    cache only ever gains entries, and a lost race recomputes the same answer).
+
+    Raises:
+        ConfigurationError: an entry of *extra_words* or *keep_keys* is not a string with a
+            letter or digit, either is a single string, or *redact* is not a plain callable.
     """
 
-    def __init__(self, extra_words: Iterable[str] = ()) -> None:
-        words = [*DEFAULT_SECRET_WORDS, *(w.lower().replace("-", "_") for w in extra_words)]
-        self._words = tuple(dict.fromkeys(words))
+    def __init__(
+        self,
+        extra_words: Iterable[str] = (),
+        *,
+        keep_keys: Iterable[str] = (),
+        redact: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
+        self._extra = tuple(dict.fromkeys(_checked_list(extra_words, "redact_keys")))
+        self._keep = frozenset(_checked_list(keep_keys, "keep_keys"))
+        if redact is not None and (
+            not callable(redact)
+            or inspect.iscoroutinefunction(redact)
+            or inspect.iscoroutinefunction(getattr(redact, "__call__", None))  # noqa: B004
+        ):
+            raise ConfigurationError(
+                "configure(redact=...) takes a plain function that receives the cleaned "
+                f"metadata dict and returns the dict to send, got {redact!r}"
+            )
+        self._hook = redact
         self._cache: dict[str, bool] = {}
 
     def is_secret(self, key: str) -> bool:
+        """Return whether the value under *key* is replaced (cached per key)."""
         hit = self._cache.get(key)
         if hit is None:
-            normal = key.lower().replace("-", "_")
-            hit = any(word in normal for word in self._words)
+            hit = self._decide(key)
             if len(self._cache) < _CACHE_LIMIT:
                 self._cache[key] = hit
         return hit
 
-    def clean(self, data: dict[str, Any], max_bytes: int) -> dict[str, Any]:
-        """Redact *data* and keep it under *max_bytes* of JSON (``limit_size``).
+    def _decide(self, key: str) -> bool:
+        words = key_words(key)
+        if words in self._keep:
+            return False
+        if any(_contains(words, extra) for extra in self._extra):
+            return True
+        if any(word.endswith(_GLUED_TAILS) for word in words):
+            words = tuple(part for word in words for part in _unglued(word))
+        return _secret_by_rules(words)
 
-        One pass over the top level, where template metadata keeps its values: only nested
-        dicts and lists take ``redact``, and only a dict that may not fit is measured exactly.
+    def clean(self, data: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+        """Redact *data*, keep it under *max_bytes* of JSON, then apply ``redact`` if given.
+
+        ``limit_size`` does the size bound. One pass over the top level, where template
+        metadata keeps its values: only nested dicts and lists take ``redact``, and only a
+        dict that may not fit is measured exactly.
         """
         cache = self._cache
         out = {}
@@ -62,7 +262,7 @@ class Redactor:
         for key, value in data.items():
             secret = cache.get(key)
             if secret is None:
-                secret = self.is_secret(str(key))
+                secret = self.is_secret(key if type(key) is str else str(key))
             kind = type(value)
             if secret:
                 kept: Any = REDACTED
@@ -77,17 +277,55 @@ class Redactor:
                 bound += _json_bound(kept, max_bytes)
             out[key] = kept
             bound += 6 * len(key if type(key) is str else str(key)) + 4
-        return out if bound <= max_bytes else limit_size(out, max_bytes)
+        cleaned = out if bound <= max_bytes else limit_size(out, max_bytes)
+        return cleaned if self._hook is None else self._hooked(cleaned, max_bytes)
+
+    def _hooked(self, cleaned: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+        """Apply ``configure(redact=...)``; on any failure keep *cleaned* and count it."""
+        hook = self._hook
+        assert hook is not None
+        try:
+            sent = hook(dict(cleaned))
+        except Exception as exc:  # the user's callable: never reaches the caller (rule 4)
+            count_error("redact", exc)
+            return cleaned
+        if not isinstance(sent, dict):
+            count_error(
+                "redact",
+                TypeError(
+                    f"configure(redact=...) returned {type(sent).__name__}, not a dict; "
+                    "the default redaction was sent"
+                ),
+            )
+            return cleaned
+        return limit_size(sent, max_bytes)
 
     def redact(self, value: Any) -> Any:
-        """Return *value* with secret keys' values replaced; the input is not modified."""
+        """Return *value* with secret keys' values replaced; the input is not modified.
+
+        Dicts, lists and tuples are walked at any depth; in a list or tuple, an item that is
+        a ``(name, value)`` pair with a ``str`` (or ``bytes``) name is a header: its value is
+        replaced when the name is secret.
+        """
         if isinstance(value, dict):
             return {
-                k: REDACTED if self.is_secret(str(k)) else self.redact(v) for k, v in value.items()
+                k: REDACTED if self.is_secret(k if type(k) is str else str(k)) else self.redact(v)
+                for k, v in value.items()
             }
-        if isinstance(value, list):
-            return [self.redact(v) for v in value]
+        if isinstance(value, _SEQUENCES):
+            items = [self._item(item) for item in value]
+            return items if isinstance(value, list) else tuple(items)
         return value
+
+    def _item(self, item: Any) -> Any:
+        if isinstance(item, _SEQUENCES) and len(item) == _PAIR:
+            name = item[0]
+            if isinstance(name, (bytes, bytearray)):
+                name = bytes(name).decode("latin-1")
+            if isinstance(name, str) and self.is_secret(name):
+                pair = [item[0], REDACTED]
+                return pair if isinstance(item, list) else tuple(pair)
+        return self.redact(item)
 
 
 def _json_default(value: Any) -> Any:
@@ -158,7 +396,7 @@ def _json_bound(value: Any, limit: int) -> int:
             if total > limit:
                 break
         return total
-    if isinstance(value, list):
+    if isinstance(value, _SEQUENCES):
         total = 2
         for item in value:
             total += _json_bound(item, limit) + 1
@@ -173,7 +411,7 @@ def _longest_string(value: Any) -> int:
         return len(value.encode())
     if isinstance(value, dict):
         return max((_longest_string(v) for v in value.values()), default=0)
-    if isinstance(value, list):
+    if isinstance(value, _SEQUENCES):
         return max((_longest_string(v) for v in value), default=0)
     return 0
 
@@ -187,6 +425,6 @@ def _cut(value: Any, cap: int) -> Any:
         return f"{kept}…[truncated {len(raw) - len(kept.encode())} bytes]"
     if isinstance(value, dict):
         return {k: _cut(v, cap) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_cut(v, cap) for v in value]
+    if isinstance(value, _SEQUENCES):
+        return [_cut(v, cap) for v in value]  # JSON has no tuples: a list serialises the same
     return value
