@@ -5,6 +5,12 @@ sometimes concurrently. ``WebhookHandler`` verifies the signature with the ``str
 library, then runs the handlers registered for the event's type in one transaction,
 inside ``obs.once("stripe:" + event.id)``: the dedup key, the handlers' writes and their
 audit records commit together, and a redelivery (even a concurrent one) is a duplicate.
+
+What arrives from the internet is checked before it costs anything: a body over
+``max_body_bytes`` is refused before it is decoded, verified or parsed (413); a signature
+dated outside the tolerance, in the past *or the future*, is refused (stripe-python checks
+only the past); an event id too long for the idempotency key is refused (400) rather than
+failing on every one of Stripe's retries.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +26,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from obs_sdk._context import scope
-from obs_sdk._idempotency import once
+from obs_sdk._idempotency import MAX_KEY_LENGTH, once
 from obs_sdk._scope import Actor
 from obs_sdk.exceptions import ConfigurationError, MissingDependencyError
 
@@ -35,6 +42,8 @@ logger = logging.getLogger(__name__)
 ALL_EVENTS = "*"
 KEY_PREFIX = "stripe:"
 DEFAULT_TOLERANCE = 300  # seconds, as stripe.Webhook.DEFAULT_TOLERANCE
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # Stripe's events are a few KiB; 1 MiB leaves room
+MAX_EVENT_ID_LENGTH = MAX_KEY_LENGTH - len(KEY_PREFIX)  # 248: the key column holds 255
 
 Handler = Callable[[Any, Any], Any]
 
@@ -45,6 +54,7 @@ class WebhookResult:
 
     200 ``{"status": "processed" | "duplicate" | "unhandled", ...}``;
     400 ``{"status": "rejected", "reason": ..., "detail": ...}`` (nothing was recorded);
+    413 the same, with reason ``payload_too_large`` (the body was not read further);
     500 ``{"status": "failed", ...}`` (the transaction rolled back; Stripe's retry runs
     it again). Immutable.
     """
@@ -53,9 +63,38 @@ class WebhookResult:
     body: dict[str, Any] = field(default_factory=dict)
 
 
-def _rejected(reason: str, detail: str) -> WebhookResult:
+def _rejected(reason: str, detail: str, status: int = 400) -> WebhookResult:
     logger.info("rejected a Stripe webhook delivery: %s (%s)", reason, detail)
-    return WebhookResult(400, {"status": "rejected", "reason": reason, "detail": detail})
+    return WebhookResult(status, {"status": "rejected", "reason": reason, "detail": detail})
+
+
+def _signed_at(header: str) -> int | None:
+    """Return the ``t=`` of a ``Stripe-Signature`` header that also has a ``v1=``, else None.
+
+    Read as stripe-python reads it (``WebhookSignature._get_timestamp_and_signatures``: the
+    first ``t=`` through ``int()``), so the time checked is the time that was signed.
+    """
+    timestamp = None
+    has_v1 = False
+    for item in header.split(","):
+        name, sep, value = item.partition("=")
+        if not sep:
+            continue
+        if name == "t" and timestamp is None:
+            try:
+                timestamp = int(value.split("=", 1)[0])
+            except ValueError:
+                return None
+        elif name == "v1":
+            has_v1 = True
+    return timestamp if has_v1 else None
+
+
+def _body_size(payload: bytes | bytearray | str) -> int:
+    if isinstance(payload, str):
+        # Non-ASCII text takes more bytes than characters: measure it as it was sent.
+        return len(payload) if payload.isascii() else len(payload.encode("utf-8", "replace"))
+    return len(payload)
 
 
 def _check_secrets(secret: object) -> tuple[str, ...]:
@@ -80,8 +119,11 @@ class WebhookHandler:
     while one is being rolled. ``sessionmaker`` opens the transaction the handlers run
     in: a ``sessionmaker`` for ``handle()``, an ``async_sessionmaker`` for
     ``ahandle()``; its database must hold the obs_ tables (``obs_idempotency_keys``),
-    since the dedup key commits with the handlers' work. ``tolerance`` is the
-    signature's maximum age in seconds.
+    since the dedup key commits with the handlers' work. ``tolerance`` is how far, in
+    seconds, the signature's time may lie from this server's clock, either way.
+    ``max_body_bytes`` (1 MiB by default) is the largest body accepted: a larger one is
+    answered 413 before it is decoded or verified. The route should also stop reading the
+    request at that size, since this handler only sees a body that was read in full.
 
     Register handlers with ``@hooks.on("invoice.paid")`` (several per type run in
     registration order; ``"*"`` receives every type). Each receives the verified
@@ -97,6 +139,7 @@ class WebhookHandler:
         secret: str | Sequence[str],
         sessionmaker: Callable[[], Any],
         tolerance: int = DEFAULT_TOLERANCE,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self._secrets = _check_secrets(secret)
         if not callable(sessionmaker):
@@ -109,8 +152,18 @@ class WebhookHandler:
                 "WebhookHandler(tolerance=...) takes a positive number of seconds, "
                 f"got {tolerance!r}"
             )
+        if (
+            isinstance(max_body_bytes, bool)
+            or not isinstance(max_body_bytes, int)
+            or max_body_bytes <= 0
+        ):
+            raise ConfigurationError(
+                "WebhookHandler(max_body_bytes=...) takes a positive number of bytes, "
+                f"got {max_body_bytes!r}"
+            )
         self._sessionmaker = sessionmaker
         self._tolerance = tolerance
+        self._max_body_bytes = max_body_bytes
         # Replaced whole on registration: a delivery in flight sees no half update.
         self._handlers: tuple[tuple[str, Handler], ...] = ()
 
@@ -136,7 +189,21 @@ class WebhookHandler:
     # -- verification ---------------------------------------------------------------
 
     def _verify(self, payload: bytes | str, signature_header: str | None) -> Any:
-        """Return the verified ``stripe.Event``, or the 400 ``WebhookResult``."""
+        """Return the verified ``stripe.Event``, or the 400/413 ``WebhookResult``.
+
+        In order, cheapest and least trusting first: the size, the header, the signature
+        (``stripe.WebhookSignature.verify_header``, each secret in turn), the signed time
+        both ways, then the event itself. Outcomes are told apart by exception class and
+        by this module's own reading of the header, never by an exception's message.
+        """
+        size = _body_size(payload)
+        if size > self._max_body_bytes:
+            return _rejected(
+                "payload_too_large",
+                f"the body is {size} bytes; this endpoint accepts at most "
+                f"{self._max_body_bytes} (WebhookHandler(max_body_bytes=...))",
+                status=413,
+            )
         if not signature_header:
             return _rejected(
                 "missing_signature_header",
@@ -148,47 +215,55 @@ class WebhookHandler:
                 payload = bytes(payload).decode("utf-8")
             except UnicodeDecodeError:
                 return _rejected("invalid_json", "the body is not UTF-8 text")
-        stale = False
-        for secret in self._secrets:
-            try:
-                event = stripe.Webhook.construct_event(
-                    payload, signature_header, secret, self._tolerance
-                )
-            except stripe.SignatureVerificationError as exc:
-                # stripe-python tells the cases apart only by message (stripe/_webhook.py,
-                # verify_header); tests/integration/stripe pins each one.
-                message = str(getattr(exc, "user_message", None) or exc)
-                if message.startswith("Timestamp outside the tolerance zone"):
-                    stale = True  # the signature matched this secret; it is merely old
-                elif message.startswith(("Unable to extract", "No signatures found with")):
-                    return _rejected(
-                        "invalid_signature_header",
-                        "the Stripe-Signature header has no t=... and v1=... parts: "
-                        "pass the header's value unchanged",
-                    )
-                continue
-            except json.JSONDecodeError as exc:
-                return _rejected("invalid_json", f"the signed body is not valid JSON: {exc}")
-            except ValueError as exc:  # e.g. a thin (v2) event notification
-                return _rejected("unsupported_event", str(exc))
-            except (AttributeError, TypeError):
-                return _rejected(
-                    "missing_id_or_type",
-                    "the signed body is JSON but not a Stripe event object",
-                )
-            return self._check_event(event)
-        if stale:
+        signed_at = _signed_at(signature_header)
+        if signed_at is None:
+            return _rejected(
+                "invalid_signature_header",
+                "the Stripe-Signature header has no t=... and v1=... parts: "
+                "pass the header's value unchanged",
+            )
+        secret = self._matching_secret(payload, signature_header)
+        if secret is None:
+            return _rejected(
+                "invalid_signature",
+                f"no signature matches the configured secret(s) ({len(self._secrets)} "
+                "tried): check the endpoint's signing secret, and pass the raw request "
+                "body unchanged",
+            )
+        skew = time.time() - signed_at
+        if abs(skew) > self._tolerance:
+            when = "older than" if skew > 0 else "dated ahead of this server's clock by more than"
             return _rejected(
                 "timestamp_outside_tolerance",
-                f"the signature is older than {self._tolerance} s: a replay, or this "
-                "server's clock is wrong",
+                f"the signature is {when} {self._tolerance} s: a replay, or this server's "
+                "clock is wrong",
             )
-        return _rejected(
-            "invalid_signature",
-            f"no signature matches the configured secret(s) ({len(self._secrets)} "
-            "tried): check the endpoint's signing secret, and pass the raw request "
-            "body unchanged",
-        )
+        try:
+            # Verified above; tolerance=0 leaves the time to the check above, both ways.
+            event = stripe.Webhook.construct_event(payload, signature_header, secret, 0)
+        except json.JSONDecodeError as exc:
+            return _rejected("invalid_json", f"the signed body is not valid JSON: {exc}")
+        except stripe.SignatureVerificationError:  # cannot happen after verify_header
+            return _rejected("invalid_signature", "the signature did not verify twice")
+        except ValueError as exc:  # e.g. a thin (v2) event notification
+            return _rejected("unsupported_event", str(exc))
+        except (AttributeError, TypeError):
+            return _rejected(
+                "missing_id_or_type",
+                "the signed body is JSON but not a Stripe event object",
+            )
+        return self._check_event(event)
+
+    def _matching_secret(self, payload: str, signature_header: str) -> str | None:
+        """Return the configured secret the header's signature verifies under, if any."""
+        for secret in self._secrets:
+            try:
+                # tolerance=None: no age check here; the caller checks the time both ways.
+                stripe.WebhookSignature.verify_header(payload, signature_header, secret, None)
+            except stripe.SignatureVerificationError:
+                continue
+            return secret
+        return None
 
     @staticmethod
     def _check_event(event: Any) -> Any:
@@ -197,6 +272,14 @@ class WebhookHandler:
             isinstance(event_id, str) and event_id and isinstance(event_type, str) and event_type
         ):
             return _rejected("missing_id_or_type", "the signed event has no string id and type")
+        if len(event_id) > MAX_EVENT_ID_LENGTH or not event_id.isprintable():
+            # "stripe:" + id is the idempotency key: a key that cannot be written would
+            # answer 500 on every retry, for days. Stripe's own ids are far shorter.
+            return _rejected(
+                "invalid_event_id",
+                f"the event id has {len(event_id)} characters; at most "
+                f"{MAX_EVENT_ID_LENGTH} printable characters fit the idempotency key",
+            )
         return event
 
     def _handlers_for(self, event_type: str) -> list[Handler]:

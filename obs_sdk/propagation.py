@@ -9,6 +9,10 @@ r"""Carry a scope's ids to another process: ``inject`` into headers, ``extract``
     with obs.propagation.extract(request.headers, trust_actor=True, secret=SCOPE_SECRET):
         handle(request)                                        # the receiving service
 
+Without a secret, anyone who can reach the receiver can write these headers: the tenant
+(workspace and organization) is then applied only with ``trust_tenant=True`` and the actor
+only with ``trust_actor=True``.
+
 Only ids travel: workspace, organization, actor id and type, request id. Names, emails,
 the IP address, the user agent and metadata never leave the process. The fields are
 written by an OpenTelemetry ``TextMapPropagator`` beside ``traceparent``, but that
@@ -148,10 +152,13 @@ class _ScopePropagator(TextMapPropagator):
         keys: Sequence[bytes] = (),
         *,
         trust_actor: bool = False,
+        trust_tenant: bool = False,
         max_age: float = DEFAULT_MAX_AGE_SECONDS,
     ) -> None:
         self._keys = tuple(keys)
         self._trust_actor = trust_actor
+        # A verified signature proves the tenant came from a holder of the secret.
+        self._trust_tenant = trust_tenant or bool(self._keys)
         self._max_age = max_age
 
     @property
@@ -245,6 +252,13 @@ class _ScopePropagator(TextMapPropagator):
             ORGANIZATION in raw and organization is None
         ):
             workspace = organization = None  # one unit: never half of it
+        elif (WORKSPACE in raw or ORGANIZATION in raw) and not self._trust_tenant:
+            # Unsigned: any client could have chosen the tenant its records land in.
+            workspace = organization = None
+            _reject(
+                "inbound workspace/organization ignored: unsigned tenant ids are applied "
+                "only with extract(..., secret=...) or trust_tenant=True"
+            )
         actor = None
         actor_type, actor_id = ids.get(ACTOR_TYPE), ids.get(ACTOR_ID)
         if self._trust_actor and actor_type is not None and actor_id is not None:
@@ -346,13 +360,18 @@ def extract(
     trust_actor: bool = False,
     secret: str | bytes | Sequence[str | bytes] | None = None,
     max_age: float = DEFAULT_MAX_AGE_SECONDS,
+    trust_tenant: bool = False,
 ) -> _ScopeManager:
     """Open a scope from the ids in *carrier*: ``with obs.propagation.extract(headers): ...``.
 
     *carrier* is a dict, a framework's headers object (names are matched ignoring case) or
     None. Workspace and organization arrive as one unit and replace the enclosing scope's
-    pair; the request id is kept. The inbound actor is applied only with
-    ``trust_actor=True``; otherwise the enclosing scope's actor stays.
+    pair, but only when the carrier is signed (*secret*) or ``trust_tenant=True``:
+    otherwise any client could file its records under another tenant, so unsigned tenant
+    ids are dropped, logged and counted in ``obs.stats()["internal_errors"]``, and the
+    enclosing scope's pair stays. The request id is kept. The inbound actor is applied
+    only with ``trust_actor=True``; otherwise the enclosing scope's actor stays. Use the
+    two trust flags without a secret only where no outside client can reach the receiver.
 
     With *secret* (or a list of secrets, for rotation), nothing carried is applied unless the
     signature verifies and its issue time is at most *max_age* seconds old (and not more
@@ -364,11 +383,13 @@ def extract(
     ``obs.scope``.
 
     Raises:
-        ConfigurationError: *secret*, *max_age* or *trust_actor* has the wrong type, or
-            *carrier* has no ``get``.
+        ConfigurationError: *secret*, *max_age*, *trust_actor* or *trust_tenant* has the
+            wrong type, or *carrier* has no ``get``.
     """
     if not isinstance(trust_actor, bool):
         raise ConfigurationError(f"extract(trust_actor=...) takes a bool, got {trust_actor!r}")
+    if not isinstance(trust_tenant, bool):
+        raise ConfigurationError(f"extract(trust_tenant=...) takes a bool, got {trust_tenant!r}")
     if isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or not max_age > 0:
         raise ConfigurationError(
             f"extract(max_age=...) takes a positive number of seconds, got {max_age!r}"
@@ -381,7 +402,9 @@ def extract(
     carried = EMPTY_SCOPE
     if carrier is not None:
         with guard("propagation"):
-            propagator = _ScopePropagator(keys, trust_actor=trust_actor, max_age=max_age)
+            propagator = _ScopePropagator(
+                keys, trust_actor=trust_actor, trust_tenant=trust_tenant, max_age=max_age
+            )
             carried = propagator.extract(carrier).get(_CARRIED_KEY, EMPTY_SCOPE)  # type: ignore[assignment]
     return scope(
         actor=carried.actor,

@@ -62,6 +62,7 @@ def receiving_app() -> Flask:
     @app.post("/files/<file_id>/download")
     def endpoint(file_id: str) -> Any:
         trust = request.args.get("trust") == "1"
+        trust_tenant = request.args.get("trust_tenant") == "1"
         secret = SECRET if request.args.get("signed") == "1" else None
         own = obs.scope(
             actor=obs.Actor.service("svc_files"),
@@ -69,7 +70,10 @@ def receiving_app() -> Flask:
             organization="org_server",
             ip=request.remote_addr,
         )
-        with own, obs.propagation.extract(request.headers, trust_actor=trust, secret=secret):
+        carried = obs.propagation.extract(
+            request.headers, trust_actor=trust, trust_tenant=trust_tenant, secret=secret
+        )
+        with own, carried:
             download(file_id)
         return jsonify({"headers": dict(request.headers)})
 
@@ -148,12 +152,12 @@ class TestRoundTripOverHttp:
         assert leaked == []
 
     def test_untrusted_actor_is_ignored(self, service_url: str) -> None:
-        """Without trust_actor the receiver keeps its own actor; tenant ids still arrive."""
+        """Without trust_actor the receiver keeps its own actor; trusted tenant ids arrive."""
         headers: dict[str, str] = {}
         with ada_scope():
             obs.propagation.inject(headers)
         with capture() as captured:
-            call(service_url, headers)
+            call(service_url, headers, trust_tenant="1")
         record = captured.audits[0]
         assert (record["actor_type"], record["actor_id"]) == ("service", "svc_files")
         assert (record["workspace_id"], record["organization_id"]) == ("ws_1", "org_1")
@@ -167,6 +171,23 @@ class TestRoundTripOverHttp:
             call(service_url, headers, signed="1")
         record = captured.audits[0]
         assert (record["workspace_id"], record["organization_id"]) == ("ws_personal", None)
+
+    @pytest.mark.swallows_internal_errors
+    def test_unsigned_tenant_needs_trust_tenant(self, service_url: str) -> None:
+        """Unsigned, untrusted tenant ids are dropped and counted: the receiver's pair stays.
+
+        Any client can write obs-workspace; without a secret or trust_tenant=True it would
+        choose the tenant its records are filed under. The request id still arrives.
+        """
+        headers: dict[str, str] = {}
+        with ada_scope():
+            obs.propagation.inject(headers)
+        with capture() as captured:
+            call(service_url, headers, trust="1")
+        record = captured.audits[0]
+        assert (record["workspace_id"], record["organization_id"]) == ("ws_server", "org_server")
+        assert (record["actor_id"], record["request_id"]) == ("u_1", "req_9")
+        assert obs.stats()["internal_errors"] == 1
 
     def test_no_headers_keep_the_receivers_scope(self, service_url: str) -> None:
         """A call from outside any scope carries nothing and changes nothing there."""
@@ -264,6 +285,34 @@ class TestSignatures:
             actor = obs.current_scope().actor
         assert actor == obs.Actor.user("u_1")
 
+    def test_signed_tenant_needs_no_trust_flag(self) -> None:
+        """A verified signature is what trust_tenant stands in for: the tenant applies."""
+        headers: dict[str, str] = {}
+        with ada_scope():
+            obs.propagation.inject(headers, secret=SECRET)
+        with obs.propagation.extract(headers, secret=SECRET):
+            current = obs.current_scope()
+        assert (current.workspace, current.organization) == ("ws_1", "org_1")
+
+    @pytest.mark.swallows_internal_errors
+    def test_trust_tenant_does_not_waive_a_required_signature(self) -> None:
+        """With a secret, an unsigned tenant is rejected even under trust_tenant=True."""
+        headers: dict[str, str] = {}
+        with ada_scope():
+            obs.propagation.inject(headers)
+        with obs.scope(workspace="ws_own"):
+            with obs.propagation.extract(headers, secret=SECRET, trust_tenant=True):
+                current = obs.current_scope()
+        assert (current.workspace, current.organization) == ("ws_own", None)
+        assert obs.stats()["internal_errors"] == 1
+
+    @pytest.mark.swallows_internal_errors
+    def test_rejected_tenant_is_logged(self, caplog: pytest.LogCaptureFixture) -> None:
+        """The obs_sdk logger says why the tenant was ignored and what to pass."""
+        with obs.propagation.extract({"obs-workspace": "ws_victim"}):
+            assert obs.current_scope().workspace is None
+        assert "trust_tenant=True" in caplog.text
+
     def test_signed_but_untrusted_actor_is_ignored(self) -> None:
         """A valid signature proves origin; applying the actor still needs trust_actor."""
         headers: dict[str, str] = {}
@@ -336,7 +385,7 @@ class TestHeaderValues:
     def test_control_characters_drop_the_unit(self) -> None:
         """A newline in the organization drops both tenant ids; the rest still applies."""
         headers = {"obs-workspace": "ws_1", "obs-organization": "org\n1", "obs-request-id": "r1"}
-        with obs.propagation.extract(headers):
+        with obs.propagation.extract(headers, trust_tenant=True):
             current = obs.current_scope()
         assert (current.workspace, current.organization, current.request_id) == (None, None, "r1")
         assert obs.stats()["internal_errors"] == 1
@@ -345,14 +394,14 @@ class TestHeaderValues:
     def test_repeated_header_is_rejected(self) -> None:
         """Two different values for one field are suspicious: the field is dropped."""
         headers = {"obs-workspace": ["ws_1", "ws_2"], "obs-request-id": "r1"}
-        with obs.propagation.extract(headers):
+        with obs.propagation.extract(headers, trust_tenant=True):
             current = obs.current_scope()
         assert (current.workspace, current.request_id) == (None, "r1")
 
     def test_header_names_match_ignoring_case(self) -> None:
         """A plain dict with Title-Case names (as some servers hand them over) still works."""
         headers = {"Obs-Workspace": "ws_1", "OBS-ORGANIZATION": "org_1"}
-        with obs.propagation.extract(headers):
+        with obs.propagation.extract(headers, trust_tenant=True):
             current = obs.current_scope()
         assert (current.workspace, current.organization) == ("ws_1", "org_1")
 
@@ -417,7 +466,7 @@ class TestTaskQueueMessage:
         headers: dict[str, str] = {}
         with ada_scope():
             obs.propagation.inject(headers)
-        async with obs.propagation.extract(headers, trust_actor=True):
+        async with obs.propagation.extract(headers, trust_actor=True, trust_tenant=True):
             actor = obs.current_scope().actor
         assert actor == obs.Actor.user("u_1")
 
@@ -439,6 +488,8 @@ class TestConfiguration:
             ({"max_age": 0}, "max_age"),
             ({"max_age": True}, "max_age"),
             ({"trust_actor": "yes"}, "trust_actor"),
+            ({"trust_tenant": "yes"}, "trust_tenant"),
+            ({"trust_tenant": 1}, "trust_tenant"),
         ],
     )
     def test_bad_extract_arguments(self, kwargs: dict[str, Any], message: str) -> None:

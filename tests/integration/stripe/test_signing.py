@@ -149,7 +149,10 @@ class TestLibraryContract:
         assert event.to_dict()["id"] == "evt_1"
 
     def test_future_timestamp_is_accepted(self):
-        """Only old timestamps are rejected: one an hour ahead still verifies."""
+        """Only old timestamps are rejected: one an hour ahead still verifies.
+
+        So WebhookHandler checks the signed time against its tolerance both ways itself.
+        """
         body = payload()
         header = sign(body, TEST_SECRET, int(time.time()) + 3600)
 

@@ -7,6 +7,7 @@ import importlib
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -264,6 +265,16 @@ REJECTIONS = [
         lambda b: sign_stale(b, TEST_SECRET),
         "timestamp_outside_tolerance",
     ),
+    (
+        "future timestamp",
+        paid(),
+        lambda b: sign(b, TEST_SECRET, int(time.time()) + 360),
+        "timestamp_outside_tolerance",
+    ),
+    ("t= not a number", paid(), lambda b: "t=soon,v1=00", "invalid_signature_header"),
+    ("no v1=", paid(), lambda b: f"t={int(time.time())},v0=00", "invalid_signature_header"),
+    ("id too long", paid("evt_" + "x" * 245), lambda b: sign(b, TEST_SECRET), "invalid_event_id"),
+    ("id with NUL", paid("evt_\u0000"), lambda b: sign(b, TEST_SECRET), "invalid_event_id"),
     ("missing header", paid(), lambda b: None, "missing_signature_header"),
     ("empty header", paid(), lambda b: "", "missing_signature_header"),
     ("garbled header", paid(), lambda b: "sha256=abc", "invalid_signature_header"),
@@ -302,6 +313,100 @@ class TestRejected:
         assert "Stripe-Signature" in hooks.handle(paid(), None).body["detail"]
         assert "secret" in deliver(hooks, paid(), "whsec_wrong").body["detail"]
         assert "300 s" in hooks.handle(paid(), sign_stale(paid(), TEST_SECRET)).body["detail"]
+        ahead = sign(paid(), TEST_SECRET, int(time.time()) + 3600)
+        assert "ahead" in hooks.handle(paid(), ahead).body["detail"]
+
+
+class TestEdges:
+    """Issue 15, item 10: the limits of what a delivery may be (tests/scenarios/test_edges.py)."""
+
+    def test_tolerance_applies_both_ways(self, sqlite_app):
+        """Within the tolerance, ahead or behind, a delivery is accepted (clocks drift)."""
+        now = int(time.time())
+        for event_id, timestamp in (("evt_a", now + 200), ("evt_b", now - 200)):
+            body = paid(event_id)
+            result = sqlite_app.hooks.handle(body, sign(body, TEST_SECRET, timestamp))
+            assert (result.status, result.body["status"]) == (200, "processed")
+
+    def test_the_longest_id_that_fits_the_key_is_processed(self, app):
+        """An id of 248 characters makes a 255-character key: processed, on both databases."""
+        event_id = "evt_" + "x" * 244
+
+        result = deliver(app.hooks, paid(event_id))
+
+        assert (result.status, result.body["event_id"]) == (200, event_id)
+        assert deliver(app.hooks, paid(event_id)).body["status"] == "duplicate"
+        assert app.effects() == (1, 1, 1)
+
+    @pytest.mark.parametrize("limit", [1024, 4096])
+    def test_max_body_bytes_is_inclusive(self, sqlite_app, limit):
+        """A body of exactly max_body_bytes is handled; one byte more answers 413."""
+        hooks = WebhookHandler(
+            secret=TEST_SECRET, sessionmaker=sessionmaker(sqlite_app.engine), max_body_bytes=limit
+        )
+        hooks.on("invoice.paid")(invoice_paid)
+        body = paid()
+        fitting = body + b" " * (limit - len(body))  # trailing blanks: still the same JSON
+
+        assert deliver(hooks, fitting).status == 200
+        over = deliver(hooks, fitting + b" ")
+        assert (over.status, over.body["status"], over.body["reason"]) == (
+            413,
+            "rejected",
+            "payload_too_large",
+        )
+        assert str(limit + 1) in over.body["detail"]
+
+    def test_a_str_body_is_measured_in_utf8_bytes(self, sqlite_app):
+        """A str payload counts its UTF-8 bytes: 600 "é" are 1200 bytes, over 1024."""
+        hooks = WebhookHandler(
+            secret=TEST_SECRET, sessionmaker=sessionmaker(sqlite_app.engine), max_body_bytes=1024
+        )
+        text = json.dumps({"id": "evt_1", "type": "x", "note": "é" * 600}, ensure_ascii=False)
+
+        assert hooks.handle(text, sign(text, TEST_SECRET)).status == 413
+
+    def test_the_default_limit_is_one_mib(self, sqlite_app):
+        """Without max_body_bytes, 1 MiB + 1 byte answers 413, before the signature is read."""
+        result = sqlite_app.hooks.handle(b" " * (1024 * 1024 + 1), None)
+
+        assert (result.status, result.body["reason"]) == (413, "payload_too_large")
+        assert sqlite_app.count("obs_idempotency_keys") == 0
+
+    async def test_the_starlette_route_answers_413(self, sqlite_app):
+        """The Starlette route passes the 413 and its JSON body through."""
+        import httpx
+        from starlette.applications import Starlette
+        from starlette.routing import Route
+
+        from obs_sdk.integrations.asgi import stripe_webhook_endpoint
+
+        endpoint = stripe_webhook_endpoint(sqlite_app.hooks)
+        asgi_app = Starlette(routes=[Route("/hook", endpoint, methods=["POST"])])
+        body = b"{" + b" " * (2 * 1024 * 1024)
+        transport = httpx.ASGITransport(app=asgi_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            response = await client.post(
+                "/hook", content=body, headers={"Stripe-Signature": sign(body, TEST_SECRET)}
+            )
+
+        assert (response.status_code, response.json()["reason"]) == (413, "payload_too_large")
+
+    def test_the_flask_route_answers_413(self, sqlite_app):
+        """The Flask route passes the 413 and its JSON body through."""
+        from flask import Flask
+
+        from obs_sdk.integrations.wsgi import stripe_webhook_view
+
+        flask_app = Flask(__name__)
+        view = stripe_webhook_view(sqlite_app.hooks)
+        flask_app.add_url_rule("/hook", view_func=view, methods=["POST"])
+        body = b"{" + b" " * (2 * 1024 * 1024)
+        response = flask_app.test_client().post(
+            "/hook", data=body, headers={"Stripe-Signature": sign(body, TEST_SECRET)}
+        )
+
+        assert (response.status_code, response.get_json()["reason"]) == (413, "payload_too_large")
 
 
 def failing_first(app: App) -> list[str]:
@@ -491,6 +596,12 @@ class TestConfiguration:
         """A tolerance that is not a positive int is a ConfigurationError."""
         with pytest.raises(obs.ConfigurationError, match="tolerance"):
             WebhookHandler(secret=TEST_SECRET, sessionmaker=sessionmaker(), tolerance=tolerance)
+
+    @pytest.mark.parametrize("size", [0, -1, True, "1048576", 1.5])
+    def test_bad_max_body_bytes(self, size):
+        """max_body_bytes that is not a positive int is a ConfigurationError."""
+        with pytest.raises(obs.ConfigurationError, match="max_body_bytes"):
+            WebhookHandler(secret=TEST_SECRET, sessionmaker=sessionmaker(), max_body_bytes=size)
 
     def test_bad_event_type(self):
         """hooks.on('') is a ConfigurationError."""
