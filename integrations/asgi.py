@@ -205,7 +205,7 @@ def stripe_webhook_endpoint(handler: Any) -> Callable[[Any], Awaitable[Any]]:
 
     The endpoint reads the raw request body (the exact bytes Stripe signed) and the
     ``Stripe-Signature`` header, and answers with the ``WebhookResult``: its status
-    (200, 400 or 500) and its body as JSON. With an ``async_sessionmaker`` it awaits
+    (200, 400, 413 or 500) and its body as JSON. With an ``async_sessionmaker`` it awaits
     ``handler.ahandle(...)`` on the event loop; with a sync ``sessionmaker`` it runs
     ``handler.handle(...)`` in Starlette's thread pool (the scope goes with it), so
     the database never blocks the loop. Task-safe.
@@ -219,14 +219,19 @@ def stripe_webhook_endpoint(handler: Any) -> Callable[[Any], Awaitable[Any]]:
         from starlette.responses import JSONResponse, Response
     except ImportError:
         raise obs.MissingDependencyError(package="starlette", extra="starlette") from None
-    from sqlalchemy.ext.asyncio import async_sessionmaker
-
-    # Decided once here: which twin to call depends only on the sessionmaker's kind,
-    # and WebhookHandler exposes no public way to ask (same package, so read it).
-    is_async = isinstance(getattr(handler, "_sessionmaker", None), async_sessionmaker)
+    is_async = handler.is_async  # which twin to call depends only on the sessionmaker
+    limit = handler.max_body_bytes
 
     async def stripe_webhook(request: Request) -> Response:
-        payload = await request.body()
+        # Read at most one byte past the limit: a 100 MB body must not be held to be refused.
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                break
+        payload = b"".join(chunks)
         signature = request.headers.get("stripe-signature")
         if is_async:
             result = await handler.ahandle(payload, signature)

@@ -167,6 +167,16 @@ class WebhookHandler:
         # Replaced whole on registration: a delivery in flight sees no half update.
         self._handlers: tuple[tuple[str, Handler], ...] = ()
 
+    @property
+    def is_async(self) -> bool:
+        """True when built with an ``async_sessionmaker``: serve it with ``ahandle()``."""
+        return isinstance(self._sessionmaker, async_sessionmaker)
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest body accepted; a route reads at most one byte more before handing over."""
+        return self._max_body_bytes
+
     def on(self, event_type: str) -> Callable[[Handler], Handler]:
         """Register the decorated function for *event_type* (``"*"``: every type).
 
@@ -200,8 +210,8 @@ class WebhookHandler:
         if size > self._max_body_bytes:
             return _rejected(
                 "payload_too_large",
-                f"the body is {size} bytes; this endpoint accepts at most "
-                f"{self._max_body_bytes} (WebhookHandler(max_body_bytes=...))",
+                f"the body is over {self._max_body_bytes} bytes, the most this endpoint "
+                "accepts (WebhookHandler(max_body_bytes=...))",
                 status=413,
             )
         if not signature_header:

@@ -242,7 +242,7 @@ def stripe_webhook_view(handler: Any) -> Callable[[], Any]:
     *handler* is an ``obs_sdk.integrations.stripe.WebhookHandler`` built with a sync
     ``sessionmaker``. The view reads the raw request body (the exact bytes Stripe
     signed, never parsed as a form) and the ``Stripe-Signature`` header, calls
-    ``handler.handle(...)`` and answers with the result's status (200, 400 or 500)
+    ``handler.handle(...)`` and answers with the result's status (200, 400, 413 or 500)
     and its body as JSON. Its endpoint name is ``stripe_webhook``. Thread-safe.
 
     Raises:
@@ -254,21 +254,20 @@ def stripe_webhook_view(handler: Any) -> Callable[[], Any]:
         from flask import jsonify, request
     except ImportError:
         raise obs.MissingDependencyError(package="flask", extra="flask") from None
-    from sqlalchemy.ext.asyncio import async_sessionmaker
-
-    # WebhookHandler exposes no public way to ask (same package, so read it); failing
-    # here beats a 500 on Stripe's first delivery.
-    if isinstance(getattr(handler, "_sessionmaker", None), async_sessionmaker):
+    # Failing here beats a 500 on Stripe's first delivery.
+    if handler.is_async:
         raise obs.ConfigurationError(
             "stripe_webhook_view() needs a WebhookHandler with a sync sessionmaker; "
             "for an async_sessionmaker serve obs_sdk.integrations.asgi."
             "stripe_webhook_endpoint(...) from an ASGI app"
         )
 
+    limit = handler.max_body_bytes
+
     def stripe_webhook() -> Any:
-        # cache=False: the body is read once; parse_form_data stays False, so a
-        # form content type cannot make Flask consume the signed bytes.
-        payload = request.get_data(cache=False)
+        # The raw stream, never parsed as a form, and at most one byte past the limit: a
+        # 100 MB body must not be held to be refused.
+        payload = request.stream.read(limit + 1)
         result = handler.handle(payload, request.headers.get("Stripe-Signature"))
         return jsonify(result.body), result.status
 
