@@ -1,63 +1,121 @@
-"""The fast lane: a wrapper compiled per decorated function for its commonest case.
+"""Generated wrappers: one compiled per decorated function, with the function's own parameters.
 
-A success-only record of a plain or ``async`` function, with its template fields inlined;
-anything unusual falls back to ``_emit.emit()``. The generated code reads the hot path's
-module globals (``clock``, ``dispatcher``) live from ``obs_sdk._emit``.
+Four shapes: a plain or ``async`` function (with, for its commonest case, the fast lane that
+appends the record itself), a generator and an async generator. Each is Python source
+compiled per decorated function, so that:
+
+- template fields are inlined into the lane (no per-field calls);
+- a plain Python function's wrapper takes that function's own parameters
+  (``def _o_wrapper(file_id, n=_o_d0)``): Python binds the arguments when the wrapper is
+  called, so a wrong call raises ``TypeError`` at the call, generators and coroutines
+  included, exactly as undecorated; and no tuple and dict are built per call;
+- anything else (a builtin, a partial, a callable object, a signature borrowed through
+  ``__signature__`` or ``__wrapped__``) gets ``(*_o_a, **_o_k)``, passed through untouched.
+
+Every name the generated code uses starts with ``_o_`` and comes from the namespace it is
+executed in, built here: no user name (the function's, a parameter's) ever enters it. The
+function is defined as ``_o_wrapper``; ``functools.wraps`` then gives it the function's
+``__name__``/``__qualname__``, and its code object carries the name too, for tracebacks.
+The hot path's ``clock`` and ``dispatcher`` are read live from ``obs_sdk._emit`` (configure()
+replaces the clock).
 """
 
 from __future__ import annotations
 
-import dis
 import inspect
-import linecache
+import types
 from collections.abc import Callable
 from typing import Any
 
 from obs_sdk import _emit
+from obs_sdk._context import SCOPE_KEY, current_context
 from obs_sdk._dispatch import dispatcher
-from obs_sdk._records import AUDIT, EVENT, Instrumentation
+from obs_sdk._guard import count_error
+from obs_sdk._records import AUDIT, EVENT, FAILURE, STARTED, SUCCESS, Instrumentation
+from obs_sdk._templates import compile_function
 
-__all__ = ["record_on_success"]
+__all__ = ["ASYNC_GENERATOR", "COROUTINE", "FUNCTION", "GENERATOR", "generate"]
 
-# The fast lane of record_on_success, compiled per decorated (sync or async) function so
-# that its template fields are inlined (no per-field calls). Module globals (clock,
-# dispatcher) are read live; the plan's constants arrive as parameters of make(). The
-# dispatcher's lane flag is off while a scope provider, a capture or a missing worker needs
-# the full path.
-#
-# When it can, the wrapper takes the function's own parameters (`def wrapper(file_id, n=_o_d0)`)
-# rather than `*a, **k`: no tuple and dict to build per call, and template fields read local
-# variables. Its own names start with _o_, and a parameter that would shadow one of them
-# falls back to `*a, **k`.
-_LANE = """
-def make(_o_func, _o_spec, _o_plan, _o_queue, {constants}):
-    {async_}def {name}{params}:
-        _o_r = {await_}_o_func({call})
-        try:
-            _o_ctx = current_context()
-            _o_frame = _o_ctx.get(SCOPE_KEY, _NO_FRAME)
-            if _o_frame.{plain}:
-                _o_n = len(_o_queue)
-                if _o_n < dispatcher.{lane}:
-                    try:
-                        _o_values = {values}
-                    except Exception:  # the careful loop nulls and counts the failing field
-                        _o_values = _o_plan.resolve({args}, {kwargs}, _o_r, None)
-                    _o_fields = _o_frame.fields
-                    _o_queue.append(
-                        (_o_spec, SUCCESS, clock(), _o_fields, _o_ctx, _o_values, None, None)
-                    )
-                    if _o_n == _WAKE_AT:
-                        dispatcher.wake()
-                    return _o_r
-        except Exception as _o_exc:
-            count_error("emit", _o_exc)
-            return _o_r
-        emit(_o_spec, SUCCESS, {args}, {kwargs}, _o_r, None)
+FUNCTION, COROUTINE, GENERATOR, ASYNC_GENERATOR = "function", "coroutine", "generator", "agen"
+
+# The fast lane: a success-only record of a plain or async function, appended to the queue by
+# the wrapper itself when nothing unusual is in effect (no scope, or one without a session or
+# idempotency key; no provider; the worker running; for analytics a signed-in actor); every
+# other case goes to _emit.emit(), which handles them all. The dispatcher's lane limit is 0
+# while a scope provider, a capture or a missing worker needs the full path.
+_LANE = """\
+{async_}def _o_wrapper{params}:
+    _o_r = {await_}_o_func({call})
+    try:
+        _o_ctx = _o_current_context()
+        _o_frame = _o_ctx.get(_o_SCOPE_KEY, _o_NO_FRAME)
+        if _o_frame.{plain}:
+            _o_n = _o_len(_o_queue)
+            if _o_n < _o_dispatcher.{lane}:
+                try:
+                    _o_values = {values}
+                except _o_Exception:  # the careful loop nulls and counts the failing field
+                    _o_values = _o_plan.resolve({args}, {kwargs}, _o_r, None)
+                _o_queue.append(
+                    (_o_spec, _o_SUCCESS, _o_m.clock(), _o_frame.fields, _o_ctx, _o_values,
+                     None, None)
+                )
+                if _o_n == _o_WAKE_AT:
+                    _o_dispatcher.wake()
+                return _o_r
+    except _o_Exception as _o_exc:
+        _o_count_error("emit", _o_exc)
         return _o_r
-    return {name}
+    _o_emit(_o_spec, _o_SUCCESS, {args}, {kwargs}, _o_r, None)
+    return _o_r
 """
-_GENERIC = {"params": "(*a, **k)", "call": "*a, **k", "args": "a", "kwargs": "k"}
+
+# The body of a generator's wrapper (its own parameters) or of the driver a plain wrapper
+# returns (any other callable): records when exhausted, on failure, or closed early.
+_GENERATOR = """\
+{start}    try:
+        _o_r = yield from {gen}
+    except _o_GeneratorExit as _o_exc:
+{closed}        raise
+    except _o_Exception as _o_exc:
+{failed}        raise
+{succeeded}    return _o_r
+"""
+
+_ASYNC_GENERATOR = """\
+{start}{agen}    try:
+        _o_step = _o_agen.asend(None)
+        while True:
+            try:
+                _o_item = await _o_step
+            except _o_StopAsyncIteration:
+                break
+            try:
+                _o_sent = yield _o_item
+            except _o_GeneratorExit:
+                await _o_agen.aclose()
+                raise
+            except _o_BaseException as _o_thrown:  # athrow() delivers it where the body paused
+                _o_step = _o_agen.athrow(_o_thrown)
+            else:
+                _o_step = _o_agen.asend(_o_sent)
+    except _o_GeneratorExit as _o_exc:
+{closed}        raise
+    except _o_Exception as _o_exc:
+{failed}        raise
+{succeeded}"""
+
+# A callable without a trustworthy signature of its own: arguments pass through untouched.
+_GENERIC = {"params": "(*_o_a, **_o_k)", "call": "*_o_a, **_o_k", "args": "_o_a", "kwargs": "_o_k"}
+
+# The plain wrapper of such a generator (function): calling the callable binds its arguments
+# at the call, as undecorated; the returned driver records as the generator runs.
+_DRIVEN = """\
+def _o_wrapper(*_o_a, **_o_k):
+    return _o_drive(_o_func(*_o_a, **_o_k), _o_a, _o_k)
+
+{async_}def _o_drive({gen}, _o_a, _o_k):
+"""
 
 
 class _Placeholder:
@@ -70,15 +128,19 @@ class _Placeholder:
         return self.name
 
 
-def _own_parameters(func: Callable[..., Any]) -> tuple[dict[str, str], dict[str, Any]] | None:
+def own_parameters(func: Callable[..., Any]) -> tuple[dict[str, str], dict[str, Any]] | None:
     """The source pieces of a wrapper taking *func*'s own parameters, and their defaults.
 
-    None when that is not safe: no signature, a signature borrowed from a wrapped function
-    (the callable may accept more), or a name the lane uses itself.
+    Only for a plain Python function whose signature comes from its code: not one with a
+    ``__signature__`` (what it says it takes may not be what it takes), nor one whose
+    ``__wrapped__`` shows other parameters than its own. None otherwise, and for a parameter
+    named like the wrapper's own names (``_o_...``).
     """
+    if not isinstance(func, types.FunctionType) or getattr(func, "__signature__", None) is not None:
+        return None
     try:
         own = inspect.signature(func, follow_wrapped=False)
-        if own != inspect.signature(func):
+        if hasattr(func, "__wrapped__") and own != inspect.signature(func):
             return None
     except (TypeError, ValueError):
         return None
@@ -86,7 +148,7 @@ def _own_parameters(func: Callable[..., Any]) -> tuple[dict[str, str], dict[str,
     plain, call, args, kwargs = [], [], [], []
     for p in own.parameters.values():
         name = p.name
-        if name.startswith("_o_") or name in _LANE_NAMES:
+        if name.startswith("_o_"):
             return None
         default: Any = p.empty
         if p.default is not p.empty:
@@ -115,74 +177,162 @@ def _own_parameters(func: Callable[..., Any]) -> tuple[dict[str, str], dict[str,
     return pieces, defaults
 
 
-def record_on_success(
-    func: Callable[..., Any], spec: Instrumentation, *, awaited: bool
-) -> Callable[..., Any] | None:
-    """Return the wrapper for the commonest case: a function recorded on success.
+def generate(func: Callable[..., Any], spec: Instrumentation, kind: str) -> Callable[..., Any]:
+    """Return the wrapper recording each call of *func* per *spec*.
 
-    *awaited*: *func* is a coroutine function, and the wrapper one too (it records after the
-    await, with nothing else awaited).
-
-    It appends the record itself when nothing unusual is in effect (no scope, or one
-    without a session or idempotency key; no provider; the worker running; and for
-    analytics a signed-in actor) and hands every other case to ``emit()``, which handles
-    them all. The template fields are compiled into it, so a call costs about half of what
-    ``emit()`` does. None for anything but success-only records without ``emit_if``, and for plans
-    with callable fields (they need the Call): those take ``emit()`` for every call.
+    *kind*: FUNCTION, COROUTINE (the wrapper is a coroutine function too), GENERATOR or
+    ASYNC_GENERATOR (a generator / async generator function when *func* has parameters of
+    its own, else a plain function returning a recording generator).
     """
-    if spec.when != "success" or spec.kind not in (AUDIT, EVENT) or spec.emit_if is not None:
-        return None
-    own = _own_parameters(func)
-    compiled = spec.plan.values_source(by_name=own is not None)
-    if compiled is None:
-        return None
-    values, namespace = compiled
+    own = own_parameters(func)
+    namespace: dict[str, Any] = {
+        "_o_func": func,
+        "_o_spec": spec,
+        "_o_emit": _emit.emit,
+        "_o_SUCCESS": SUCCESS,
+        "_o_FAILURE": FAILURE,
+        "_o_STARTED": STARTED,
+        "_o_Exception": Exception,
+        "_o_GeneratorExit": GeneratorExit,
+        "_o_BaseException": BaseException,
+        "_o_StopAsyncIteration": StopAsyncIteration,
+    }
     if own is None:
         pieces = _GENERIC
-        namespace["x"] = None  # no exception on this path: {result...} fields are read
     else:
         pieces, defaults = own
         namespace.update(defaults)
+    if kind in (FUNCTION, COROUTINE):
+        source = _lane(spec, pieces, namespace, by_name=own is not None, awaited=kind == COROUTINE)
+        if source is None:
+            source = _call(spec, pieces, awaited=kind == COROUTINE)
+    else:
+        source = _generator(spec, pieces, own is not None, awaited=kind == ASYNC_GENERATOR)
+    qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+    about = f"{getattr(func, '__module__', None)}.{qualname or type(func).__name__}"
+    what = "lane" if "_o_queue" in namespace else "wrapper"
+    wrapper = compile_function(source, namespace, what, about, "_o_wrapper")
+    for generated in (wrapper, namespace.get("_o_drive")):
+        if generated is not None:
+            _name_code(generated, getattr(func, "__name__", None), qualname)
+    return wrapper  # type: ignore[no-any-return]
+
+
+def _name_code(generated: Any, name: Any, qualname: Any) -> None:
+    """Name the generated code after the function, so that tracebacks read ``in download``."""
+    code = generated.__code__
+    if isinstance(name, str):
+        code = code.replace(co_name=name)
+    if isinstance(qualname, str) and hasattr(code, "co_qualname"):  # Python 3.11+
+        code = code.replace(co_qualname=qualname)
+    generated.__code__ = code
+
+
+def _flags(spec: Instrumentation) -> tuple[bool, bool, bool]:
+    when = spec.when
+    return when == "start", when in ("success", "always"), when in ("failure", "always")
+
+
+def _lane(
+    spec: Instrumentation,
+    pieces: dict[str, str],
+    namespace: dict[str, Any],
+    *,
+    by_name: bool,
+    awaited: bool,
+) -> str | None:
+    """The fast lane's source for a success-only record, adding what it reads to *namespace*.
+
+    None for anything but success-only records without ``emit_if``, and for plans with
+    callable fields (they need the Call): those take the full wrapper, which calls ``emit()``.
+    The lane costs about half of what ``emit()`` does.
+    """
+    if spec.when != "success" or spec.kind not in (AUDIT, EVENT) or spec.emit_if is not None:
+        return None
+    compiled = spec.plan.values_source(by_name=by_name, success_only=True)
+    if compiled is None:
+        return None
+    values, plan_namespace = compiled
+    namespace.update(plan_namespace)
+    namespace.update(
+        _o_plan=spec.plan,
+        _o_queue=dispatcher.queue,
+        _o_m=_emit,  # the clock is read live: configure() sets _emit.clock
+        _o_dispatcher=dispatcher,  # never replaced: its lane limits are read on each call
+        _o_current_context=current_context,
+        _o_SCOPE_KEY=SCOPE_KEY,
+        _o_NO_FRAME=_emit._NO_FRAME,
+        _o_WAKE_AT=_emit._WAKE_AT,
+        _o_len=len,
+        _o_count_error=count_error,
+    )
     is_event = spec.kind == EVENT
-    name = getattr(func, "__name__", "")
-    source = _LANE.format(
-        constants=", ".join(namespace),
+    return _LANE.format(
         values=values,
-        name=name if name.isidentifier() and not name.startswith("_o_") else "recorded_call",
         # Analytics take the lane only for a signed-in actor (others need their opt-ins).
         plain="events_plain" if is_event else "plain",
+        lane="events_lane_limit" if is_event else "lane_limit",
         async_="async " if awaited else "",
         await_="await " if awaited else "",
-        lane="events_lane_limit" if is_event else "lane_limit",
         **pieces,
     )
-    filename = f"<obs_sdk wrapper of {getattr(func, '__qualname__', 'a function')}>"
-    # In linecache, so a traceback through the wrapper shows its source like any module's.
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    scope: dict[str, Any] = {}
-    exec(compile(source, filename, "exec"), vars(_emit), scope)
-    make = scope["make"]
-    return make(func, spec, spec.plan, dispatcher.queue, *namespace.values())  # type: ignore[no-any-return]
 
 
-def _names_in_lane() -> frozenset[str]:
-    """Every global and builtin name the lane's code reads (a parameter would shadow it)."""
-    source = _LANE.format(
-        constants="_o_S",
-        values="()",
-        name="recorded_call",
-        plain="plain",
-        lane="lane_limit",
-        async_="",
-        await_="",
-        **_GENERIC,
-    )
-    scope: dict[str, Any] = {}
-    exec(compile(source, "<lane>", "exec"), vars(_emit), scope)
-    code = scope["make"].__code__
-    inner = next(c for c in code.co_consts if hasattr(c, "co_names"))
-    read = {i.argval for i in dis.get_instructions(inner) if i.opname == "LOAD_GLOBAL"}
-    return frozenset(read) | {"type", "getattr"}  # read by template field expressions
+def _call(spec: Instrumentation, pieces: dict[str, str], *, awaited: bool) -> str:
+    """A plain or async function's wrapper for any ``when=`` (and the lane's exceptions)."""
+    start, on_success, on_failure = _flags(spec)
+    args, kwargs = pieces["args"], pieces["kwargs"]
+    call = f"{'await ' if awaited else ''}_o_func({pieces['call']})"
+    lines = [f"{'async ' if awaited else ''}def _o_wrapper{pieces['params']}:"]
+    if start:
+        lines.append(f"    _o_emit(_o_spec, _o_STARTED, {args}, {kwargs}, None, None)")
+    if on_failure:
+        lines += [
+            "    try:",
+            f"        _o_r = {call}",
+            "    except _o_Exception as _o_exc:",
+            f"        _o_emit(_o_spec, _o_FAILURE, {args}, {kwargs}, None, _o_exc)",
+            "        raise",
+        ]
+    else:
+        lines.append(f"    _o_r = {call}")
+    if on_success:
+        lines.append(f"    _o_emit(_o_spec, _o_SUCCESS, {args}, {kwargs}, _o_r, None)")
+    lines.append("    return _o_r")
+    return "\n".join(lines) + "\n"
 
 
-_LANE_NAMES = _names_in_lane()
+def _generator(spec: Instrumentation, pieces: dict[str, str], own: bool, *, awaited: bool) -> str:
+    """A generator's or async generator's wrapper: its own parameters, or a plain driver."""
+    start, on_success, on_failure = _flags(spec)
+    if own:
+        head = f"{'async ' if awaited else ''}def _o_wrapper{pieces['params']}:\n"
+        args, kwargs = pieces["args"], pieces["kwargs"]
+        gen = f"_o_func({pieces['call']})"
+    else:
+        gen = "_o_agen" if awaited else "_o_gen"
+        head = _DRIVEN.format(async_="async " if awaited else "", gen=gen)
+        args, kwargs = "_o_a", "_o_k"
+
+    def emit(indent: str, outcome: str, result: str, exception: str) -> str:
+        return f"{indent}_o_emit(_o_spec, {outcome}, {args}, {kwargs}, {result}, {exception})\n"
+
+    failure = emit("        ", "_o_FAILURE", "None", "_o_exc")
+    pieces_of_body = {
+        "start": emit("    ", "_o_STARTED", "None", "None") if start else "",
+        "closed": failure if spec.when == "always" else "",
+        "failed": failure if on_failure else "",
+    }
+    if awaited:
+        body = _ASYNC_GENERATOR.format(
+            agen=f"    _o_agen = {gen}\n" if own else "",
+            succeeded=emit("    ", "_o_SUCCESS", "None", "None") if on_success else "",
+            **pieces_of_body,
+        )
+    else:
+        body = _GENERATOR.format(
+            gen=gen,
+            succeeded=emit("    ", "_o_SUCCESS", "_o_r", "None") if on_success else "",
+            **pieces_of_body,
+        )
+    return head + body
