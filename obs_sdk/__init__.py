@@ -16,6 +16,7 @@ from obs_sdk._audit import (
 from obs_sdk._config import configure, flush, posthog_on_error, shutdown, stats
 from obs_sdk._context import current_scope, scope, set_actor, suppressed, with_scope
 from obs_sdk._idempotency import idempotent, once, purge_idempotency_keys
+from obs_sdk._instrument import instrument, uninstrument
 from obs_sdk._records import AnalyticsEvent, AuditRecord
 from obs_sdk._scope import Actor, Resource, Scope
 from obs_sdk._storage import (
@@ -56,6 +57,7 @@ __all__ = [
     "flush",
     "idempotent",
     "identify_group",
+    "instrument",
     "metadata",
     "metered_storage",
     "once",
@@ -73,5 +75,6 @@ __all__ = [
     "suppressed",
     "track",
     "tracked",
+    "uninstrument",
     "with_scope",
 ]
