@@ -444,26 +444,35 @@ def header_name(value: object) -> str:
     return value
 
 
-def check_resolver(actor: object, *, allow_async: bool) -> None:
-    """Check the ``actor=`` option of a middleware at construction time.
+def check_resolver(
+    resolver: object,
+    *,
+    allow_async: bool,
+    option: str = "actor",
+    returns: str = "an obs.Actor or None",
+) -> None:
+    """Check a resolver option (``actor=``, ``organization=``, ...) at construction time.
+
+    *option* names the keyword in the message, *returns* what the resolver gives back.
 
     Raises:
-        ConfigurationError: *actor* is neither None nor callable, or is a coroutine
+        ConfigurationError: *resolver* is neither None nor callable, or is a coroutine
             function where only sync resolvers can run (WSGI).
     """
-    if actor is None:
+    if resolver is None:
         return
-    if not callable(actor):
+    if not callable(resolver):
         raise ConfigurationError(
-            f"actor={actor!r} is not callable; pass a function that takes the request "
-            "and returns an obs.Actor or None"
+            f"{option}={resolver!r} is not callable; pass a function that takes the request "
+            f"and returns {returns}"
         )
-    # type(actor).__call__ catches an object whose __call__ is an async method.
+    # type(resolver).__call__ catches an object whose __call__ is an async method.
     if not allow_async and (
-        inspect.iscoroutinefunction(actor) or inspect.iscoroutinefunction(type(actor).__call__)
+        inspect.iscoroutinefunction(resolver)
+        or inspect.iscoroutinefunction(type(resolver).__call__)
     ):
         raise ConfigurationError(
-            f"actor={actor!r} is async, but a WSGI request runs synchronously; "
+            f"{option}={resolver!r} is async, but a WSGI request runs synchronously; "
             "pass a plain function"
         )
 
@@ -477,6 +486,23 @@ def checked_actor(result: object, site: str) -> Actor | None:
         TypeError(
             f"the actor resolver returned {type(result).__name__}, "
             "not an obs.Actor or None; the request proceeds anonymous"
+        ),
+    )
+    return None
+
+
+def checked_tenant(result: object, site: str) -> str | None:
+    """Return *result* if it is a tenant id (a non-empty string) or None; count anything else.
+
+    An empty string is None, as ``obs.scope(organization="")`` reads it.
+    """
+    if result is None or isinstance(result, str):
+        return result or None
+    count_error(
+        site,
+        TypeError(
+            f"the tenant resolver returned {type(result).__name__}, not a string or None; "
+            "the request proceeds without that tenant field"
         ),
     )
     return None

@@ -25,7 +25,7 @@ from obs_sdk._guard import count_error
 
 from . import _http
 
-__all__ = ["ActorResolver", "ScopeMiddleware"]
+__all__ = ["ActorResolver", "ScopeMiddleware", "TenantResolver", "route_template"]
 
 # The ASGI types, spelled out so that no framework is needed even for annotations.
 Scope = MutableMapping[str, Any]
@@ -36,6 +36,14 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ActorResolver = Callable[[Scope], "obs.Actor | Awaitable[obs.Actor | None] | None"]
 """Takes the ASGI connection scope; returns an ``Actor`` or None, maybe awaitable."""
+
+TenantResolver = Callable[[Scope], "str | Awaitable[str | None] | None"]
+"""Takes the ASGI connection scope; returns an organization or workspace id, maybe awaitable."""
+
+DENIED_STATUSES = frozenset({401, 403})
+"""Response statuses that leave an ``access.denied`` record when ``audit_denied`` is on."""
+
+DENIED_ACTION = "access.denied"
 
 _FORWARDED_FOR = b"x-forwarded-for"
 _USER_AGENT = b"user-agent"
@@ -67,14 +75,29 @@ class ScopeMiddleware:
     and counted in ``obs.stats()`` and the request proceeds anonymous. No error of
     the middleware's own ever fails a request.
 
+    *organization* and *workspace* resolve the tenant the same way (sync or async,
+    taking the connection scope, returning a string or None), after the actor, so
+    that ``metered_storage`` charges the organization and records are filed under
+    it. Like nested scopes they are one unit: whatever they return replaces both.
+
+    With *audit_denied*, an HTTP response that starts with status 401 or 403 leaves an
+    ``access.denied`` audit record (outcome ``failure``; metadata: ``method``, the
+    ``route`` template that handled the request when the framework names one, and
+    ``status``) carrying the scope current when the response starts. A failure record
+    is queued at once, never held for a transaction, so it is written even though the
+    request's transaction rolled back.
+
     Thread- and task-safe: one instance serves any number of concurrent requests.
 
     Args:
         app: the ASGI application to wrap.
         actor: resolves the authenticated actor from the connection scope.
+        organization: resolves the organization id from the connection scope.
+        workspace: resolves the workspace id from the connection scope.
         trusted_proxies: IPs and CIDR networks of the reverse proxies whose
             ``X-Forwarded-For`` is believed (or a ``TrustedProxies``).
         request_id_header: the header read and echoed as the request id.
+        audit_denied: record 401 and 403 responses as ``access.denied``.
 
     Raises:
         ConfigurationError: an option is invalid (a bad proxy entry, a header name
@@ -86,12 +109,25 @@ class ScopeMiddleware:
         app: ASGIApp,
         *,
         actor: ActorResolver | None = None,
+        organization: TenantResolver | None = None,
+        workspace: TenantResolver | None = None,
         trusted_proxies: Iterable[str] | _http.TrustedProxies = (),
         request_id_header: str = "x-request-id",
+        audit_denied: bool = False,
     ) -> None:
         _http.check_resolver(actor, allow_async=True)
+        for option, resolver in (("organization", organization), ("workspace", workspace)):
+            _http.check_resolver(
+                resolver, allow_async=True, option=option, returns="a string or None"
+            )
         self.app = app
         self._actor = actor
+        self._tenant = tuple(
+            (field, resolver)
+            for field, resolver in (("organization", organization), ("workspace", workspace))
+            if resolver is not None
+        )
+        self._audit_denied = bool(audit_denied)
         self._trusted = _http.TrustedProxies(trusted_proxies)
         # Compared with lowercased header names as bytes, so nothing is decoded.
         name = _http.header_name(request_id_header).lower()
@@ -104,6 +140,8 @@ class ScopeMiddleware:
             return
         fields, distinct_id, rid = self._read_request(scope)
         actor = await self._resolve(scope)
+        for field, resolver in self._tenant:
+            fields[field] = await self._resolve_tenant(field, resolver, scope)
         with ExitStack() as stack:
             try:
                 if actor is None:
@@ -112,7 +150,7 @@ class ScopeMiddleware:
             except Exception as exc:
                 # The request runs unscoped rather than failing (SPEC rule 4).
                 count_error("asgi.scope", exc)
-            await self.app(scope, receive, self._echoing(send, rid))
+            await self.app(scope, receive, self._sending(send, rid, scope))
 
     def _read_request(self, scope: Scope) -> tuple[dict[str, str | None], str | None, str]:
         """Read ip, user agent, PostHog id and request id from the connection scope.
@@ -165,21 +203,75 @@ class ScopeMiddleware:
             return None
         return _http.checked_actor(result, "asgi.actor_resolver")
 
-    def _echoing(self, send: Send, rid: str) -> Send:
-        """Wrap *send* so the response start (or WebSocket accept) carries the id."""
+    @staticmethod
+    async def _resolve_tenant(field: str, resolver: TenantResolver, scope: Scope) -> str | None:
+        """Call one tenant resolver; count its failure and leave the field unset."""
+        site = f"asgi.{field}_resolver"
+        try:
+            result = resolver(scope)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:
+            count_error(site, exc)
+            return None
+        return _http.checked_tenant(result, site)
+
+    def _sending(self, send: Send, rid: str, scope: Scope) -> Send:
+        """Wrap *send*: the response start (or WebSocket accept) carries the request id.
+
+        With *audit_denied*, a 401 or 403 response start leaves an ``access.denied`` record.
+        """
         header = self._request_id_header
         value = rid.encode("ascii")
+        audit_denied = self._audit_denied
 
         async def send_with_request_id(message: Message) -> None:
-            if message.get("type") in _HEADER_MESSAGES:
+            kind = message.get("type")
+            if kind in _HEADER_MESSAGES:
                 headers = list(message.get("headers") or ())
                 if not any(bytes(name).lower() == header for name, _ in headers):
                     headers.append((header, value))
                     # A copy: the app may reuse its message dict.
                     message = {**message, "headers": headers}
+                if audit_denied and kind == "http.response.start":
+                    status = message.get("status")
+                    if status in DENIED_STATUSES:
+                        # Before sending: a client that hung up was denied all the same.
+                        _record_denied(scope, status)
             await send(message)
 
         return send_with_request_id
+
+
+def route_template(scope: Scope) -> str | None:
+    """Return the path template of the route that handled the request, or None.
+
+    Starlette and FastAPI put the matched route in ``scope["route"]`` while routing:
+    ``"/files/{file_id}"`` rather than the path with the id in it, so a record names
+    the endpoint without the request's own values. Inside a ``Mount`` the template is
+    the mounted app's, relative to the mount. Never raises.
+    """
+    route = scope.get("route")
+    if route is None:
+        return None
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    return template if isinstance(template, str) else None
+
+
+def _record_denied(scope: Scope, status: int) -> None:
+    """Record one denied request (queued at once: ``outcome="failure"`` is never held)."""
+    try:
+        obs.record_audit(
+            DENIED_ACTION,
+            metadata={
+                "method": scope.get("method"),
+                "route": route_template(scope),
+                "status": status,
+            },
+            outcome="failure",
+        )
+    except Exception as exc:
+        count_error("asgi.access_denied", exc)
 
 
 # -- Stripe webhook route (issue #8) ---------------------------------------------------
