@@ -623,3 +623,70 @@ class TestConcurrency:
         for n, response in enumerate(responses):
             assert response.headers["x-request-id"] == f"req-{n}"
             assert response.json()["ip"] == f"198.51.100.{n}"
+
+
+class TestTenantAndDenials:
+    """organization= / workspace= resolvers, and audit_denied (off by default here)."""
+
+    @staticmethod
+    def app(**options: Any) -> Any:
+        async def tenant(request: Request) -> JSONResponse:
+            current = obs.current_scope()
+            return JSONResponse({"org": current.organization, "ws": current.workspace})
+
+        async def refuse(request: Request) -> PlainTextResponse:
+            return PlainTextResponse("no", status_code=int(request.path_params["status"]))
+
+        routes = [Route("/tenant", tenant), Route("/refuse/{status:int}", refuse)]
+        return ScopeMiddleware(Starlette(routes=routes), **options)
+
+    async def get(self, app: Any, path: str, **headers: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.get(path, headers=headers)
+
+    async def test_tenant_resolvers_sync_and_async(self) -> None:
+        """Each resolver takes the connection scope; sync or async; both fields are set."""
+
+        def organization(scope: Scope) -> str | None:
+            return dict(scope["headers"]).get(b"x-org", b"").decode() or None
+
+        async def workspace(scope: Scope) -> str:
+            await asyncio.sleep(0)
+            return "ws_1"
+
+        app = self.app(organization=organization, workspace=workspace)
+        assert (await self.get(app, "/tenant", **{"x-org": "org_1"})).json() == {
+            "org": "org_1",
+            "ws": "ws_1",
+        }
+        assert (await self.get(app, "/tenant")).json() == {"org": None, "ws": "ws_1"}
+
+    @pytest.mark.swallows_internal_errors
+    async def test_a_tenant_that_is_not_a_string_is_counted(self) -> None:
+        """A resolver returning an int (or raising) leaves the field unset, counted."""
+        app = self.app(organization=lambda scope: 42, workspace=lambda scope: 1 / 0)
+        assert (await self.get(app, "/tenant")).json() == {"org": None, "ws": None}
+        assert obs.stats()["internal_errors"] == 2
+
+    def test_a_tenant_resolver_must_be_callable(self) -> None:
+        """organization= takes a function, named in the message."""
+        with pytest.raises(obs.ConfigurationError, match="organization='org_1' is not callable"):
+            ScopeMiddleware(plain_app, organization="org_1")  # type: ignore[arg-type]
+
+    async def test_denials_are_recorded_only_when_asked(self) -> None:
+        """audit_denied=True records 401 and 403 (route template, method, status), queued
+        at once; other statuses and the default middleware record nothing."""
+        quiet, loud = self.app(), self.app(audit_denied=True, actor=header_actor)
+        with capture() as captured:
+            for status in (401, 403):
+                assert (await self.get(quiet, f"/refuse/{status}")).status_code == status
+            for status in (200, 403, 404, 401, 500):
+                await self.get(loud, f"/refuse/{status}", **{"x-user": "u_1", "x-request-id": "r"})
+        assert [
+            (a["action"], a["outcome"], a["actor_id"], a["request_id"], a["metadata"])
+            for a in captured.audits
+        ] == [
+            ("access.denied", "failure", "u_1", "r", {"method": "GET", "route": "/refuse/{status}", "status": 403}),  # noqa: E501
+            ("access.denied", "failure", "u_1", "r", {"method": "GET", "route": "/refuse/{status}", "status": 401}),  # noqa: E501
+        ]  # fmt: skip
