@@ -1,13 +1,15 @@
-"""obs_sdk demo web app: file sharing on Starlette, instrumented only by decorators.
+"""obs_sdk demo web app: file sharing on FastAPI, instrumented only by decorators.
 
 Run it with ``scripts/webapp`` (or ``python docs/examples/webapp.py [--port 8000]``), then
 open http://127.0.0.1:8000/ for curl commands to try and http://127.0.0.1:8000/audit for
 the audit trail they leave.
 
-No route body calls obs_sdk. The ``ScopeMiddleware`` gives every request its scope (client
-IP, user agent, request id, and the actor its resolver reads from ``Authorization: Bearer
-<user id>`` or ``X-API-Key``); the ``endpoint`` decorator below checks who may call a route
-and opens the request's transaction; the service functions carry ``@obs.audited`` /
+No route body calls obs_sdk, and there is no glue of our own between the two: one
+``instrument(app, ...)`` gives every request its scope (client IP, user agent, request id,
+the actor its resolver reads from ``Authorization: Bearer <user id>`` or ``X-API-Key``,
+and the user's organization) and records 401/403 answers as ``access.denied``; one
+``session_dependency(...)`` gives each route its session, committed when the route
+returns and rolled back when it raises. The service functions carry ``@obs.audited`` /
 ``@obs.tracked`` and meter uploads with ``obs.metered_storage`` against a 100 kB quota per
 organization. The app's tables and the obs_ tables share one SQLite file (a temp dir by
 default), so the audit rows commit with the writes they describe. Stripe webhooks go
@@ -16,7 +18,8 @@ through ``WebhookHandler``, whose ``obs.once`` makes a redelivery a no-op.
 ``create_app(database_url)`` builds the app, so tests can serve it.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI reads a route's annotations when the
+# route is declared, and the Annotated aliases below are local to create_app().
 
 import argparse
 import functools
@@ -25,21 +28,18 @@ import json
 import os
 import tempfile
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from sqlalchemy import Integer, LargeBinary, String, create_engine, delete, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
 
 import obs_sdk as obs
-from obs_sdk.integrations.asgi import ScopeMiddleware, stripe_webhook_endpoint
+from obs_sdk.integrations.asgi import stripe_webhook_endpoint
+from obs_sdk.integrations.fastapi import instrument, session_dependency
 from obs_sdk.integrations.stripe import WebhookHandler
 
 QUOTA_BYTES = 100_000  # per organization
@@ -206,48 +206,44 @@ def latest_audit(engine: Any, limit: int = 50) -> list[obs.AuditRecord]:
 # --- the web layer: no obs_sdk call in a route body ------------------------------------------
 
 
-def resolve_actor(scope: dict[str, Any], admin_key: str) -> obs.Actor | None:
-    """ScopeMiddleware resolver: a bearer token names a user, X-API-Key the admin service."""
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-    token = headers.get("authorization", "").removeprefix("Bearer ").strip()
-    if token in USERS:
-        return USERS[token].actor
-    if admin_key and headers.get("x-api-key") == admin_key:
-        return obs.Actor.service("svc_admin_export", name="admin export key")
-    return None  # the middleware records an anonymous actor
+def resolve_actor(request: Request, admin_key: str) -> obs.Actor | None:
+    """instrument() resolver: a bearer token names a user, X-API-Key the admin service.
 
-
-def endpoint(
-    db: sessionmaker[Session], *, who: str | None
-) -> Callable[[Callable[..., Response]], Callable[[Request], Awaitable[Response]]]:
-    """Wrap a sync route: check the actor (*who*: "user", "service" or None), open a transaction.
-
-    The route runs in Starlette's thread pool (in a copy of the request's context, so the
-    middleware's scope goes with it) and receives ``(request, session)``, plus the ``User``
-    when *who* is "user"; the raw body is in ``request.state.body``. The scope gets the
-    session (audit rows commit with the route's writes) and the user's organization
-    (storage is metered and records are filed per organization).
+    The user is kept on ``request.state`` for the organization resolver and the routes.
     """
+    token = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    request.state.user = USERS.get(token)
+    if request.state.user is not None:
+        return request.state.user.actor
+    if admin_key and request.headers.get("x-api-key") == admin_key:
+        return obs.Actor.service("svc_admin_export", name="admin export key")
+    return None  # recorded as anonymous
 
-    def decorate(route: Callable[..., Response]) -> Callable[[Request], Awaitable[Response]]:
-        def in_transaction(request: Request, user: User | None) -> Response:
-            with db() as session, session.begin():
-                org = user.organization if user else None
-                with obs.scope(session=session, organization=org):
-                    return route(request, session, user) if user else route(request, session)
 
-        @functools.wraps(route)
-        async def wrapper(request: Request) -> Response:
-            actor = obs.current_scope().actor
-            if who is not None and (actor is None or actor.type != who):
-                return JSONResponse({"error": f"this route needs a {who}"}, status_code=401)
-            user = USERS[actor.id] if who == "user" and actor and actor.id else None
-            request.state.body = await request.body()
-            return await run_in_threadpool(in_transaction, request, user)
+def resolve_organization(request: Request) -> str | None:
+    """instrument() resolver: the user's organization (storage is metered per organization)."""
+    user = getattr(request.state, "user", None)
+    return user.organization if user is not None else None
 
-        return wrapper
 
-    return decorate
+async def signed_in_user(request: Request) -> User:
+    """Dependency: the user the resolver found, or 401 (recorded as access.denied)."""
+    user = getattr(request.state, "user", None)
+    if user is None:
+        raise HTTPException(401, "this route needs a user: Authorization: Bearer u_ada")
+    return user  # type: ignore[no-any-return]
+
+
+async def admin_service(request: Request) -> None:
+    """Dependency: only the admin API key's service actor passes, others get 401."""
+    actor = obs.current_scope().actor
+    if actor is None or actor.type != "service":
+        raise HTTPException(401, "this route needs the admin API key: X-API-Key")
+
+
+async def raw_body(request: Request) -> bytes:
+    """Dependency: the request body, read on the event loop for a ``def`` route."""
+    return await request.body()
 
 
 def render_audit(records: list[obs.AuditRecord]) -> str:
@@ -281,6 +277,7 @@ INDEX = """obs_sdk demo web app. Try (the bearer token is the user id):
   curl -H 'X-API-Key: {key}' {u}/admin/export       # service actor
   curl -H 'X-Forwarded-For: 6.6.6.6' {u}/s/<id>     # forged: the recorded ip stays the peer
   open {u}/audit                                    # the trail those calls left
+  open {u}/docs                                     # the API, as FastAPI documents it
 
 Stripe webhooks: POST {u}/stripe/webhook, signed with {secret_hint}.
 """
@@ -293,7 +290,7 @@ def create_app(
     admin_key: str = DEMO_ADMIN_KEY,
     trusted_proxies: tuple[str, ...] = (),
     posthog: Any = None,
-) -> ScopeMiddleware:
+) -> FastAPI:
     """Build the demo app on *database_url* (default: a SQLite file in a new temp dir).
 
     Configures obs_sdk on the same database (app tables and obs_ tables together).
@@ -313,70 +310,74 @@ def create_app(
         org = (invoice.get("metadata") or {}).get("organization")
         record_payment(session, invoice["id"], org, int(invoice.get("amount_paid") or 0))
 
-    @endpoint(db, who="user")
-    def upload_route(request: Request, session: Session, user: User) -> Response:
-        name = request.query_params.get("name") or "untitled"
-        row = upload(session, user, name, request.state.body)
-        return JSONResponse({"id": row.id, "name": row.name, "size": row.size}, 201)
-
-    @endpoint(db, who="user")
-    def download_route(request: Request, session: Session, user: User) -> Response:
-        row = download(session, user, request.path_params["file_id"])
-        return Response(row.content, media_type="application/octet-stream")
-
-    @endpoint(db, who="user")
-    def share_route(request: Request, session: Session, user: User) -> Response:
-        share(session, user, request.path_params["file_id"])
-        return JSONResponse({"url": f"/s/{request.path_params['file_id']}"})
-
-    @endpoint(db, who="user")
-    def delete_route(request: Request, session: Session, user: User) -> Response:
-        deleted = delete_file(session, user, request.path_params["file_id"])
-        return Response(status_code=204 if deleted else 404)
-
-    @endpoint(db, who=None)
-    def public_route(request: Request, session: Session) -> Response:
-        row = download_shared(session, request.path_params["file_id"])
-        return Response(row.content, media_type="application/octet-stream")
-
-    @endpoint(db, who="service")
-    def export_route(request: Request, session: Session) -> Response:
-        return JSONResponse(export_files(session, request.query_params.get("organization")))
-
-    def audit_route(request: Request) -> Response:
-        return HTMLResponse(render_audit(latest_audit(engine)))
-
-    def index_route(request: Request) -> Response:
-        hint = "the demo secret" if stripe_secret == DEMO_STRIPE_SECRET else "your secret"
-        url = str(request.base_url).rstrip("/")
-        return PlainTextResponse(INDEX.format(u=url, key=admin_key, secret_hint=hint))
-
-    errors = {
-        NotFound: lambda request, exc: JSONResponse({"error": "not found"}, 404),
-        obs.QuotaExceeded: lambda request, exc: JSONResponse(
-            {"error": "quota exceeded", "used": exc.used, "limit": exc.limit}, 413
-        ),
-    }
-    app = Starlette(
-        routes=[
-            Route("/", index_route),
-            Route("/files", upload_route, methods=["POST"]),
-            Route("/files/{file_id}", download_route, methods=["GET"]),
-            Route("/files/{file_id}", delete_route, methods=["DELETE"]),
-            Route("/files/{file_id}/share", share_route, methods=["POST"]),
-            Route("/s/{file_id}", public_route),
-            Route("/admin/export", export_route),
-            Route("/stripe/webhook", stripe_webhook_endpoint(hooks), methods=["POST"]),
-            Route("/audit", audit_route),
-        ],
-        exception_handlers=errors,
-    )
-    # Outermost, so that even Starlette's 500 page carries the request id.
-    return ScopeMiddleware(
+    app = FastAPI(title="obs_sdk demo: file sharing")
+    instrument(
         app,
         actor=functools.partial(resolve_actor, admin_key=admin_key),
+        organization=resolve_organization,
         trusted_proxies=trusted_proxies,
     )
+    # The request's transaction: committed when the route returns (before the response is
+    # sent: scope="function"), rolled back when it raises; the route's records join it.
+    DB = Annotated[Session, Depends(session_dependency(db), scope="function")]
+    SignedIn = Annotated[User, Depends(signed_in_user)]
+    Body = Annotated[bytes, Depends(raw_body)]
+
+    @app.post("/files", status_code=201)
+    def upload_route(session: DB, user: SignedIn, content: Body, name: str = "untitled") -> dict:
+        row = upload(session, user, name, content)
+        return {"id": row.id, "name": row.name, "size": row.size}
+
+    @app.get("/files/{file_id}")
+    def download_route(file_id: str, session: DB, user: SignedIn) -> Response:
+        row = download(session, user, file_id)
+        return Response(row.content, media_type="application/octet-stream")
+
+    @app.post("/files/{file_id}/share")
+    def share_route(file_id: str, session: DB, user: SignedIn) -> dict:
+        share(session, user, file_id)
+        return {"url": f"/s/{file_id}"}
+
+    @app.delete("/files/{file_id}")
+    def delete_route(file_id: str, session: DB, user: SignedIn) -> Response:
+        deleted = delete_file(session, user, file_id)
+        return Response(status_code=204 if deleted else 404)
+
+    @app.get("/s/{file_id}")
+    def public_route(file_id: str, session: DB) -> Response:
+        row = download_shared(session, file_id)
+        return Response(row.content, media_type="application/octet-stream")
+
+    @app.get("/admin/export", dependencies=[Depends(admin_service)])
+    def export_route(session: DB, organization: str | None = None) -> list[dict[str, Any]]:
+        return export_files(session, organization)
+
+    app.add_api_route(
+        "/stripe/webhook",
+        stripe_webhook_endpoint(hooks),
+        methods=["POST"],
+        include_in_schema=False,
+    )
+
+    @app.get("/audit", response_class=HTMLResponse)
+    def audit_route() -> str:
+        return render_audit(latest_audit(engine))
+
+    @app.get("/", response_class=PlainTextResponse)
+    def index_route(request: Request) -> str:
+        hint = "the demo secret" if stripe_secret == DEMO_STRIPE_SECRET else "your secret"
+        url = str(request.base_url).rstrip("/")
+        return INDEX.format(u=url, key=admin_key, secret_hint=hint)
+
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"error": "not found"}, 404)
+
+    @app.exception_handler(obs.QuotaExceeded)
+    async def over_quota(request: Request, exc: obs.QuotaExceeded) -> JSONResponse:
+        return JSONResponse({"error": "quota exceeded", "used": exc.used, "limit": exc.limit}, 413)
+
+    return app
 
 
 def main() -> None:
@@ -401,8 +402,9 @@ def main() -> None:
         trusted_proxies=tuple(args.trusted_proxy),
     )
     print(f"obs_sdk demo web app on http://{args.host}:{args.port}/  (audit trail: /audit)")
-    # proxy_headers=False: ScopeMiddleware reads X-Forwarded-For through trusted_proxies;
-    # uvicorn's own handling (which trusts 127.0.0.1 by default) would rewrite the peer first.
+    # proxy_headers=False: instrument()'s middleware reads X-Forwarded-For through
+    # trusted_proxies; uvicorn's own handling (which trusts 127.0.0.1 by default) would
+    # rewrite the peer first.
     uvicorn.run(app, host=args.host, port=args.port, proxy_headers=False, log_level="info")
 
 

@@ -1,4 +1,4 @@
-"""The demo web app (docs/examples/webapp.py) end to end, served by uvicorn on 127.0.0.1."""
+"""The demo web app (docs/examples/webapp.py, on FastAPI) end to end, served by uvicorn."""
 
 from __future__ import annotations
 
@@ -137,13 +137,15 @@ class TestDemoWebApp:
         ]
 
     def test_export_is_recorded_for_the_service_actor(self, client, sqlite_url):
-        """The admin export runs as the API key's service actor, recorded when it starts."""
+        """The admin export runs as the API key's service actor, recorded when it starts;
+        a user is refused, and the refusal is recorded as access.denied."""
         upload(client, b"x")
+        assert client.get("/admin/export", headers=ADA).status_code == 401
         response = client.get(
             "/admin/export", headers={"X-API-Key": ADMIN_KEY, "X-Request-Id": "r-exp"}
         )
         assert [f["name"] for f in response.json()] == ["a.txt"]
-        assert client.get("/admin/export", headers=ADA).status_code == 401
+        assert trail(sqlite_url)[-2][:4] == ("access.denied", "failure", "user", "u_ada")
         assert trail(sqlite_url)[-1] == (
             "files.exported",
             "started",
@@ -179,9 +181,14 @@ class TestDemoWebApp:
         assert obs.storage_usage("org_acme") == 50_000
 
     def test_anonymous_upload_is_refused(self, client, sqlite_url):
-        """Without a bearer token the file routes answer 401 and record nothing."""
-        assert client.post("/files", content=b"x").status_code == 401
-        assert trail(sqlite_url) == []
+        """Without a bearer token the file routes answer 401 and record nothing but the
+        refusal (access.denied, anonymous)."""
+        refused = client.post("/files", content=b"x", headers={"X-Request-Id": "r-anon"})
+        assert refused.status_code == 401
+        assert trail(sqlite_url) == [
+            ("access.denied", "failure", "anonymous", None, "127.0.0.1", "r-anon")
+        ]
+        assert obs.storage_usage("org_acme") == 0
 
     def test_audit_page_shows_the_latest_rows(self, client):
         """GET /audit renders the trail newest first, with actors and ips, HTML-escaped."""
