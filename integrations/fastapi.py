@@ -47,7 +47,7 @@ try:
     import anyio
     import anyio.to_thread
     from starlette.applications import Starlette
-    from starlette.requests import Request
+    from starlette.requests import HTTPConnection, Request
 except ImportError:
     raise MissingDependencyError(package="fastapi", extra="fastapi") from None
 
@@ -83,7 +83,8 @@ def instrument(
     ``ScopeMiddleware`` of ``obs_sdk.integrations.asgi``, installed outermost (outside
     Starlette's error middleware, so that a 500 page carries the request id too).
 
-    Each resolver takes the request (a Starlette ``Request``) and may be sync or async:
+    Each resolver takes the request (a Starlette ``Request``; for a WebSocket, the
+    ``HTTPConnection`` it is built on) and may be sync or async:
     *actor* returns an ``obs.Actor`` or None (None: anonymous, with the PostHog id of
     the browser when there is one); *organization* and *workspace* return an id or
     None, so that ``metered_storage`` charges the organization rather than the user
@@ -157,13 +158,15 @@ def _taking_request(
     """Adapt a resolver of Starlette requests to one of ASGI connection scopes.
 
     Every call builds a ``Request`` over the same scope dict, so ``request.state`` (kept
-    in ``scope["state"]``) is shared by the resolvers and the route.
+    in ``scope["state"]``) is shared by the resolvers and the route. A WebSocket gets an
+    ``HTTPConnection``, the base both share (headers, cookies, URL, client, state): a
+    ``Request`` refuses a WebSocket scope.
     """
     if resolver is None:
         return None
 
     def resolve(scope: ASGIScope) -> Any:
-        return resolver(Request(scope))
+        return resolver(Request(scope) if scope["type"] == "http" else HTTPConnection(scope))
 
     return resolve
 

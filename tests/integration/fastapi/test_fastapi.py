@@ -23,7 +23,7 @@ from typing import Annotated, Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -325,6 +325,40 @@ class TestTenant:
             "request_id": "r-1",
         }
         assert response.headers["x-request-id"] == "r-1"
+
+    async def test_a_websocket_gets_its_actor_and_tenant_too(self) -> None:
+        """The resolvers receive a WebSocket connection as well (the HTTPConnection a
+        Request is built on), and the endpoint runs in its scope."""
+        app = FastAPI()
+        instrument(app, actor=resolve_actor, organization=resolve_organization)
+
+        @app.websocket("/ws")
+        async def ws(websocket: WebSocket) -> None:
+            await websocket.accept()
+            current = obs.current_scope()
+            await websocket.send_json({"actor": current.actor.id, "org": current.organization})
+            await websocket.close()
+
+        scope = {
+            "type": "websocket", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "scheme": "ws", "path": "/ws", "raw_path": b"/ws", "query_string": b"",
+            "root_path": "", "headers": [(b"authorization", b"Bearer u_eve")],
+            "client": ("127.0.0.1", 1), "server": ("t", 80), "subprotocols": [],
+        }  # fmt: skip
+        inbound = [{"type": "websocket.connect"}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return inbound.pop(0) if inbound else {"type": "websocket.disconnect", "code": 1000}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        [text] = [m["text"] for m in sent if m["type"] == "websocket.send"]
+        assert text.replace(" ", "") == '{"actor":"u_eve","org":"org_evil"}'
+        kinds = [m["type"] for m in sent]
+        assert kinds == ["websocket.accept", "websocket.send", "websocket.close"]
 
     async def test_anonymous_requests_have_no_tenant(self, client: httpx.AsyncClient) -> None:
         """No token: anonymous, no organization."""
