@@ -153,7 +153,7 @@ def instrument(
 
 
 def _taking_request(
-    resolver: Callable[[Request], Any] | None,
+    resolver: Callable[[Any], Any] | None,
 ) -> Callable[[ASGIScope], Any] | None:
     """Adapt a resolver of Starlette requests to one of ASGI connection scopes.
 
