@@ -6,8 +6,11 @@ import atexit
 import datetime
 import inspect
 import logging
+import math
+import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import create_engine, event
@@ -15,10 +18,18 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import StaticPool
 
-from obs_sdk import _context, _emit, _guard, _records, _tx
-from obs_sdk._dispatch import DEFAULT_QUEUE_SIZE, dispatcher
+from obs_sdk import _context, _emit, _guard, _lifecycle, _records, _tx
+from obs_sdk._dispatch import (
+    DEFAULT_BLOCK_TIMEOUT,
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_QUEUE_SIZE,
+    OVERFLOW_MODES,
+    Limits,
+    dispatcher,
+)
+from obs_sdk._records import DEFAULT_MAX_METADATA_BYTES, uuid7
 from obs_sdk._redact import Redactor
-from obs_sdk._sinks import DatabaseSink, PostHogSink, Sink
+from obs_sdk._sinks import SQLITE_BUSY_MS, DatabaseSink, PostHogSink, Sink
 from obs_sdk._tables import DEFAULT_PREFIX, check_schema, create_tables, tables
 from obs_sdk.exceptions import ConfigurationError
 
@@ -30,9 +41,19 @@ DEFAULT_DATABASE = "sqlite:///obs.db"
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 
 
+SHUTDOWN_TIMEOUT_SECONDS = 5.0
+MAX_BLOCK_TIMEOUT_SECONDS = 60  # reconfigure, interpreter exit and SIGTERM flush this long
+
+
 @dataclass(frozen=True)
 class Config:
-    """The settings of the current configure() call (read by storage, once and the store)."""
+    """Everything one configure() call decided: the one configuration object.
+
+    configure() builds one and swaps it in whole; shutdown() swaps in the defaults
+    (``Config()``). Storage, once() and the store read it through ``current()``, rendering
+    through ``_records.config`` (the same object), the dispatcher through its ``limits``.
+    Immutable: a reader holding it never sees half of a reconfiguration.
+    """
 
     engine: Engine | None = None
     async_engine: AsyncEngine | None = None
@@ -41,6 +62,23 @@ class Config:
     storage_quota: int | Callable[[str], int | None] | None = None
     audit_storage: bool = False
     idempotency_retention: datetime.timedelta = datetime.timedelta(days=30)
+    service: str | None = None
+    redactor: Redactor = field(default_factory=Redactor)
+    redact: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES
+    scope_provider: Callable[[], Mapping[str, Any]] | None = None
+    require_actor: bool = False
+    person_properties: bool = False
+    clock: Callable[[], int] = time.time_ns
+    id_factory: Callable[[int], uuid.UUID] = uuid7
+    otel_logs: bool = False
+    handle_signals: bool = False
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def events_wanted(self) -> bool:
+        """Whether analytics events have somewhere to go (PostHog or OTel logs)."""
+        return self.posthog is not None or self.otel_logs
 
 
 _current = Config()
@@ -52,18 +90,36 @@ def current() -> Config:
     return _current
 
 
-def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    try:
-        # WAL lets readers run beside the one writer; the busy timeout turns lock contention
-        # into a wait instead of "database is locked".
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
-    finally:
-        cursor.close()
+def _swap(config: Config) -> None:
+    """Make *config* the configuration of every module that reads one.
+
+    ``_records.config`` is this object; the hot path's modules keep their own copies of
+    the few values it reads per call (a module global costs less there than an attribute).
+    """
+    global _current
+    _current = config
+    _records.config = config
+    _emit.clock = config.clock
+    _emit.events_wanted = config.events_wanted if config.engine is not None else True
+    _context.provider = config.scope_provider
+    _tx.table_prefix = config.table_prefix
 
 
-def _engine_for_url(url: str) -> Engine:
+def _sqlite_pragmas(busy_ms: int) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            # WAL lets readers run beside the one writer; the busy timeout turns lock
+            # contention into a wait instead of "database is locked".
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+        finally:
+            cursor.close()
+
+    return on_connect
+
+
+def _engine_for_url(url: str, *, busy_ms: int = SQLITE_BUSY_TIMEOUT_SECONDS * 1000) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(parsed, pool_pre_ping=True)
@@ -72,9 +128,18 @@ def _engine_for_url(url: str) -> Engine:
         return create_engine(
             parsed, poolclass=StaticPool, connect_args={"check_same_thread": False}
         )
-    engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
-    event.listen(engine, "connect", _sqlite_pragmas)
+    engine = create_engine(parsed, connect_args={"timeout": busy_ms / 1000})
+    event.listen(engine, "connect", _sqlite_pragmas(busy_ms))
     return engine
+
+
+def _write_engine(engine: Engine, owned: bool) -> Engine | None:
+    """The SQL sink's own engine for an obs_sdk-owned SQLite file (see _sinks.SQLITE_BUSY_MS)."""
+    if not owned or engine.dialect.name != "sqlite":
+        return None
+    if engine.url.database in (None, "", ":memory:"):
+        return None
+    return _engine_for_url(engine.url.render_as_string(hide_password=False), busy_ms=SQLITE_BUSY_MS)
 
 
 _SYNC_DRIVERS = {"aiosqlite": "pysqlite", "asyncpg": "psycopg", "psycopg_async": "psycopg"}
@@ -135,6 +200,36 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
+def _check_limits(
+    queue_size: object, max_queue_bytes: object, overflow: object, block_timeout: object
+) -> Limits:
+    size = _check_int("queue_size", queue_size, 1)
+    max_bytes = _check_int("max_queue_bytes", max_queue_bytes, 64 * 1024)
+    if overflow not in OVERFLOW_MODES:
+        raise ConfigurationError(
+            f'configure(overflow=...) is "drop" (a full queue drops the newest record) or '
+            f'"block" (callers wait up to block_timeout for room first), got {overflow!r}'
+        )
+    if (
+        isinstance(block_timeout, bool)
+        or not isinstance(block_timeout, (int, float))
+        or not math.isfinite(block_timeout)
+        or not 0 <= block_timeout <= MAX_BLOCK_TIMEOUT_SECONDS
+    ):
+        raise ConfigurationError(
+            "configure(block_timeout=...) takes the seconds a caller may wait for room (a "
+            f"number from 0 to {MAX_BLOCK_TIMEOUT_SECONDS}; default {DEFAULT_BLOCK_TIMEOUT}), "
+            f"got {block_timeout!r}"
+        )
+    return Limits(size, max_bytes, str(overflow), float(block_timeout))
+
+
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"configure({name}=...) takes True or False, got {value!r}")
+    return value
+
+
 def configure(
     database: str | Engine | AsyncEngine = DEFAULT_DATABASE,
     posthog: Any = None,
@@ -144,13 +239,19 @@ def configure(
     table_prefix: str = DEFAULT_PREFIX,
     create_tables: bool = True,
     redact_keys: Iterable[str] = (),
-    max_metadata_bytes: int = 8192,
+    max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES,
     audit_storage: bool = False,
     idempotency_retention: datetime.timedelta = datetime.timedelta(days=30),
     otel_logs: Any = None,
     scope_provider: Callable[[], Mapping[str, Any]] | None = None,
     *,
     require_actor: bool = False,
+    max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+    overflow: str = "drop",
+    block_timeout: float = DEFAULT_BLOCK_TIMEOUT,
+    handle_signals: bool = True,
+    keep_keys: Iterable[str] = (),
+    redact: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     person_properties: bool = False,
     clock: Callable[[], int] | None = None,
     id_factory: Callable[[int], Any] | None = None,
@@ -162,29 +263,46 @@ def configure(
     flushes the previous configuration and replaces it; after ``shutdown()`` it starts
     afresh. Records made before the first call wait in the bounded queue.
 
+    Delivery: each sink (the database, PostHog, OpenTelemetry logs) has its own queue and
+    worker thread, so a database outage delays no analytics event and a slow PostHog no
+    audit row. Each queue holds at most ``queue_size`` records and ``max_queue_bytes``
+    bytes (default 64 MiB); so does the intake that the callers' records enter first. When
+    one is full, ``overflow="drop"`` (default) drops the newest record; ``"block"`` lets the
+    caller wait up to ``block_timeout`` seconds (default 0.05) for room first, for
+    compliance needs where a slower call beats a lost record. Either way a drop is counted
+    (``stats()["dropped"]`` and ``["by_sink"]``) and logged: a WARNING at the first drop,
+    then at most one per sink every 10 s, with the count and the reason.
+
+    ``handle_signals=True`` (default) flushes the queues (within 5 s) when the process gets
+    SIGTERM, then terminates as the signal would have; an application's own SIGTERM handler
+    is chained, not replaced. Pass False to leave signals alone.
+
     A record made with no actor in scope is filed anonymous and counted in
     ``stats()["no_actor"]`` (audit records, and analytics events sent with
     ``allow_anonymous``). ``require_actor=True`` also logs a WARNING on the "obs_sdk"
     logger naming the action, once per action, for code that should always run with an
     actor (behind authentication, in jobs that set one).
 
+    Redaction: ``redact_keys`` adds words that mark a key secret, ``keep_keys`` names keys
+    never redacted, and ``redact`` (a function taking the cleaned metadata or properties
+    dict and returning the dict to send) runs last, on the dispatcher thread.
+
     ``person_properties=True`` adds the actor's name and email as ``$set`` to analytics
-    events. ``clock`` (ns since the epoch) and ``id_factory`` are for deterministic tests.
+    events. ``clock`` (ns since the epoch) and ``id_factory`` are for deterministic tests
+    (``obs_sdk.testing.SteppingClock`` and ``IncrementingIds``).
 
     Raises:
         ConfigurationError: an argument is wrong or the database cannot be prepared; the
             message says what to fix. Not thread-safe: call it once at startup.
     """
-    global _current
     _check_posthog(posthog)
-    queue_size = _check_int("queue_size", queue_size, 1)
+    limits = _check_limits(queue_size, max_queue_bytes, overflow, block_timeout)
     max_metadata_bytes = _check_int("max_metadata_bytes", max_metadata_bytes, 256)
     if storage_quota is not None and not callable(storage_quota):
         _check_int("storage_quota", storage_quota, 0)
-    if not isinstance(require_actor, bool):
-        raise ConfigurationError(
-            f"configure(require_actor=...) takes True or False, got {require_actor!r}"
-        )
+    _check_bool("require_actor", require_actor)
+    _check_bool("handle_signals", handle_signals)
+    _check_bool("person_properties", person_properties)
     if scope_provider is not None and not callable(scope_provider):
         raise ConfigurationError("configure(scope_provider=...) takes a callable returning a dict")
     if not isinstance(idempotency_retention, datetime.timedelta) or (
@@ -195,6 +313,7 @@ def configure(
         )
     if isinstance(redact_keys, str):
         raise ConfigurationError("configure(redact_keys=...) takes a list of words, not one string")
+    redactor = Redactor(redact_keys, keep_keys=keep_keys, redact=redact)
     prefix_tables = tables(table_prefix)  # validates the prefix
     engine, async_engine, owns_engine = _engines(database)
     try:
@@ -204,7 +323,14 @@ def configure(
             engine.dispose()
         raise
 
-    sinks: list[Sink] = [DatabaseSink(engine, prefix_tables, owns_engine=owns_engine)]
+    sinks: list[Sink] = [
+        DatabaseSink(
+            engine,
+            prefix_tables,
+            owns_engine=owns_engine,
+            write_engine=_write_engine(engine, owns_engine),
+        )
+    ]
     if posthog is not None:
         sinks.append(PostHogSink(posthog))
     if otel_logs is not None:
@@ -212,24 +338,10 @@ def configure(
 
         sinks.append(OtelLogSink(otel_logs))
 
-    if dispatcher.configured:
-        dispatcher.shutdown(timeout=5.0)  # deliver what the previous configuration queued
+    if dispatcher.sinks:
+        dispatcher.shutdown(SHUTDOWN_TIMEOUT_SECONDS)  # deliver what the previous one queued
     _guard.reset()
-    _records.settings = _records.Settings(
-        service=service,
-        redactor=Redactor(redact_keys),
-        max_metadata_bytes=max_metadata_bytes,
-        clock=clock or _records.Settings.clock,
-        id_factory=id_factory or _records.uuid7,
-        person_properties=person_properties,
-        require_actor=require_actor,
-    )
-    _emit.clock = _records.settings.clock
-    _context.provider = scope_provider
-    _tx.table_prefix = table_prefix
-    _emit.events_wanted = any(sink.kinds & {"event"} for sink in sinks)
-    dispatcher.set_lanes(audits=scope_provider is None, events=_emit.events_wanted)
-    _current = Config(
+    config = Config(
         engine=engine,
         async_engine=async_engine,
         table_prefix=table_prefix,
@@ -237,9 +349,25 @@ def configure(
         storage_quota=storage_quota,
         audit_storage=audit_storage,
         idempotency_retention=idempotency_retention,
+        service=service,
+        redactor=redactor,
+        redact=redact,
+        max_metadata_bytes=max_metadata_bytes,
+        scope_provider=scope_provider,
+        require_actor=require_actor,
+        person_properties=person_properties,
+        clock=clock or time.time_ns,
+        id_factory=id_factory or uuid7,
+        otel_logs=otel_logs is not None,
+        handle_signals=handle_signals,
+        limits=limits,
     )
-    dispatcher.install(sinks, queue_size)
+    _swap(config)
+    dispatcher.install(sinks, limits, fast_lane=scope_provider is None)
     _register_atexit()
+    _lifecycle.uninstall_signal_handlers()
+    if handle_signals:
+        _lifecycle.install_signal_handlers(flush, SHUTDOWN_TIMEOUT_SECONDS)
 
 
 def _prepare(engine: Engine, prefix: str, *, create: bool) -> None:
@@ -267,8 +395,8 @@ def _register_atexit() -> None:
 
 
 def _at_exit() -> None:
-    if dispatcher.configured:
-        if not shutdown(timeout=5.0):
+    if dispatcher.sinks:
+        if not shutdown(timeout=SHUTDOWN_TIMEOUT_SECONDS):
             logger.warning("obs_sdk: not every record was delivered at exit: %s", stats())
     elif dispatcher.queue:
         logger.warning(
@@ -283,21 +411,24 @@ atexit.register(_at_exit)  # the never-configured warning; configure() re-regist
 def flush(timeout: float = 5.0) -> bool:
     """Deliver everything queued (PostHog: handed over and flushed) within *timeout* seconds.
 
-    Returns True when everything was delivered. Thread-safe; blocks the caller.
+    Returns True when everything was delivered: False while a record is still queued, or
+    while the PostHog client still holds events it was handed (its own queue). Thread-safe;
+    blocks the caller.
     """
     return dispatcher.flush(timeout)
 
 
 def shutdown(timeout: float = 5.0) -> bool:
-    """Flush, then stop the worker and the sinks; also runs at interpreter exit.
+    """Flush, then stop the threads and the sinks; also runs at interpreter exit.
 
-    Never shuts down the app's PostHog client (it is flushed). After it, records wait in
-    the queue again until the next configure(). Returns True when everything was delivered.
+    Never shuts down the app's PostHog client (it is flushed). Resets the configuration to
+    the defaults and removes the SIGTERM handler. After it, records wait in the queue again
+    until the next configure(). Returns True when everything was delivered.
     """
-    global _current
     done = dispatcher.shutdown(timeout)
-    _current = Config()
-    _emit.events_wanted = True
+    if _current.handle_signals:
+        _lifecycle.uninstall_signal_handlers()
+    _swap(Config())
     return done
 
 
@@ -306,9 +437,16 @@ def stats() -> dict[str, Any]:
 
     Keys: submitted, queued, delivered, dropped, failed, retried, internal_errors, by_sink,
     and the outcomes that are not errors but must not pass unseen, among them
-    ``no_actor`` (records filed anonymous because no actor was in scope). Invariant:
-    submitted == queued + delivered + dropped + failed. Records written at a
-    transaction's commit go straight to its database and are not counted here.
+    ``no_actor`` (records filed anonymous because no actor was in scope) and ``sanitized``
+    (records whose values were changed so that every database stores them). Invariant:
+    submitted == queued + delivered + dropped + failed; ``submitted`` is counted as
+    records enter, the others where they are now.
+
+    The top-level counts follow each record to its primary sink: the audit log for audit
+    records, PostHog for analytics events (OpenTelemetry logs when it is the only one).
+    Records stored by their own transaction's commit (or ``record_audit_now``) count as
+    submitted and delivered at once. ``by_sink[name]`` has each sink's own submitted,
+    queued, delivered, dropped, failed, retried and upload_failed, mirrors included.
     """
     return dispatcher.stats()
 
@@ -317,3 +455,6 @@ def posthog_on_error(error: Exception, batch: list[Any]) -> None:
     """Pass as ``posthog.Posthog(on_error=obs.posthog_on_error)``: upload failures are counted."""
     dispatcher.count_upload_failure("posthog", len(batch) if batch else 1)
     _guard.count_error("posthog_upload", error)
+
+
+_swap(_current)

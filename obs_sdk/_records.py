@@ -13,13 +13,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
 
 from obs_sdk._context import SPAN_KEY
 from obs_sdk._guard import count, count_error, warn_once
 from obs_sdk._redact import Redactor
+from obs_sdk._sanitize import bound_mapping, safe_text, size_of
 from obs_sdk._scope import ANONYMOUS, Actor
+from obs_sdk._tables import tables
 from obs_sdk._templates import Plan, optional_text
 from obs_sdk.exceptions import ConfigurationError
 
@@ -29,8 +31,10 @@ __all__ = [
     "AnalyticsEvent",
     "AuditRecord",
     "Instrumentation",
-    "Settings",
+    "RenderSettings",
+    "approx_bytes",
     "render",
+    "take_cut_bytes",
 ]
 
 AUDIT = "audit"
@@ -228,20 +232,59 @@ def to_datetime(time_ns: int) -> datetime.datetime:
     return datetime.datetime(year, month, day, hour, minute, second, micros, datetime.timezone.utc)
 
 
-@dataclass
-class Settings:
-    """What rendering needs from ``configure()``; replaced as a whole on reconfigure."""
+class RenderSettings(Protocol):
+    """**Protocol:** what rendering reads from the configuration (``_config.Config``)."""
 
-    service: str | None = None
-    redactor: Redactor = field(default_factory=Redactor)
-    max_metadata_bytes: int = 8192
-    clock: Callable[[], int] = time.time_ns
-    id_factory: Callable[[int], uuid.UUID] = uuid7
-    person_properties: bool = False
-    require_actor: bool = False
+    @property
+    def service(self) -> str | None: ...
+    @property
+    def redactor(self) -> Redactor: ...
+    @property
+    def redact(self) -> Callable[[dict[str, Any]], dict[str, Any]] | None: ...
+    @property
+    def max_metadata_bytes(self) -> int: ...
+    @property
+    def id_factory(self) -> Callable[[int], uuid.UUID]: ...
+    @property
+    def person_properties(self) -> bool: ...
+    @property
+    def require_actor(self) -> bool: ...
 
 
-settings = Settings()
+DEFAULT_MAX_METADATA_BYTES = 8192
+
+
+class _Unconfigured:
+    """What rendering reads until ``_config`` (imported with the package) sets its Config."""
+
+    service = None
+    redactor = Redactor()
+    redact = None
+    max_metadata_bytes = DEFAULT_MAX_METADATA_BYTES
+    id_factory = uuid7
+    person_properties = False
+    require_actor = False
+
+
+# The one configuration object (``_config.Config``): configure() points this at the one it
+# built, shutdown() at the defaults. Read once per record, so a record never mixes two.
+config: RenderSettings = _Unconfigured()
+
+# Widths of the audit table's text columns (None: unbounded), by column position; and the
+# positions of the columns whose values come from callers (the others are obs_sdk's own).
+_WIDTHS = tuple(getattr(column.type, "length", None) for column in tables().audit.columns)
+_CALLER_TEXT = (2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 18, 20)
+_CHECKED = tuple((i, _WIDTHS[i]) for i in _CALLER_TEXT)
+_ROW_BYTES = 448  # a rendered audit row without its metadata and unbounded text columns
+_EVENT_BYTES = 640  # an AnalyticsEvent without its properties
+_cut_bytes = 0  # bytes cut off records' metadata since take_cut_bytes() (a size hint)
+
+
+def take_cut_bytes() -> int:
+    """Bytes that bounding cut off metadata since the last call (the router's size hint)."""
+    global _cut_bytes
+    taken, _cut_bytes = _cut_bytes, 0
+    return taken
 
 
 class AuditRecord(NamedTuple):
@@ -320,15 +363,28 @@ def _rendered(plan: Plan, texts: tuple[str, ...], mapping: str, values: tuple[An
         return (*(optional_text(_slot(plan, name, values)) for name in texts), data)
 
 
-def _clean(data: dict[str, Any]) -> dict[str, Any]:
-    """Redacted, and within the configured size."""
-    s = settings
-    return s.redactor.clean(data, s.max_metadata_bytes)
+def _clean(data: dict[str, Any], c: RenderSettings) -> tuple[dict[str, Any], bool]:
+    """Bounded, sanitized, redacted: (the mapping to send, whether a value was sanitized).
+
+    Bounding comes first so that redaction and JSON work on at most a few times
+    ``max_metadata_bytes``, however large the caller's value (see _sanitize).
+    """
+    global _cut_bytes
+    limit = c.max_metadata_bytes
+    bounded, how = bound_mapping(data, limit)
+    if how.cut_bytes:
+        _cut_bytes += how.cut_bytes
+    cleaned = c.redactor.clean(bounded, limit)
+    sanitized = how.sanitized
+    if c.redact is not None:  # the app's hook may hand back anything: sanitize its output
+        cleaned, again = bound_mapping(cleaned, limit)
+        sanitized = sanitized or again.sanitized
+    return cleaned, sanitized
 
 
-def _properties(raw: RawRecord) -> dict[str, Any]:
-    """An analytics record's properties, redacted and within the configured size."""
-    return _clean(_rendered(raw[SPEC].plan, (), "properties", raw[VALUES])[0])
+def _properties(raw: RawRecord, c: RenderSettings) -> tuple[dict[str, Any], bool]:
+    """An analytics record's properties, bounded, sanitized and redacted."""
+    return _clean(_rendered(raw[SPEC].plan, (), "properties", raw[VALUES])[0], c)
 
 
 _RESOURCE = ("resource.type", "resource.id", "resource.name")
@@ -355,7 +411,7 @@ def _tenant(
 def _no_actor(spec: Instrumentation) -> None:
     """Count a record filed with no actor in scope; warn once per action if required."""
     count("no_actor")
-    if settings.require_actor:
+    if config.require_actor:
         what = "audit action" if spec.kind == AUDIT else "analytics event"
         warn_once(
             ("require_actor", spec.kind, spec.name),
@@ -395,7 +451,7 @@ _new_record = tuple.__new__  # AuditRecord's own __new__ minus its keyword handl
 def render_audit(raw: RawRecord) -> AuditRecord:
     """Build the AuditRecord for a raw record (dispatcher thread or commit)."""
     time_ns = raw[TIME_NS]
-    columns = audit_columns(raw, settings.id_factory(time_ns), to_datetime(time_ns))
+    columns = audit_columns(raw, config.id_factory(time_ns), to_datetime(time_ns))
     return _new_record(AuditRecord, columns)
 
 
@@ -403,8 +459,10 @@ def audit_columns(raw: RawRecord, record_id: Any, occurred_at: Any) -> tuple[Any
     """The audit row's values in column order, with the id and time as the caller made them.
 
     ``render_audit`` passes a UUID and an aware datetime; a SQL sink that is the only one
-    taking audits passes the forms its driver stores, and skips making the objects.
+    taking audits passes the forms its driver stores, and skips making the objects. Values
+    a database would refuse are sanitized (counted ``sanitized``): see _sanitize.
     """
+    c = config
     spec: Instrumentation = raw[SPEC]
     actor, workspace, organization, ip, user_agent, request_id = raw[FIELDS]
     if actor is None:
@@ -427,7 +485,8 @@ def audit_columns(raw: RawRecord, record_id: Any, occurred_at: Any) -> tuple[Any
         resource_type, resource_id, resource_name, metadata = _rendered(
             spec.plan, _RESOURCE, "metadata", raw[VALUES]
         )
-    return (
+    metadata, sanitized = _clean(metadata, c)
+    columns: tuple[Any, ...] = (
         record_id,
         occurred_at,
         spec.name,
@@ -446,10 +505,40 @@ def audit_columns(raw: RawRecord, record_id: Any, occurred_at: Any) -> tuple[Any
         request_id,
         trace_id,
         span_id,
-        settings.service,
-        _clean(metadata),
+        c.service,
+        metadata,
         raw[ERROR_TYPE],
     )
+    for i, width in _CHECKED:
+        value = columns[i]
+        if value is not None and (
+            (width is not None and len(value) > width) or "\x00" in value or not value.isascii()
+        ):
+            fixed = safe_text(value, width)
+            if fixed != value:
+                columns = (*columns[:i], fixed, *columns[i + 1 :])
+                sanitized = True
+    if sanitized:
+        count("sanitized")
+    return columns
+
+
+def approx_bytes(record: Any) -> int:
+    """Roughly the memory a rendered record holds (queue budgets; cheap, not exact).
+
+    Takes an AuditRecord, the SQL sink's row (the same columns, metadata as JSON text) or an
+    AnalyticsEvent.
+    """
+    if isinstance(record, tuple):
+        metadata = record[19]
+        size = _ROW_BYTES + (len(metadata) if type(metadata) is str else size_of(metadata))
+        name, agent = record[10], record[14]
+        if name:
+            size += len(name)
+        if agent:
+            size += len(agent)
+        return size
+    return _EVENT_BYTES + size_of(record.properties)
 
 
 def analytics_identity(spec: Instrumentation, actor: Actor | None) -> tuple[bool, str | None]:
@@ -471,10 +560,13 @@ def render_event(raw: RawRecord) -> AnalyticsEvent:
             _no_actor(spec)
         actor = ANONYMOUS
     _, distinct_id = analytics_identity(spec, actor)
+    c = config
     if spec.kind == GROUP:
-        properties = _properties(raw)
+        properties, sanitized = _properties(raw, c)
+        if sanitized:
+            count("sanitized")
         return AnalyticsEvent(
-            uuid=settings.id_factory(raw[TIME_NS]),
+            uuid=c.id_factory(raw[TIME_NS]),
             event="$groupidentify",
             distinct_id=None,
             properties={k: v for k, v in properties.items() if v is not None and v != ""},
@@ -489,13 +581,15 @@ def render_event(raw: RawRecord) -> AnalyticsEvent:
         workspace, organization = _tenant(
             given_workspace, given_organization, workspace, organization
         )
-        properties = _clean(properties)
+        properties, sanitized = _clean(properties, c)
     else:
-        properties = _properties(raw)
+        properties, sanitized = _properties(raw, c)
+    if sanitized:
+        count("sanitized")
     properties = {k: v for k, v in properties.items() if v is not None and v != ""}
     if actor.type not in ("user", "service"):
         properties["$process_person_profile"] = False
-    elif settings.person_properties:
+    elif c.person_properties:
         person = {"name": actor.name, "email": actor.email}
         person = {k: v for k, v in person.items() if v}
         if person:
@@ -513,7 +607,7 @@ def render_event(raw: RawRecord) -> AnalyticsEvent:
         suffix = "" if raw[OUTCOME] == SUCCESS else f"\x00{raw[OUTCOME]}"
         event_uuid = uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{key}\x00{spec.name}\x00{n}{suffix}")
     else:
-        event_uuid = settings.id_factory(raw[TIME_NS])
+        event_uuid = c.id_factory(raw[TIME_NS])
     trace_id, span_id = _trace_hex(raw[CONTEXT])
     return AnalyticsEvent(
         uuid=event_uuid,

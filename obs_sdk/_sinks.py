@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import os
+import sqlite3
+import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Sequence
+from itertools import chain
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from sqlalchemy import Table
@@ -39,19 +44,22 @@ Record = Any  # AuditRecord | AnalyticsEvent
 class Sink(Protocol):
     """**Protocol:** delivers rendered records to one destination.
 
-    Called only from the dispatcher thread (or at commit), with instrumentation suppressed.
+    Called only from its own worker thread (one per sink), with instrumentation suppressed.
     ``export`` may raise; the dispatcher logs, counts and, when ``is_transient`` says the
-    error may pass, retries with backoff. ``kinds`` names the record kinds it takes.
-    A sink may also have ``render_alone(raw)``: while it is the only sink taking audits,
-    the dispatcher exports what that returns instead of an ``AuditRecord``.
+    error may pass, retries with backoff. It returns the positions of the records its
+    destination refused to take (a client whose own queue is full), counted as dropped, or
+    None when it took them all. ``flush`` returns False when the destination still holds
+    records it was handed (None: nothing to say). ``kinds`` names the record kinds it takes.
+    A sink may also have ``render_alone(raw)``: while it is the only sink taking audits, the
+    router hands it what that returns instead of an ``AuditRecord``.
     """
 
     name: str
     kinds: frozenset[str]
 
-    def export(self, batch: Sequence[Record], /) -> None: ...
+    def export(self, batch: Sequence[Record], /) -> Sequence[int] | None: ...
     def is_transient(self, error: Exception, /) -> bool: ...
-    def flush(self, timeout: float, /) -> None: ...
+    def flush(self, timeout: float, /) -> bool | None: ...
     def shutdown(self, timeout: float, /) -> None: ...
     def after_fork(self) -> None: ...
 
@@ -78,7 +86,7 @@ def _sqlite_row_of(raw: RawRecord) -> tuple[Any, ...]:
     """``_sqlite_row(render_audit(raw))``, without making the UUID, datetime and record."""
     global _last_prefix
     time_ns = raw[TIME_NS]
-    make_id = _records.settings.id_factory  # configure() replaces the settings object
+    make_id = _records.config.id_factory  # configure() replaces the configuration object
     record_id = uuid7.hex(time_ns) if make_id is uuid7 else make_id(time_ns).hex
     seconds, micros = divmod(time_ns // 1000, 1_000_000)
     known, prefix = _last_prefix
@@ -104,23 +112,89 @@ def _replacement(taken: Any) -> Any:
     return uuid7.replacing(taken)
 
 
-def _driver_insert(
-    table: Table, dialect_name: str
-) -> tuple[str | None, Callable[[AuditRecord], tuple[Any, ...]]]:
-    """The INSERT for the driver's own executemany, and the row builder matching it."""
-    columns = [c.name for c in table.columns]
-    assert columns == list(AuditRecord._fields), "the row builders slice records by column"
-    quoted = ", ".join(f'"{name}"' for name in columns)
-    if dialect_name == "sqlite":
-        values = ", ".join("?" for _ in columns)
-        row = _sqlite_row
-    elif dialect_name == "postgresql":
-        values = ", ".join("CAST(%s AS JSONB)" if c == "metadata" else "%s" for c in columns)
-        row = _postgres_row
-    else:
-        return None, _postgres_row
-    sql = f'INSERT INTO "{table.name}" ({quoted}) VALUES ({values}) ON CONFLICT (id) DO NOTHING'
-    return sql, row
+class _DriverInsert:
+    """The INSERT for the driver, one row or many at once, and the row builder matching it.
+
+    Rows go in as multi-row ``INSERT ... VALUES (...), (...)`` statements of 2**k rows (at
+    most ``MAX_ROWS_PER_STATEMENT``), so a batch of 500 takes a handful of statements, not
+    500: the SQLite driver releases and takes back the GIL around each statement step, and a
+    busy caller thread takes it each time, so steps are what a worker pays under load. The
+    statements of each size are built once and cached by the drivers.
+    """
+
+    def __init__(self, table: Table, dialect_name: str, max_params: int) -> None:
+        columns = [c.name for c in table.columns]
+        assert columns == list(AuditRecord._fields), "the row builders slice records by column"
+        quoted = ", ".join(f'"{name}"' for name in columns)
+        if dialect_name == "sqlite":
+            values = ", ".join("?" for _ in columns)
+            self.row: Callable[[AuditRecord], tuple[Any, ...]] = _sqlite_row
+        else:
+            values = ", ".join("CAST(%s AS JSONB)" if c == "metadata" else "%s" for c in columns)
+            self.row = _postgres_row
+        self._head = f'INSERT INTO "{table.name}" ({quoted}) VALUES '
+        self._values = f"({values})"
+        self.sql = f"{self._head}{self._values} ON CONFLICT (id) DO NOTHING"
+        limit = max(1, min(MAX_ROWS_PER_STATEMENT, max_params // len(columns)))
+        self._most = 1 << (limit.bit_length() - 1)  # a power of two
+        self._by_size: dict[int, str] = {1: self.sql}
+
+    def _statement(self, rows: int) -> str:
+        sql = self._by_size.get(rows)
+        if sql is None:
+            sql = f"{self._head}{', '.join([self._values] * rows)} ON CONFLICT (id) DO NOTHING"
+            self._by_size[rows] = sql
+        return sql
+
+    def insert(self, conn: Connection, rows: list[tuple[Any, ...]]) -> int:
+        """Insert *rows* (in *conn*'s transaction); return how many were written."""
+        written = 0
+        start, n = 0, len(rows)
+        while start < n:
+            size = min(self._most, 1 << ((n - start).bit_length() - 1))
+            params = tuple(chain.from_iterable(rows[start : start + size]))
+            written += conn.exec_driver_sql(self._statement(size), params).rowcount
+            start += size
+        return written
+
+
+# Rows per INSERT statement: beyond this a statement's parsing costs more than its steps save.
+MAX_ROWS_PER_STATEMENT = 256
+_SQLITE_DEFAULT_MAX_PARAMS = 999  # SQLite before 3.32, when the driver cannot say
+
+
+def _max_params(engine: Engine) -> int:
+    """How many parameters one statement may carry on *engine*'s database."""
+    if engine.dialect.name != "sqlite":
+        return 65_535  # PostgreSQL's protocol limit
+    try:
+        with engine.connect() as conn:
+            driver = conn.connection.driver_connection
+            return int(driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))  # type: ignore[union-attr]
+    except Exception:  # Python < 3.11 has no getlimit()
+        return _SQLITE_DEFAULT_MAX_PARAMS
+
+
+def _busy_timeout(conn: Connection, ms: int | None = None) -> int:
+    """The SQLite connection's busy timeout (ms); set it to *ms* when given.
+
+    Through the driver's own connection: SQLAlchemy would begin a transaction first.
+    """
+    driver = conn.connection.driver_connection
+    if ms is not None:
+        driver.execute(f"PRAGMA busy_timeout = {int(ms)}")  # type: ignore[union-attr]
+        return ms
+    return int(driver.execute("PRAGMA busy_timeout").fetchone()[0])  # type: ignore[union-attr]
+
+
+def _lower_busy_timeout(conn: Connection) -> int:
+    """Set the connection's SQLite busy timeout to SQLITE_BUSY_MS; return the one it had."""
+    info = conn.connection.info
+    had = info.get("obs_sdk.busy_timeout")
+    if had is None:
+        had = info["obs_sdk.busy_timeout"] = _busy_timeout(conn)
+    _busy_timeout(conn, SQLITE_BUSY_MS)
+    return int(had)
 
 
 # SQLite reports both passing contention and permanent faults as OperationalError;
@@ -135,6 +209,42 @@ _ID_ATTEMPTS = 5
 _MAX_UNSURE = 10_000
 
 
+# SQLite and fork(): a thread inside the SQLite library may hold one of its process-wide
+# mutexes (its allocator's, its page cache's); a child forked then waits on it forever, in
+# its first sqlite3.connect(). So the SQLite sink holds a lock of its own while it is inside
+# the driver, and a fork takes it first. It never waits long: the sink's connections wait
+# at most SQLITE_BUSY_MS for another connection's lock (then the dispatcher retries with
+# backoff, outside the driver), so a fork waits for a statement in progress, never for a
+# lock, a network or a retry.
+SQLITE_BUSY_MS = 50
+FORK_WAIT_SECONDS = 2.0  # a safety bound only: a statement takes milliseconds
+_sqlite_sinks: weakref.WeakSet[DatabaseSink] = weakref.WeakSet()
+_held: list[DatabaseSink] = []
+
+
+def _hold_drivers() -> None:
+    for sink in list(_sqlite_sinks):
+        if sink._in_driver.acquire(timeout=FORK_WAIT_SECONDS):
+            _held.append(sink)
+
+
+def _release_drivers() -> None:
+    for sink in _held:
+        sink._in_driver.release()
+    _held.clear()
+
+
+def _fresh_driver_locks() -> None:
+    _held.clear()
+    for sink in list(_sqlite_sinks):
+        sink._in_driver = threading.Lock()
+
+
+os.register_at_fork(
+    before=_hold_drivers, after_in_parent=_release_drivers, after_in_child=_fresh_driver_locks
+)
+
+
 class DatabaseSink:
     """Insert audit records into ``obs_audit_log`` in batches; no record is ever skipped.
 
@@ -142,17 +252,45 @@ class DatabaseSink:
     the rows an earlier attempt wrote. An id taken by another record (ids collided: a
     repeating ``id_factory``, or any other cause) is not such a retry: that record gets a
     new id, is written, and the collision is logged and counted in ``internal_errors``.
+
+    On SQLite it writes through *write_engine* when given (obs_sdk's own engine for the
+    file, whose connections wait SQLITE_BUSY_MS for a lock), else through *engine* with the
+    busy timeout lowered to SQLITE_BUSY_MS for its own transactions (the app's engine).
     """
 
     name = "database"
     kinds = frozenset({AUDIT})
 
-    def __init__(self, engine: Engine, tables: Tables, *, owns_engine: bool) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        tables: Tables,
+        *,
+        owns_engine: bool,
+        write_engine: Engine | None = None,
+    ) -> None:
         self.engine = engine
         self.table = tables.audit
         self._owns_engine = owns_engine
+        self.write_engine = write_engine or engine
+        sqlite_file = engine.dialect.name == "sqlite" and engine.url.database not in (
+            None,
+            "",
+            ":memory:",
+        )
+        # The app's SQLite engine: lower the busy timeout around each write, then restore it.
+        self._lower_busy = sqlite_file and write_engine is None
+        # Held while inside the SQLite driver (see _hold_drivers); other drivers need none.
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._in_driver = threading.Lock()
+        if self._sqlite:
+            _sqlite_sinks.add(self)
         self._insert = insert_ignoring_duplicates(self.table, engine.dialect.name)
-        self._driver_sql, self._driver_row = _driver_insert(self.table, engine.dialect.name)
+        self._driver = (
+            _DriverInsert(self.table, engine.dialect.name, _max_params(engine))
+            if engine.dialect.name in ("sqlite", "postgresql")
+            else None
+        )
         # While this is the only sink taking audits, the dispatcher hands it rows made by
         # render_alone(raw) rather than AuditRecords: on SQLite the id and time go straight
         # to their stored text (a fifth of the drain was making and unmaking the objects).
@@ -163,18 +301,22 @@ class DatabaseSink:
         self._unsure: dict[Any, None] = {}
 
     def export(self, batch: Sequence[AuditRecord | tuple[Any, ...]], /) -> None:
-        # On SQLite and PostgreSQL, rows go to the driver's executemany as tuples already in
-        # the stored form: SQLAlchemy's per-row parameter processing was 40 % of the drain.
-        sql = self._driver_sql
-        if sql is None:
+        # On SQLite and PostgreSQL, rows go to the driver as tuples already in the stored
+        # form: SQLAlchemy's per-row parameter processing was 40 % of the drain.
+        driver = self._driver
+        if driver is None:
             with self.engine.begin() as conn:  # other dialects never render alone: records
                 conn.execute(self._insert, [cast(AuditRecord, r).as_dict() for r in batch])
-            return
-        row = self._driver_row
+            return None
+        row = driver.row
         rows = [r if type(r) is tuple else row(r) for r in batch]  # type: ignore[arg-type]
         collided: set[Any] = set()
         try:
-            replaced = self._write(sql, rows, collided)
+            if self._sqlite:
+                with self._in_driver:
+                    replaced = self._write(driver, rows, collided)
+            else:
+                replaced = self._write(driver, rows, collided)
         except Exception:
             # Rows found taken by another record were not written under their ids.
             self._remember_unsure(r[0] for r in rows if r[0] not in collided)
@@ -185,24 +327,30 @@ class DatabaseSink:
                 unsure.pop(r[0], None)
         for taken, replacement in replaced:
             count_error("id_collision", IdCollision(_as_uuid(taken), _as_uuid(replacement)))
+        return None
 
     def _write(
-        self, sql: str, rows: list[tuple[Any, ...]], collided: set[Any]
+        self, driver: _DriverInsert, rows: list[tuple[Any, ...]], collided: set[Any]
     ) -> list[tuple[Any, Any]]:
         """Insert *rows* in one transaction; return the (taken, new) ids of collided rows.
 
-        The executemany's row count says whether every row was written (both drivers sum
-        it, one per inserted row). Only when some were skipped is the batch rolled back and
-        inserted again row by row, learning from each insert (``RETURNING id``) whether it
-        was written: a skipped row is a retry's own (its id in ``_unsure``) or a collision.
+        The statements' row counts say whether every row was written (one per inserted
+        row). Only when some were skipped is the batch rolled back and inserted again row by
+        row, learning from each insert (``RETURNING id``) whether it was written: a skipped
+        row is a retry's own (its id in ``_unsure``) or a collision.
         """
-        with self.engine.connect() as conn:
-            with conn.begin() as transaction:
-                if conn.exec_driver_sql(sql, rows).rowcount == len(rows):
-                    return []
-                transaction.rollback()
-            with conn.begin():
-                return self._write_checking(conn, sql, rows, collided)
+        with self.write_engine.connect() as conn:
+            restore = _lower_busy_timeout(conn) if self._lower_busy else None
+            try:
+                with conn.begin() as transaction:
+                    if driver.insert(conn, rows) == len(rows):
+                        return []
+                    transaction.rollback()
+                with conn.begin():
+                    return self._write_checking(conn, driver.sql, rows, collided)
+            finally:
+                if restore is not None:
+                    _busy_timeout(conn, restore)
 
     def _write_checking(
         self, conn: Connection, sql: str, rows: list[tuple[Any, ...]], collided: set[Any]
@@ -249,10 +397,14 @@ class DatabaseSink:
     def shutdown(self, timeout: float, /) -> None:
         if self._owns_engine:
             self.engine.dispose()
+        if self.write_engine is not self.engine:
+            self.write_engine.dispose()
 
     def after_fork(self) -> None:
         # The parent's pooled connections must not be used (or closed) by the child.
         self.engine.dispose(close=False)
+        if self.write_engine is not self.engine:
+            self.write_engine.dispose(close=False)
         self._unsure.clear()  # the parent's exports; the child retries none of them
 
 
@@ -269,33 +421,45 @@ class PostHogSink:
     def __init__(self, client: posthog.Posthog) -> None:
         self.client = client
 
-    def export(self, batch: Sequence[AnalyticsEvent], /) -> None:
+    def export(self, batch: Sequence[AnalyticsEvent], /) -> list[int]:
+        """Hand *batch* to the client; return the positions it refused.
+
+        ``capture()`` returns None when the client did not take the event: its own queue is
+        full (``max_queue_size``), it is disabled, shut down, or ``before_send`` dropped it.
+        """
         client = self.client
-        for event in batch:
+        refused = []
+        for i, event in enumerate(batch):
             if event.kind == GROUP:
                 ((group_type, group_key),) = event.groups.items()
-                client.group_identify(
+                taken = client.group_identify(
                     group_type,
                     group_key,
                     properties=event.properties,
                     timestamp=event.timestamp,
                     uuid=str(event.uuid),
                 )
-                continue
-            client.capture(
-                event.event,
-                distinct_id=event.distinct_id,
-                properties=event.properties,
-                timestamp=event.timestamp,
-                uuid=str(event.uuid),
-                groups=event.groups or None,
-            )
+            else:
+                taken = client.capture(
+                    event.event,
+                    distinct_id=event.distinct_id,
+                    properties=event.properties,
+                    timestamp=event.timestamp,
+                    uuid=str(event.uuid),
+                    groups=event.groups or None,
+                )
+            if taken is None:
+                refused.append(i)
+        return refused
 
     def is_transient(self, error: Exception, /) -> bool:
         return False  # capture() only enqueues; the client retries uploads itself
 
-    def flush(self, timeout: float, /) -> None:
+    def flush(self, timeout: float, /) -> bool:
+        """Flush the client; False while its queue still holds events (sent or not)."""
         self.client.flush(timeout_seconds=max(timeout, 0.001))
+        queue = getattr(self.client, "queue", None)  # the analytics lane's queue.Queue
+        return not getattr(queue, "unfinished_tasks", 0)
 
     def shutdown(self, timeout: float, /) -> None:
         # The client belongs to the app: flush it, never shut it down.

@@ -1,12 +1,17 @@
-"""Test helpers: capture() records synchronously, so tests never sleep.
+"""Test helpers: capture() records synchronously, so tests never sleep; a clock and ids.
 
 ::
 
-    from obs_sdk.testing import capture
+    from obs_sdk.testing import IncrementingIds, SteppingClock, capture
 
     with capture() as cap:
         download("f_1")
     assert cap.audits[0]["action"] == "file.downloaded"
+
+Deterministic records: ``obs.configure(..., clock=SteppingClock(), id_factory=IncrementingIds())``
+stamps each record with a time one millisecond after the previous one and numbers its id, so
+whole records can be compared as dicts. Both are part of the configuration: ``shutdown()``
+(and the next ``configure()`` without them) goes back to the real clock and UUIDv7 ids.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from obs_sdk._dispatch import dispatcher
-from obs_sdk._records import AUDIT, AnalyticsEvent, AuditRecord, RawRecord, render
+from obs_sdk._records import AUDIT, STORED, AnalyticsEvent, AuditRecord, RawRecord, render
 
 __all__ = ["CaptureSink", "IncrementingIds", "SteppingClock", "capture"]
 
@@ -41,10 +46,13 @@ class CaptureSink:
 
     def receive(self, raw: RawRecord) -> None:
         """Render *raw* now, on the caller's thread, and keep it."""
+        if raw[0] is STORED:  # already rendered, and stored by its own transaction
+            self.export([raw[1]])
+            return
         self.export([render(raw)])
 
     def export(self, batch: Sequence[AuditRecord | AnalyticsEvent], /) -> None:
-        """Keep *batch*."""
+        """Keep *batch* (it refuses nothing)."""
         with self._lock:
             self.records.extend(batch)
 
@@ -105,7 +113,14 @@ def capture() -> Iterator[CaptureSink]:
 
 
 class SteppingClock:
-    """A clock for ``configure(clock=...)``: starts at *start_ns* and steps on every read."""
+    """A clock for ``configure(clock=...)``: starts at *start_ns* and steps on every read.
+
+    Every record made while it is configured is stamped by it: the first at *start_ns*
+    (2026-01-01T00:00:00Z by default), each next one *step_ns* (1 ms) later, so tests can
+    assert ``occurred_at`` exactly. A record reads the clock once, on the caller's thread,
+    when the call ends (or starts, for ``when="start"``). Thread-safe (an ``itertools.count``).
+    ``shutdown()`` restores the real clock (``time.time_ns``).
+    """
 
     def __init__(self, start_ns: int = 1_767_225_600_000_000_000, step_ns: int = 1_000_000) -> None:
         self._counter = itertools.count(start_ns, step_ns)
@@ -116,7 +131,11 @@ class SteppingClock:
 
 
 class IncrementingIds:
-    """An id factory for ``configure(id_factory=...)``: UUIDs 1, 2, 3, ... in order."""
+    """An id factory for ``configure(id_factory=...)``: UUIDs 1, 2, 3, ... in order.
+
+    Ids are made where records are rendered (the dispatcher thread, a commit, or the
+    caller's thread under ``capture()``), in that order. Thread-safe.
+    """
 
     def __init__(self) -> None:
         self._counter = itertools.count(1)

@@ -349,18 +349,39 @@ class TestBatchRetry:
 
     @pytest.mark.postgres
     @pytest.mark.swallows_internal_errors
-    def test_nul_byte_record_fails_alone_on_postgres(self, postgres_url: str) -> None:
-        """PostgreSQL refuses a NUL byte in JSON: that record fails, its neighbours are written."""
+    def test_a_refused_record_fails_alone_on_postgres(self, postgres_url: str) -> None:
+        """PostgreSQL refuses one record of a batch: it fails, its neighbours are written.
+
+        A NUL byte no longer does it (records are sanitized: tests/faults/
+        test_postgres_values.py), so a trigger refuses the record, as a CHECK constraint
+        or a policy of the database's owner would.
+        """
         from tests._postgres import drop_test_tables
 
         drop_test_tables(postgres_url)
         reader = sa.create_engine(postgres_url, poolclass=sa.NullPool)
         try:
             obs.configure(postgres_url)
+            with reader.begin() as conn:
+                conn.execute(
+                    sa.text(
+                        "CREATE OR REPLACE FUNCTION obs_test_refuse() RETURNS trigger AS $$ "
+                        "BEGIN IF NEW.metadata->>'refuse' = 'yes' THEN "
+                        "RAISE EXCEPTION 'refused by policy'; END IF; RETURN NEW; END "
+                        "$$ LANGUAGE plpgsql"
+                    )
+                )
+                conn.execute(
+                    sa.text(
+                        "CREATE TRIGGER obs_test_refuse BEFORE INSERT ON obs_audit_log "
+                        "FOR EACH ROW EXECUTE FUNCTION obs_test_refuse()"
+                    )
+                )
             obs.shutdown()  # stop the worker, so all 50 land in one batch
             for i in range(50):
                 obs.record_audit(
-                    "doc.viewed", metadata={"i": i, "note": "x\x00y" if i == 7 else ""}
+                    "doc.viewed",
+                    metadata={"i": i, "refuse": "yes" if i == 7 else "no", "note": "x\x00y"},
                 )
             obs.configure(postgres_url)
             assert obs.flush()
@@ -368,12 +389,15 @@ class TestBatchRetry:
             assert (stats["delivered"], stats["failed"], stats["submitted"]) == (49, 1, 50)
             rows = trail(reader)
             assert sorted(r.metadata["i"] for r in rows) == [i for i in range(50) if i != 7]
+            assert {r.metadata["note"] for r in rows} == {"x\ufffdy"}
             with reader.connect() as conn:
                 count = conn.execute(sa.text("SELECT count(DISTINCT id) FROM obs_audit_log"))
                 assert count.scalar() == 49
         finally:
             reader.dispose()
             drop_test_tables(postgres_url)
+            with sa.create_engine(postgres_url, poolclass=sa.NullPool).begin() as conn:
+                conn.execute(sa.text("DROP FUNCTION IF EXISTS obs_test_refuse() CASCADE"))
 
 
 class TestNoActorInvented:

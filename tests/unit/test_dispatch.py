@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 import obs_sdk as obs
-from obs_sdk._dispatch import BATCH_SIZE, dispatcher
+from obs_sdk._dispatch import BATCH_SIZE, Limits, dispatcher
 from obs_sdk._records import AuditRecord
 
 
@@ -74,11 +74,16 @@ class ControlledSink:
         self.gate.set()
 
 
+def install(*sinks: Any, queue_size: int = 10_000, **limits: Any) -> None:
+    """Install *sinks* as configure() does, with the given bounds."""
+    dispatcher.install(list(sinks), Limits(queue_size, **limits))
+
+
 @pytest.fixture
 def sink() -> Iterator[ControlledSink]:
     """A ControlledSink installed as the only sink (queue of 10 000); unblocked at teardown."""
     s = ControlledSink()
-    dispatcher.install([s], 10_000)
+    install(s, queue_size=10_000)
     yield s
     s.unblock()
 
@@ -117,7 +122,7 @@ class TestDelivery:
                 super().export(batch)
 
         s = ChattySink()
-        dispatcher.install([s], 100)
+        install(s, queue_size=100)
         obs.record_audit("a.b")
         assert obs.flush()
         assert [r.action for r in s.received] == ["a.b"]
@@ -127,7 +132,7 @@ class TestDelivery:
         """stats() restarts from zero at each configuration."""
         obs.record_audit("a.b")
         assert obs.flush()
-        dispatcher.install([ControlledSink()], 100)
+        install(ControlledSink(), queue_size=100)
         stats = obs.stats()
         assert (stats["submitted"], stats["delivered"]) == (0, 0)
 
@@ -153,7 +158,7 @@ class TestRetries:
         obs.shutdown()  # queue without a worker, so the 20 records form one batch
         for i in range(20):
             obs.record_audit("poison" if i == 13 else "fine", metadata={"i": i})
-        dispatcher.install([sink], 10_000)
+        install(sink, queue_size=10_000)
         sink.poison = {"poison"}
         assert obs.flush()
         assert [r.metadata["i"] for r in sink.received] == [i for i in range(20) if i != 13]
@@ -177,7 +182,7 @@ class TestHangingSink:
 
     def test_hanging_sink(self, sink: ControlledSink) -> None:
         """Callers return, flush returns False, the queue stays bounded and drops are counted."""
-        dispatcher.install([sink], 50)
+        install(sink, queue_size=50)
         sink.block()
         download("first")
         assert sink.entered.wait(5.0)  # the worker is stuck inside export
@@ -206,7 +211,7 @@ class TestBeforeConfigure:
         assert obs.flush(timeout=0.1) is False
         assert obs.stats()["queued"] == 3
         s = ControlledSink()
-        dispatcher.install([s], 100)
+        install(s, queue_size=100)
         assert obs.flush()
         assert [r.metadata["i"] for r in s.received] == [0, 1, 2]
 
@@ -265,7 +270,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     @initialize()
     def install(self) -> None:
-        dispatcher.install([self.sink], self.QUEUE_SIZE)
+        install(self.sink, queue_size=self.QUEUE_SIZE)
 
     @rule(n=st.integers(min_value=1, max_value=6))
     def submit(self, n: int) -> None:

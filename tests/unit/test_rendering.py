@@ -7,6 +7,7 @@ it replaces, over generated inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import itertools
 import json
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine
 
 import obs_sdk as obs
-from obs_sdk import _records
+from obs_sdk import _config, _records
 from obs_sdk._dispatch import dispatcher
 from obs_sdk._records import _Uuid7, render_audit, to_datetime, uuid7
 from obs_sdk._redact import Redactor, limit_size, to_json
@@ -236,7 +237,7 @@ class TestRowsRenderedAlone:
         expected = [_sqlite_row(render_audit(raw)) for raw in raws]
         ids[:] = [iter(uuid.UUID(int=n) for n in range(10**6))]
         assert [_sqlite_row_of(raw) for raw in raws] == expected
-        _records.settings.id_factory = uuid7
+        _records.config = dataclasses.replace(_config.current(), id_factory=uuid7)
         for raw, row in zip(raws, expected, strict=True):
             alone = _sqlite_row_of(raw)
             assert alone[1:] == row[1:]
@@ -267,9 +268,10 @@ class TestRowsRenderedAlone:
 
 
 def queued(clock: Any, calls: list[tuple[str, Any]], source: Any) -> list[Any]:
-    """Raw records of @audited calls, taken from the paused queue; ids from source(0)."""
+    """Raw records of @audited calls, as a capture receives them; ids from source(0)."""
     obs.configure(database="sqlite://", clock=clock, id_factory=lambda ns: next(source(0)))
-    dispatcher.paused = True
+    raws: list[Any] = []
+    dispatcher.capture = raws.append  # what testing.capture() installs: the raw records
 
     @obs.audited("doc.saved", resource=obs.Resource("doc", "{name}"), metadata={"v": "{value}"})
     def save(name: str, value: Any) -> None: ...
@@ -278,7 +280,6 @@ def queued(clock: Any, calls: list[tuple[str, Any]], source: Any) -> list[Any]:
         with obs.scope(actor=obs.Actor.user("u_1", name="Ada"), organization="o_1"):
             for name, value in calls:
                 save(name, value)
-        return list(dispatcher.queue)
+        return raws
     finally:
-        dispatcher.queue.clear()
-        dispatcher.paused = False
+        dispatcher.capture = None

@@ -289,7 +289,8 @@ class TestIdCollisions:
                 raise sa.exc.OperationalError("COMMIT", {}, Exception("connection reset"))
 
         sink.export = counted  # type: ignore[method-assign]
-        sa.event.listen(sink.engine, "commit", commit_then_fail)  # type: ignore[attr-defined]
+        # The engine the sink writes through (on a SQLite file, its own: see _sinks).
+        sa.event.listen(sink.write_engine, "commit", commit_then_fail)  # type: ignore[attr-defined]
         for i in range(5):
             obs.record_audit("once", metadata={"i": i})
         assert obs.flush()
