@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import functools
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import (
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Text,
     Uuid,
     insert,
+    inspect,
     select,
     text,
 )
@@ -28,6 +30,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlalchemy.sql.expression import Insert
 from sqlalchemy.types import TypeDecorator
@@ -167,32 +170,82 @@ def insert_ignoring_duplicates(table: Table, dialect_name: str, key: str = "id")
 
 
 def create_tables(engine: Engine | Connection, prefix: str = DEFAULT_PREFIX) -> None:
-    """Create the missing obs_ tables and indexes; safe when several processes start at once.
+    """Bring the obs_ tables to this version: create what is missing, nothing else.
 
-    PostgreSQL serialises creators with a transaction-scoped advisory lock; SQLite takes its
-    write lock at the first CREATE. Every statement says IF NOT EXISTS.
+    When the schema version table already holds this version, one SELECT of it is all
+    that runs: no DDL and no lock beyond that read, so a process starting beside live
+    transactions on the obs_ tables neither waits for them nor deadlocks with them.
+    Otherwise (a fresh database, or tables made from ``metadata()`` without a version
+    row) the missing tables and indexes are created and the version is recorded: only
+    what is missing, so existing tables are never locked for DDL. Safe when several
+    processes start at once: PostgreSQL serialises creators with a transaction-scoped
+    advisory lock, SQLite with its write lock, and every statement says IF NOT EXISTS.
+
+    configure() calls it (unless ``create_tables=False``); call it yourself at deploy
+    time to prepare the database for ``configure(create_tables=False)``. Given a
+    Connection, it runs in the caller's transaction and skips the read-only check.
+
+    Raises:
+        ConfigurationError: the tables are at another schema version (migrate them).
     """
     t = tables(prefix)
     if isinstance(engine, Connection):
         _create(engine, t, prefix)
         return
+    if _schema_is_current(engine, t):
+        return
     with engine.begin() as conn:
         _create(conn, t, prefix)
-    check_schema(engine, prefix)
+
+
+def _schema_is_current(engine: Engine, t: Tables) -> bool:
+    """Return True when the version table holds this version (one SELECT, nothing else)."""
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(select(t.schema_version.c.version)).scalars().all()
+    except DBAPIError:
+        # No version table yet. An unreachable database fails again, and says so, in
+        # the create path that follows.
+        return False
+    _check_version(found, t)
+    return bool(found)
 
 
 def _create(conn: Connection, t: Tables, prefix: str) -> None:
     if conn.dialect.name == "postgresql":
         lock_id = zlib.crc32(f"obs_sdk:{prefix}".encode())
         conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
+    # Read after the lock: another process may have created everything meanwhile.
+    inspector = inspect(conn)
+    existing = set(inspector.get_table_names())
+    found: list[int] = []
+    if t.schema_version.name in existing:
+        found = list(conn.execute(select(t.schema_version.c.version)).scalars().all())
+        _check_version(found, t)
     for table in t.metadata.sorted_tables:
-        conn.execute(CreateTable(table, if_not_exists=True))
+        if table.name in existing:
+            # CREATE INDEX IF NOT EXISTS still takes a SHARE lock on the table (it waits
+            # for every writing transaction): only run it for an index that is missing.
+            have = {index["name"] for index in inspector.get_indexes(table.name)}
+        else:
+            conn.execute(CreateTable(table, if_not_exists=True))
+            have = set()
         for index in sorted(table.indexes, key=lambda i: str(i.name)):
-            conn.execute(CreateIndex(index, if_not_exists=True))
-    if conn.execute(select(t.schema_version.c.version)).first() is None:
+            if index.name not in have:
+                conn.execute(CreateIndex(index, if_not_exists=True))
+    if not found:
         conn.execute(
             insert_ignoring_duplicates(t.schema_version, conn.dialect.name, "version"),
             {"version": SCHEMA_VERSION},
+        )
+
+
+def _check_version(found: Sequence[int], t: Tables) -> None:
+    if found and max(found) != SCHEMA_VERSION:
+        raise ConfigurationError(
+            f"the obs_ tables are at schema version {max(found)}, this obs_sdk needs "
+            f"{SCHEMA_VERSION}; migrate them (Alembic: autogenerate against obs.metadata()) "
+            "and record the new version in " + t.schema_version.name
         )
 
 
@@ -211,9 +264,4 @@ def check_schema(engine: Engine | Connection, prefix: str = DEFAULT_PREFIX) -> N
             "create the tables with obs.create_tables(engine), configure(create_tables=True), "
             "or an Alembic migration built from obs.metadata()"
         ) from exc
-    if found and max(found) != SCHEMA_VERSION:
-        raise ConfigurationError(
-            f"the obs_ tables are at schema version {max(found)}, this obs_sdk needs "
-            f"{SCHEMA_VERSION}; migrate them (Alembic: autogenerate against obs.metadata()) "
-            "and record the new version in " + t.schema_version.name
-        )
+    _check_version(found, t)

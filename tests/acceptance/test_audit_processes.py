@@ -240,7 +240,11 @@ class TestConcurrentStartup:
     def test_four_processes_configure_a_fresh_database(
         self, database_url: str, reader: sa.Engine
     ) -> None:
-        """Four processes released together all configure and write without an error."""
+        """Four processes released together all configure and write without an error.
+
+        Each creates only what it finds missing: every table and index exists afterwards,
+        with one version row.
+        """
         script = textwrap.dedent(
             """
             import os, sys
@@ -287,3 +291,8 @@ class TestConcurrentStartup:
         with reader.connect() as conn:
             versions = conn.execute(sa.text("SELECT version FROM obs_schema_version")).all()
         assert versions == [(1,)]
+        expected = {t.name: {i.name for i in t.indexes} for t in obs.metadata().sorted_tables}
+        inspector = sa.inspect(reader)
+        assert {
+            name: {index["name"] for index in inspector.get_indexes(name)} for name in expected
+        } == expected
