@@ -55,8 +55,9 @@ from obs_sdk._records import (
     STORED_AUDIT,
     RawRecord,
     approx_bytes,
+    raw_size,
     render,
-    take_cut_bytes,
+    rendered_bound,
 )
 from obs_sdk._sinks import Sink
 
@@ -78,7 +79,11 @@ DEFAULT_BLOCK_TIMEOUT = 0.05
 OVERFLOW_MODES = ("drop", "block")
 BATCH_SIZE = 500  # records per export (one transaction on the SQL sink)
 ROUTE_SLICE = 1024  # records the router renders between two admissions
-INTERVAL_SECONDS = 0.2  # how long a record may wait in a quiet process
+INTERVAL_SECONDS = 0.2  # how long a sink's worker sleeps with nothing to do
+# How long the router sleeps between looks at the intake, when the hot path has not woken it
+# (it does at every BATCH_SIZE records): short, so that a burst of large records never waits
+# long in the intake (it costs a wake-up 50 times a second).
+ROUTER_POLL_SECONDS = 0.02
 # While records keep coming, a part-full batch waits this long for more: each batch is one
 # transaction (a commit), so batches of 500 cost far less per record than of 20.
 LINGER_SECONDS = 0.01
@@ -89,8 +94,9 @@ DROP_WARNING_SECONDS = 10.0  # at most one drop warning per sink (and the intake
 # The intake holds raw records (template values, metadata as the caller gave it) until the
 # router renders them: once records are seen to be large, its bound in records shrinks so
 # that it holds about this share of max_queue_bytes.
-INTAKE_SHARE = 8
-MIN_INTAKE = 8
+INTAKE_SHARE = 16
+BATCH_SHARE = 16  # a batch in export holds at most this share of max_queue_bytes
+MIN_INTAKE = 2
 
 # What happened to one exported record.
 DELIVERED, DROPPED, FAILED = "delivered", "dropped", "failed"
@@ -107,12 +113,33 @@ class State(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """The bounds of one configuration's queues, from ``configure()``."""
+    """The bounds of one configuration's queues, from ``configure()``.
+
+    ``max_queue_bytes`` bounds what one sink's delivery holds: the intake's share of it
+    (records as callers made them, 1/INTAKE_SHARE), the driver's copy of the batch in export
+    (1/BATCH_SHARE), room for rendering's temporaries (1/BATCH_SHARE), and the sink's queue,
+    its batch in export included (the rest, ``queue_bytes``).
+    """
 
     queue_size: int = DEFAULT_QUEUE_SIZE
     max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES
     overflow: str = "drop"
     block_timeout: float = DEFAULT_BLOCK_TIMEOUT
+
+    @property
+    def intake_bytes(self) -> int:
+        """The intake's share of max_queue_bytes."""
+        return self.max_queue_bytes // INTAKE_SHARE
+
+    @property
+    def batch_bytes(self) -> int:
+        """The most one batch in export holds (its driver copies it once more)."""
+        return self.max_queue_bytes // BATCH_SHARE
+
+    @property
+    def queue_bytes(self) -> int:
+        """What one sink's queue may hold, its batch in export included."""
+        return self.max_queue_bytes - self.intake_bytes - 2 * self.batch_bytes
 
 
 class DeliveryError(Exception):
@@ -270,7 +297,8 @@ class Dispatcher:
         self.lane_limit = 0
         self.events_lane_limit = 0
         self._intake_limit = DEFAULT_QUEUE_SIZE
-        self._raw_bytes = 0.0  # moving average of a raw record's size, seen by the router
+        self._raw_bytes = 0  # a raw record's size, as the router last estimated it
+        self._raw_bytes_limit = DEFAULT_MAX_QUEUE_BYTES  # above it, the intake bound shrinks
 
     # -- configuration --------------------------------------------------------------------
 
@@ -320,7 +348,8 @@ class Dispatcher:
         with self._lock:
             self._run = run
             self._intake_limit = limits.queue_size
-            self._raw_bytes = 0.0
+            self._raw_bytes = 0
+            self._raw_bytes_limit = limits.intake_bytes // limits.queue_size
         if sinks:
             self._start(run)
         self._update_lanes()
@@ -362,6 +391,8 @@ class Dispatcher:
         run = self._run
         queue = self.queue
         if len(queue) >= self._intake_limit:
+            if not self._intake_ready.is_set():
+                self._intake_ready.set()  # the router may be asleep: it makes room
             if run.limits.overflow == "drop" or run.state is not State.RUNNING:
                 next(run.intake_drops)
                 return False
@@ -378,6 +409,8 @@ class Dispatcher:
     def count_drop(self) -> None:
         """Count one record dropped by a caller's full intake without being made."""
         next(self._run.intake_drops)
+        if not self._intake_ready.is_set():
+            self._intake_ready.set()
 
     def _wait_for_intake(self, run: _Run) -> bool:
         """overflow="block": wait up to block_timeout for room in the intake."""
@@ -420,7 +453,7 @@ class Dispatcher:
         reported = time.monotonic()
         with suppressed():  # a sink's own DB writes and HTTP calls are never recorded
             while run.state is State.RUNNING:
-                self._intake_ready.wait(INTERVAL_SECONDS)
+                self._intake_ready.wait(ROUTER_POLL_SECONDS)
                 self._intake_ready.clear()
                 try:
                     while run.state is State.RUNNING and self._route_slice(run):
@@ -433,54 +466,127 @@ class Dispatcher:
                     count_error("dispatch", exc)
 
     def _route_slice(self, run: _Run) -> bool:
-        """Render up to ROUTE_SLICE records and admit them; False when the intake was empty."""
+        """Route up to ROUTE_SLICE records; False when the intake was empty.
+
+        Each record's raw size is estimated first (lengths, within a budget): a record no
+        queue has room for is dropped without being rendered, so a dead sink costs the
+        router next to nothing and the intake never backs up behind it.
+        """
         intake = self.queue
+        limits = run.limits
         with self._lock:
             if run is not self._run:
                 return False
             n = min(len(intake), ROUTE_SLICE)
             if not n:
                 return False
-            raws = [intake.popleft() for _ in range(n)]
+            raws = deque([intake.popleft() for _ in range(n)])
             run.routed += n
             run.routing = n
+            # What each queue can take: it only grows while the router works (the workers
+            # take items out; stored records' announcements are the one exception).
+            room = {
+                p: [limits.queue_bytes - p.bytes, limits.queue_size - len(p.queue)]
+                for p in run.pipelines
+            }
             if run.waiting_for_room:
                 self._cond.notify_all()
         routes = run.routes
         out: dict[_Pipeline, list[tuple[Any, int, bool]]] = {p: [] for p in run.pipelines}
+        refused: dict[_Pipeline, list[bool]] = {p: [] for p in run.pipelines}
         failed: list[_Pipeline] = []
         unrouted = 0
+        budget = limits.max_queue_bytes
+        largest = rendered_bound()
+        block_until = time.monotonic() + limits.block_timeout
         total = 0
-        take_cut_bytes()
-        for raw in raws:
+        while raws:
+            raw = raws.popleft()  # released as it goes: a slice of large records is not held
             route = routes.get(raw[SPEC].kind)
             if route is None:
                 unrouted += 1
+                continue
+            estimate = raw_size(raw, budget)
+            total += estimate
+            if estimate > self._raw_bytes_limit:
+                self._learn_raw_size(estimate)  # at once: the intake must stop taking them
+            need = min(estimate, largest)
+            primary = route.primary
+            takers = []
+            for p in route.pipelines:
+                if self._has_room(run, p, room[p], need, block_until):
+                    takers.append(p)
+                else:
+                    refused[p].append(p is primary)
+            if not takers:
                 continue
             try:
                 item = route.render(raw)
                 size = approx_bytes(item)
             except Exception as exc:
                 count_error("render", exc)
-                failed.append(route.primary)
+                failed.append(primary)
                 continue
-            total += size
-            primary = route.primary
-            for p in route.pipelines:
-                out[p].append((item, size, p is primary))
-        self._learn_raw_size(n, total + take_cut_bytes())
-        self._admit(run, out, failed, unrouted)
+            for p in takers:
+                free = room[p]
+                if self._has_room(run, p, free, size, block_until):
+                    free[0] -= size
+                    free[1] -= 1
+                    out[p].append((item, size, p is primary))
+                else:
+                    refused[p].append(p is primary)
+        self._learn_raw_size(total // n, decay=True)
+        self._admit(run, out, refused, failed, unrouted)
         return True
 
-    def _learn_raw_size(self, n: int, total: int) -> None:
-        """Shrink the intake's bound when raw records are large (max_queue_bytes)."""
-        average = total / n
-        self._raw_bytes = average if average > self._raw_bytes else 0.9 * self._raw_bytes
+    def _has_room(self, run: _Run, p: _Pipeline, free: list[int], size: int, until: float) -> bool:
+        """Whether *p* can take *size* more bytes (*free*: its room left in this slice).
+
+        With overflow="block", waits until *until* for the worker to make room.
+        """
+        if free[0] >= size and free[1] > 0:
+            return True
+        if run.limits.overflow != "block" or time.monotonic() >= until:
+            return False
+        limits = run.limits
+        with self._cond:
+            pending = (
+                limits.queue_bytes - p.bytes - free[0],
+                limits.queue_size - len(p.queue) - free[1],
+            )
+            p.wake.set()
+            run.waiting_for_room += 1
+            try:
+                while True:
+                    # Room now, minus what this slice already promised to other records.
+                    free[0] = limits.queue_bytes - p.bytes - pending[0]
+                    free[1] = limits.queue_size - len(p.queue) - pending[1]
+                    remaining = until - time.monotonic()
+                    if (free[0] >= size and free[1] > 0) or remaining <= 0:
+                        break
+                    if run.state is not State.RUNNING:
+                        break
+                    self._cond.wait(remaining)
+            finally:
+                run.waiting_for_room -= 1
+        return free[0] >= size and free[1] > 0
+
+    def _learn_raw_size(self, estimate: int, *, decay: bool = False) -> None:
+        """Bound the intake in bytes too: fewer records when raw records are large.
+
+        The intake holds records as callers made them (metadata as given, before any cut),
+        so its bound in records shrinks until it holds about max_queue_bytes / INTAKE_SHARE;
+        it grows back as records get smaller again.
+        """
+        if decay:
+            estimate = max(estimate, int(0.9 * self._raw_bytes))
+        self._raw_bytes = estimate
         limits = self._run.limits
-        share = limits.max_queue_bytes // INTAKE_SHARE
+        share = limits.intake_bytes
         limit = limits.queue_size
-        if self._raw_bytes * limit > share:
-            limit = max(MIN_INTAKE, int(share // max(self._raw_bytes, 1.0)))
+        if estimate * limit > share:
+            limit = max(MIN_INTAKE, share // max(estimate, 1))
+        self._raw_bytes_limit = share // limit
         if limit != self._intake_limit:
             self._intake_limit = limit
             self._update_lanes()
@@ -493,7 +599,7 @@ class Dispatcher:
                 f"queue full: the {p.label} sink is slower than callers "
                 f"(queue_size={limits.queue_size})"
             )
-        if p.bytes + size > limits.max_queue_bytes:
+        if p.bytes + size > limits.queue_bytes:
             return (
                 f"queue over max_queue_bytes={limits.max_queue_bytes}: the {p.label} sink is "
                 "slower than callers"
@@ -504,11 +610,11 @@ class Dispatcher:
         self,
         run: _Run,
         out: dict[_Pipeline, list[tuple[Any, int, bool]]],
+        refused: dict[_Pipeline, list[bool]],
         failed: list[_Pipeline],
         unrouted: int,
     ) -> None:
-        """Put the rendered items in their sinks' queues, within bounds; count the rest."""
-        block_until = time.monotonic() + run.limits.block_timeout
+        """Put the slice's items in their sinks' queues; count what found no room."""
         with self._cond:
             for p in failed:
                 p.stats.submitted += 1
@@ -516,35 +622,29 @@ class Dispatcher:
                 run.failed += 1
             run.unrouted += unrouted
             run.dropped += unrouted
-            for p, items in out.items():
-                if not items:
-                    continue
-                p.stats.submitted += len(items)
-                start = 0
-                while start < len(items):
-                    start = self._enqueue(run, p, items, start)
-                    if start == len(items):
-                        break
-                    reason = self._no_room(run, p, items[start][1])
-                    if run.limits.overflow == "block":
-                        reason = self._wait_for_room(run, p, items[start][1], block_until)
-                    if reason:
-                        self._drop_items(run, p, items[start:], reason)
-                        break
-                p.wake.set()
+            for p in run.pipelines:
+                items, dropped = out[p], refused[p]
+                p.stats.submitted += len(items) + len(dropped)
+                if items:
+                    end = self._enqueue(run, p, items)
+                    if end < len(items):  # stored records' copies took the room meanwhile
+                        dropped = [*dropped, *(item[2] for item in items[end:])]
+                    p.wake.set()
+                if dropped:
+                    p.stats.dropped += len(dropped)
+                    run.dropped += sum(dropped)
+                    p.drop_reason = self._no_room(run, p, rendered_bound()) or (
+                        f"queue full: the {p.label} sink is slower than callers"
+                    )
             run.routing = 0
             self._cond.notify_all()  # flushes wait for routing to end
 
-    def _enqueue(
-        self, run: _Run, p: _Pipeline, items: list[tuple[Any, int, bool]], start: int
-    ) -> int:
-        """Append items from *start* while *p* has room; return where it stopped."""
+    def _enqueue(self, run: _Run, p: _Pipeline, items: list[tuple[Any, int, bool]]) -> int:
+        """Append *items* while *p* has room; return how many it took."""
         limits = run.limits
-        free = limits.queue_size - len(p.queue)
-        free_bytes = limits.max_queue_bytes - p.bytes
-        end = start
-        size = primary = 0
-        stop = min(len(items), start + max(free, 0))
+        free_bytes = limits.queue_bytes - p.bytes
+        stop = min(len(items), max(limits.queue_size - len(p.queue), 0))
+        end = size = primary = 0
         while end < stop:
             item = items[end]
             if size + item[1] > free_bytes:
@@ -552,25 +652,11 @@ class Dispatcher:
             size += item[1]
             primary += item[2]
             end += 1
-        if end > start:
-            p.queue.extend(items[start:end])
+        if end:
+            p.queue.extend(items[:end] if end < len(items) else items)
             p.bytes += size
             p.primary += primary
         return end
-
-    def _wait_for_room(self, run: _Run, p: _Pipeline, size: int, until: float) -> str:
-        """overflow="block": wait (the lock released) for room in *p* until *until*."""
-        p.wake.set()
-        run.waiting_for_room += 1
-        try:
-            while True:
-                reason = self._no_room(run, p, size)
-                remaining = until - time.monotonic()
-                if not reason or remaining <= 0 or run.state is not State.RUNNING:
-                    return reason
-                self._cond.wait(remaining)
-        finally:
-            run.waiting_for_room -= 1
 
     def _drop_items(
         self, run: _Run, p: _Pipeline, items: Sequence[tuple[Any, int, bool]], reason: str
@@ -606,7 +692,7 @@ class Dispatcher:
                 if stopping and (not n or time.monotonic() >= run.deadline):
                     return None
                 if n and (n >= BATCH_SIZE or lingered or run.flushing or stopping):
-                    batch = [p.queue.popleft() for _ in range(min(n, BATCH_SIZE))]
+                    batch = _take_batch(p.queue, run.limits.batch_bytes)
                     p.in_flight = batch
                     if run.waiting_for_room:
                         self._cond.notify_all()
@@ -900,6 +986,22 @@ class Dispatcher:
                 reason,
                 DROP_WARNING_SECONDS,
             )
+
+
+def _take_batch(queue: deque[tuple[Any, int, bool]], max_bytes: int) -> list[tuple[Any, int, bool]]:
+    """Up to BATCH_SIZE items from the front of *queue*, and no more than *max_bytes* of them.
+
+    A driver copies what it binds: a batch of large records is capped so that the copy stays
+    a small share of max_queue_bytes.
+    """
+    batch = [queue.popleft()]
+    size = batch[0][1]
+    while queue and len(batch) < BATCH_SIZE:
+        size += queue[0][1]
+        if size > max_bytes:
+            break
+        batch.append(queue.popleft())
+    return batch
 
 
 def _outcomes(n: int, refused: Sequence[int]) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, Protocol
 from obs_sdk._context import SPAN_KEY
 from obs_sdk._guard import count, count_error, warn_once
 from obs_sdk._redact import Redactor
-from obs_sdk._sanitize import bound_mapping, safe_text, size_of
+from obs_sdk._sanitize import bound_mapping, safe_text, size_of, size_within
 from obs_sdk._scope import ANONYMOUS, Actor
 from obs_sdk._tables import tables
 from obs_sdk._templates import Plan, optional_text
@@ -33,8 +33,9 @@ __all__ = [
     "Instrumentation",
     "RenderSettings",
     "approx_bytes",
+    "raw_size",
     "render",
-    "take_cut_bytes",
+    "rendered_bound",
 ]
 
 AUDIT = "audit"
@@ -277,14 +278,29 @@ _CALLER_TEXT = (2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 18, 20)
 _CHECKED = tuple((i, _WIDTHS[i]) for i in _CALLER_TEXT)
 _ROW_BYTES = 448  # a rendered audit row without its metadata and unbounded text columns
 _EVENT_BYTES = 640  # an AnalyticsEvent without its properties
-_cut_bytes = 0  # bytes cut off records' metadata since take_cut_bytes() (a size hint)
+_RAW_BYTES = 200  # a raw record without its values (what records of a call site share)
+_TEXT_BYTES = 4096  # a rendered record's width-limited text columns, at most
 
 
-def take_cut_bytes() -> int:
-    """Bytes that bounding cut off metadata since the last call (the router's size hint)."""
-    global _cut_bytes
-    taken, _cut_bytes = _cut_bytes, 0
-    return taken
+def raw_size(raw: RawRecord, budget: int) -> int:
+    """Roughly the bytes a raw record holds of its own, counted no further than *budget*.
+
+    Its resolved template values, and the metadata mapping of a ``record_audit`` /
+    ``track`` call (a constant of its own plan). Lengths, not serialization: cheap for
+    any size.
+    """
+    size = _RAW_BYTES + size_within(raw[VALUES], budget)
+    plan = raw[SPEC].plan
+    if plan.whole is not None:
+        slot = plan.slots.get(plan.whole)
+        if slot is not None and slot[0] == "const":
+            size += size_within(slot[1], budget)
+    return size
+
+
+def rendered_bound() -> int:
+    """About the most a rendered record holds (its metadata is cut to max_metadata_bytes)."""
+    return _ROW_BYTES + _TEXT_BYTES + 2 * config.max_metadata_bytes
 
 
 class AuditRecord(NamedTuple):
@@ -352,15 +368,30 @@ def _slot(plan: Plan, name: str, values: tuple[Any, ...]) -> Any:
 
 def _rendered(plan: Plan, texts: tuple[str, ...], mapping: str, values: tuple[Any, ...]) -> Any:
     """The text slots *texts* and the *mapping* (not yet cleaned) of one record."""
-    try:
-        return plan.renderer(texts, mapping)(values)
-    except Exception:  # slot by slot: only a failing slot is lost (and counted)
+    if not _per_call(plan, mapping):
         try:
-            data = plan.render_mapping(mapping, values)
-        except Exception as exc:
-            count_error("render", exc)
-            data = {}
-        return (*(optional_text(_slot(plan, name, values)) for name in texts), data)
+            return plan.renderer(texts, mapping)(values)
+        except Exception:  # slot by slot: only a failing slot is lost (and counted)
+            pass
+    try:
+        data = plan.render_mapping(mapping, values)
+    except Exception as exc:
+        count_error("render", exc)
+        data = {}
+    return (*(optional_text(_slot(plan, name, values)) for name in texts), data)
+
+
+def _per_call(plan: Plan, mapping: str) -> bool:
+    """A plan made for one call (``record_audit``, ``track``: its mapping is a constant).
+
+    Compiling its renderer would cost more than rendering it once slot by slot, and the
+    compiled function (its globals hold the mapping) would keep the call's metadata alive
+    in a reference cycle until the next garbage collection.
+    """
+    if plan.whole != mapping:
+        return False
+    slot = plan.slots.get(mapping)
+    return slot is not None and slot[0] == "const"
 
 
 def _clean(data: dict[str, Any], c: RenderSettings) -> tuple[dict[str, Any], bool]:
@@ -369,11 +400,8 @@ def _clean(data: dict[str, Any], c: RenderSettings) -> tuple[dict[str, Any], boo
     Bounding comes first so that redaction and JSON work on at most a few times
     ``max_metadata_bytes``, however large the caller's value (see _sanitize).
     """
-    global _cut_bytes
     limit = c.max_metadata_bytes
     bounded, how = bound_mapping(data, limit)
-    if how.cut_bytes:
-        _cut_bytes += how.cut_bytes
     cleaned = c.redactor.clean(bounded, limit)
     sanitized = how.sanitized
     if c.redact is not None:  # the app's hook may hand back anything: sanitize its output

@@ -23,7 +23,7 @@ from typing import Any
 
 from obs_sdk._redact import REDACTED, to_json
 
-__all__ = ["MAX_KEY_CHARS", "Bounded", "bound_mapping", "safe_text", "size_of"]
+__all__ = ["MAX_KEY_CHARS", "Bounded", "bound_mapping", "safe_text", "size_of", "size_within"]
 
 MAX_KEY_CHARS = 256
 TRUNCATED = "_truncated"
@@ -284,6 +284,33 @@ def _cut(value: Any, cap: int) -> Any:
     if isinstance(value, list):
         return [_cut(v, cap) for v in value]
     return value
+
+
+def size_within(value: Any, budget: int) -> int:
+    """Roughly the bytes *value* (a caller's value) holds, counted no further than *budget*.
+
+    Lengths are O(1): a 12.8 MB string costs what a short one does; containers are walked
+    only until the budget is spent.
+    """
+    kind = type(value)
+    if kind is str or kind is bytes:
+        return 49 + len(value)
+    if kind in _SIMPLE or kind is float:
+        return 16
+    total = 64
+    if isinstance(value, dict):
+        for key, item in value.items():
+            total += size_within(key, budget) + size_within(item, budget - total)
+            if total > budget:
+                break
+        return total
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            total += 8 + size_within(item, budget - total)
+            if total > budget:
+                break
+        return total
+    return 48
 
 
 def size_of(value: Any) -> int:

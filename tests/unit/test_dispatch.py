@@ -319,3 +319,132 @@ class TestQueueInvariant:
     def test_queue_state_machine(self) -> None:
         """Any submit/block/unblock/fail sequence keeps the counts exact and the queue bounded."""
         QueueMachine.TestCase().runTest()
+
+
+class HoldingSink(ControlledSink):
+    """A sink whose destination keeps what it was handed until released (a client's queue)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = True
+
+    def flush(self, timeout: float, /) -> bool:
+        return not self.holding
+
+
+class TestFlushReportsTheDestination:
+    """flush() is True only when the sinks' destinations hold nothing either."""
+
+    def test_flush_is_false_while_a_destination_holds_records(self) -> None:
+        """Everything exported, but the sink says its destination still holds some."""
+        sink = HoldingSink()
+        install(sink)
+        obs.record_audit("a.b")
+        assert obs.flush(timeout=1.0) is False
+        sink.holding = False
+        assert obs.flush()
+        assert obs.stats()["delivered"] == 1
+
+
+class TestOverflow:
+    """overflow="drop" drops the newest at once; "block" lets callers wait for room first."""
+
+    def test_block_waits_for_room_and_loses_nothing(self, sink: ControlledSink) -> None:
+        """With a stuck sink and a generous timeout, callers wait; once it moves, all arrive."""
+        install(sink, queue_size=5, overflow="block", block_timeout=10.0)
+        sink.block()
+        done = threading.Event()
+
+        def caller() -> None:
+            for i in range(40):
+                obs.record_audit("blocking", metadata={"i": i})
+            done.set()
+
+        thread = threading.Thread(target=caller)
+        thread.start()
+        assert sink.entered.wait(5.0)
+        assert not done.wait(0.3)  # the caller is waiting for room, not dropping
+        sink.unblock()
+        thread.join(10.0)
+        assert done.is_set()
+        assert obs.flush()
+        stats = obs.stats()
+        assert (stats["delivered"], stats["dropped"], stats["submitted"]) == (40, 0, 40)
+        assert [r.metadata["i"] for r in sink.received] == list(range(40))
+
+    def test_block_gives_up_after_the_timeout_and_counts(self, sink: ControlledSink) -> None:
+        """A sink that stays stuck: each caller waits at most block_timeout, then drops."""
+        install(sink, queue_size=5, overflow="block", block_timeout=0.01)
+        sink.block()
+        obs.record_audit("first")
+        assert sink.entered.wait(5.0)
+        for i in range(30):
+            obs.record_audit("blocking", metadata={"i": i})
+        stats = obs.stats()
+        assert stats["dropped"] > 0
+        assert stats["submitted"] == 31
+        assert invariant_holds(stats)
+        sink.unblock()
+        assert obs.flush()
+        assert invariant_holds(obs.stats())
+
+    def test_drop_counts_per_sink(self, sink: ControlledSink) -> None:
+        """A record the sink's queue had no room for is counted in by_sink and at the top."""
+        install(sink, queue_size=5)
+        sink.block()
+        obs.record_audit("first")
+        assert sink.entered.wait(5.0)
+        for i in range(30):
+            obs.record_audit("dropping", metadata={"i": i})
+            obs.flush(timeout=0.01)  # the router routes; the sink's queue fills, then drops
+        stats = obs.stats()
+        by_sink = stats["by_sink"]["controlled"]
+        assert set(by_sink) == {
+            "submitted",
+            "queued",
+            "delivered",
+            "dropped",
+            "failed",
+            "retried",
+            "upload_failed",
+        }
+        assert by_sink["dropped"] > 0
+        assert by_sink["submitted"] == by_sink["queued"] + by_sink["dropped"]
+        assert invariant_holds(stats)
+        sink.unblock()
+        assert obs.flush()
+
+
+class TestConfigurationOfQueues:
+    """The queue options are checked at configure()."""
+
+    @pytest.mark.parametrize(
+        ("options", "named"),
+        [
+            ({"overflow": "wait"}, "overflow"),
+            ({"block_timeout": -1}, "block_timeout"),
+            ({"block_timeout": "0.1"}, "block_timeout"),
+            ({"block_timeout": float("inf")}, "block_timeout"),
+            ({"block_timeout": True}, "block_timeout"),
+            ({"max_queue_bytes": 1000}, "max_queue_bytes"),
+            ({"max_queue_bytes": 2.5e6}, "max_queue_bytes"),
+            ({"queue_size": 0}, "queue_size"),
+            ({"handle_signals": "yes"}, "handle_signals"),
+        ],
+    )
+    def test_bad_values_raise(self, options: dict[str, Any], named: str) -> None:
+        """Each wrong value is a ConfigurationError naming the option."""
+        with pytest.raises(obs.ConfigurationError, match=named):
+            obs.configure("sqlite://", **options)
+
+    def test_good_values_are_taken(self) -> None:
+        """block with a timeout, and a byte bound, configure without complaint."""
+        obs.configure(
+            "sqlite://",
+            overflow="block",
+            block_timeout=0.2,
+            max_queue_bytes=1024 * 1024,
+            handle_signals=False,
+        )
+        obs.record_audit("a.b")
+        assert obs.flush()

@@ -27,6 +27,7 @@ from obs_sdk import _config, _records
 from obs_sdk._dispatch import dispatcher
 from obs_sdk._records import _Uuid7, render_audit, to_datetime, uuid7
 from obs_sdk._redact import Redactor, limit_size, to_json
+from obs_sdk._sanitize import bound_mapping
 from obs_sdk._sinks import _sqlite_row, _sqlite_row_of, _sqlite_time
 from obs_sdk._templates import Params, Plan, optional_text
 from obs_sdk.testing import capture
@@ -283,3 +284,80 @@ def queued(clock: Any, calls: list[tuple[str, Any]], source: Any) -> list[Any]:
         return raws
     finally:
         dispatcher.capture = None
+
+
+class Bomb:
+    """A value that fails the test if anything serializes or measures it beyond its length."""
+
+    def __str__(self) -> str:
+        raise AssertionError("a value past the budget was serialized")
+
+    def __repr__(self) -> str:
+        raise AssertionError("a value past the budget was serialized")
+
+
+def json_size(data: dict[str, Any]) -> int:
+    return len(to_json(data).encode())
+
+
+class TestBoundedMetadata:
+    """max_metadata_bytes covers keys and nested values, and bounds the work, not only the size."""
+
+    def test_a_huge_string_is_cut_with_the_bytes_it_lost(self) -> None:
+        """12.8 MB of text: the record keeps a cut string whose marker counts every byte."""
+        value = "é" * 6_400_000  # 12.8 MB of UTF-8
+        cleaned, how = bound_mapping({"body": value, "n": 1}, 8192)
+        assert json_size(cleaned) <= 8192
+        assert cleaned["_truncated"] is True and cleaned["n"] == 1
+        body = cleaned["body"]
+        kept, _, tail = body.partition("…[truncated ")
+        assert tail.endswith(" bytes]")
+        assert len(kept.encode()) + int(tail.split()[0]) == len(value.encode())
+        assert how.truncated and not how.sanitized
+
+    def test_keys_count_and_a_huge_key_is_cut_and_withheld(self) -> None:
+        """A key longer than MAX_KEY_CHARS is cut, and its value (not judged) is withheld."""
+        key = "k" * 100_000
+        cleaned, _ = bound_mapping({key: "secret?", "ok": "fine"}, 8192)
+        (long_key,) = (k for k in cleaned if k.startswith("kkk"))
+        assert len(long_key) < 300 and long_key.endswith(f"…[truncated {100_000 - 256} bytes]")
+        assert cleaned[long_key] == "[REDACTED]"
+        assert cleaned["ok"] == "fine" and cleaned["_truncated"] is True
+
+    def test_the_walk_stops_at_the_budget(self) -> None:
+        """Keys past the budget are dropped unseen: a million keys cost what a few hundred do."""
+        data: dict[str, Any] = {f"k{i}": "v" * 100 for i in range(1_000_000)}
+        data["zz_last"] = Bomb()
+        cleaned, how = bound_mapping(data, 8192)
+        assert json_size(cleaned) <= 8192
+        assert cleaned["_truncated"] is True
+        assert "zz_last" not in cleaned
+        assert how.truncated
+
+    def test_small_plain_metadata_is_returned_as_it_is(self) -> None:
+        """The common case costs one pass and no copy."""
+        data = {"file_id": "f_1", "bytes": 2048, "ratio": 0.5, "ok": True, "none": None}
+        cleaned, how = bound_mapping(data, 8192)
+        assert cleaned is data
+        assert not (how.truncated or how.sanitized)
+
+    def test_values_no_database_stores_are_replaced(self) -> None:
+        """NaN, infinities, NUL and lone surrogates, at any depth and in keys."""
+        data = {"a\x00": [float("nan"), {"b": float("-inf"), "c": "x\ud800"}], "d": b"\x00\xff"}
+        cleaned, how = bound_mapping(data, 8192)
+        assert cleaned == {
+            "a\ufffd": ["NaN", {"b": "-Infinity", "c": "x\ufffd"}],
+            "d": "\ufffd\ufffd",
+        }
+        assert how.sanitized and not how.truncated
+        json.loads(to_json(cleaned))  # strict JSON: no NaN
+
+    def test_a_recorded_huge_value_is_bounded_in_the_record(self) -> None:
+        """Through record_audit: the captured record's metadata fits max_metadata_bytes."""
+        obs.configure("sqlite://", max_metadata_bytes=1024)
+        with capture() as cap:
+            obs.record_audit("big", metadata={"body": "x" * 12_800_000, "kind": "upload"})
+        (record,) = cap.audits
+        assert json_size(record["metadata"]) <= 1024
+        assert record["metadata"]["kind"] == "upload"
+        assert record["metadata"]["_truncated"] is True
