@@ -33,38 +33,55 @@ only go to the mirrors' queues, never through the intake.
 
 from __future__ import annotations
 
-import enum
-import itertools
 import logging
 import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from obs_sdk._context import suppressed
 from obs_sdk._guard import count_error, counters, internal_errors
+from obs_sdk._pipelines import (
+    BATCH_SIZE,
+    DEFAULT_BLOCK_TIMEOUT,
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_QUEUE_SIZE,
+    DELIVERED,
+    DROPPED,
+    FAILED,
+    INTERVAL_SECONDS,
+    LINGER_SECONDS,
+    MAX_BATCH_SIZE,
+    OVERFLOW_MODES,
+    DropLog,
+    Limits,
+    Pipeline,
+    Run,
+    State,
+    export,
+    sink_stats,
+    take_batch,
+)
 from obs_sdk._records import (
-    AUDIT,
     EVENT,
-    GROUP,
     SPEC,
     STORED,
-    STORED_AUDIT,
     RawRecord,
     approx_bytes,
     raw_size,
-    render,
     rendered_bound,
 )
 from obs_sdk._sinks import Sink
 
 __all__ = [
     "BATCH_SIZE",
+    "DEFAULT_BLOCK_TIMEOUT",
     "DEFAULT_MAX_QUEUE_BYTES",
     "DEFAULT_QUEUE_SIZE",
+    "MAX_BATCH_SIZE",
+    "OVERFLOW_MODES",
     "Dispatcher",
     "Limits",
     "State",
@@ -73,198 +90,16 @@ __all__ = [
 
 logger = logging.getLogger("obs_sdk")
 
-DEFAULT_QUEUE_SIZE = 10_000
-DEFAULT_MAX_QUEUE_BYTES = 64 * 1024 * 1024
-DEFAULT_BLOCK_TIMEOUT = 0.05
-OVERFLOW_MODES = ("drop", "block")
-BATCH_SIZE = 500  # records per export (one transaction on the SQL sink)
 ROUTE_SLICE = 1024  # records the router renders between two admissions
-INTERVAL_SECONDS = 0.2  # how long a sink's worker sleeps with nothing to do
 # How long the router sleeps between looks at the intake, when the hot path has not woken it
 # (it does at every BATCH_SIZE records): short, so that a burst of large records never waits
 # long in the intake (it costs a wake-up 50 times a second).
 ROUTER_POLL_SECONDS = 0.02
-# While records keep coming, a part-full batch waits this long for more: each batch is one
-# transaction (a commit), so batches of 500 cost far less per record than of 20.
-LINGER_SECONDS = 0.01
-RETRY_SECONDS = 30.0  # how long a transient outage is waited out per batch
-MAX_BACKOFF_SECONDS = 2.0
-RETRY_WARNING_SECONDS = 1.0  # a batch retried this long is logged (once)
+# A sink's worker routes for itself when it runs out of work; the router routes only after
+# nobody did for this long (the workers are busy or stuck), or when the intake is half full.
+ROUTER_GRACE_SECONDS = 0.1
 DROP_WARNING_SECONDS = 10.0  # at most one drop warning per sink (and the intake) per interval
-# The intake holds raw records (template values, metadata as the caller gave it) until the
-# router renders them: once records are seen to be large, its bound in records shrinks so
-# that it holds about this share of max_queue_bytes.
-INTAKE_SHARE = 16
-BATCH_SHARE = 16  # a batch in export holds at most this share of max_queue_bytes
 MIN_INTAKE = 2
-
-# What happened to one exported record.
-DELIVERED, DROPPED, FAILED = "delivered", "dropped", "failed"
-_KINDS = (AUDIT, EVENT, GROUP)
-
-
-class State(enum.Enum):
-    """Where the dispatcher is in its lifecycle (see the module docstring)."""
-
-    WAITING = "waiting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """The bounds of one configuration's queues, from ``configure()``.
-
-    ``max_queue_bytes`` bounds what one sink's delivery holds: the intake's share of it
-    (records as callers made them, 1/INTAKE_SHARE), the driver's copy of the batch in export
-    (1/BATCH_SHARE), room for rendering's temporaries (1/BATCH_SHARE), and the sink's queue,
-    its batch in export included (the rest, ``queue_bytes``).
-    """
-
-    queue_size: int = DEFAULT_QUEUE_SIZE
-    max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES
-    overflow: str = "drop"
-    block_timeout: float = DEFAULT_BLOCK_TIMEOUT
-
-    @property
-    def intake_bytes(self) -> int:
-        """The intake's share of max_queue_bytes."""
-        return self.max_queue_bytes // INTAKE_SHARE
-
-    @property
-    def batch_bytes(self) -> int:
-        """The most one batch in export holds (its driver copies it once more)."""
-        return self.max_queue_bytes // BATCH_SHARE
-
-    @property
-    def queue_bytes(self) -> int:
-        """What one sink's queue may hold, its batch in export included."""
-        return self.max_queue_bytes - self.intake_bytes - 2 * self.batch_bytes
-
-
-class DeliveryError(Exception):
-    """A sink could not deliver records: what is logged instead of the sink's own error.
-
-    Says which records (ids and actions) and the error's class and SQLSTATE, never the
-    error's text: a database's message quotes the statement's parameters, emails included.
-    """
-
-
-class _SinkStats:
-    __slots__ = ("delivered", "dropped", "failed", "retried", "submitted", "upload_failed")
-
-    def __init__(self) -> None:
-        self.submitted = 0
-        self.delivered = 0
-        self.dropped = 0
-        self.failed = 0
-        self.retried = 0
-        self.upload_failed = 0
-
-
-class _Pipeline:
-    """One sink's bounded queue, its worker and its counters."""
-
-    __slots__ = (
-        "bytes",
-        "drop_reason",
-        "in_flight",
-        "label",
-        "name",
-        "primary",
-        "queue",
-        "sink",
-        "stats",
-        "thread",
-        "wake",
-    )
-
-    def __init__(self, sink: Sink) -> None:
-        self.sink = sink
-        self.name = sink.name
-        engine = getattr(sink, "engine", None)
-        dialect = getattr(getattr(engine, "dialect", None), "name", None)
-        self.label = f"{sink.name} ({dialect})" if dialect else sink.name
-        # Items are (record, approximate bytes, primary): primary when this sink decides the
-        # record's top-level outcome.
-        self.queue: deque[tuple[Any, int, bool]] = deque()
-        self.bytes = 0  # of the queued and in-flight items
-        self.primary = 0  # how many of them are primary
-        self.in_flight: list[tuple[Any, int, bool]] = []
-        self.stats = _SinkStats()
-        self.drop_reason = ""
-        self.thread: threading.Thread | None = None
-        self.wake = threading.Event()
-
-    def queued(self) -> int:
-        return len(self.queue) + len(self.in_flight)
-
-
-class _Route:
-    """Where records of one kind go, and how the router renders them."""
-
-    __slots__ = ("pipelines", "primary", "render")
-
-    def __init__(self, pipelines: list[_Pipeline], render: Callable[[RawRecord], Any]) -> None:
-        self.pipelines = pipelines
-        self.primary = pipelines[0]
-        self.render = render
-
-
-def _routes(pipelines: list[_Pipeline]) -> dict[str, _Route]:
-    routes: dict[str, _Route] = {}
-    for kind in _KINDS:
-        taking = [p for p in pipelines if kind in p.sink.kinds]
-        if not taking:
-            continue
-        # A sink alone in taking audits may render them itself (the SQL sink: straight into
-        # its driver's row). With another audit sink, every sink gets the same AuditRecord,
-        # so that they agree on its id.
-        alone = getattr(taking[0].sink, "render_alone", None) if len(taking) == 1 else None
-        routes[kind] = _Route(taking, alone if kind == AUDIT and alone is not None else render)
-    return routes
-
-
-class _DropLog:
-    """What was last said about one place's drops (rate-limited warnings)."""
-
-    __slots__ = ("reported", "warned_at")
-
-    def __init__(self) -> None:
-        self.reported = 0
-        self.warned_at: float | None = None
-
-
-class _Run:
-    """One configuration's delivery: its limits, pipelines, routes, threads and counters."""
-
-    def __init__(self, sinks: Sequence[Sink], limits: Limits, fast_lane: bool) -> None:
-        self.limits = limits
-        self.fast_lane = fast_lane
-        self.pipelines = [_Pipeline(sink) for sink in sinks]
-        self.routes = _routes(self.pipelines)
-        self.mirrors = [p for p in self.pipelines if STORED_AUDIT in p.sink.kinds]
-        self.state = State.RUNNING if sinks else State.WAITING
-        self.started = False
-        self.router: threading.Thread | None = None
-        self.deadline = float("inf")  # a shutdown's: backoff and delivery stop there
-        self.flushing = 0  # flushes waiting: no lingering for fuller batches meanwhile
-        self.waiting_for_room = 0  # callers and the router waiting in overflow="block"
-        # Top-level counters (see the module docstring).
-        self.routed = 0  # taken out of the intake by the router
-        self.routing = 0  # taken out, not yet admitted anywhere
-        self.stored = 0  # stored by their own transaction: submitted and delivered at once
-        self.delivered = 0
-        self.dropped = 0  # by the primary sink's queue, or refused by its destination
-        self.failed = 0
-        self.intake_drops = itertools.count()  # next() is atomic: callers count lock-free
-        self.unrouted = 0  # records of a kind no sink takes
-        self.drop_logs: dict[str, _DropLog] = {}
-
-    def intake_dropped(self) -> int:
-        # The count's value without advancing it ("count(5)"): exact, lock-free on the
-        # caller's side (the drop path costs a next() and nothing else).
-        return int(repr(self.intake_drops)[6:-1])
 
 
 class Dispatcher:
@@ -279,7 +114,7 @@ class Dispatcher:
         self.queue: deque[RawRecord] = deque()
         self._capture: Callable[[RawRecord], None] | None = None
         self._init_runtime()
-        self._run = _Run((), Limits(), fast_lane=True)
+        self._run = Run((), Limits(), fast_lane=True)
         self._update_lanes()
         os.register_at_fork(
             before=self._before_fork,
@@ -291,6 +126,11 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._intake_ready = threading.Event()
+        # Routing is done by one thread at a time, whichever gets there first: a sink's worker
+        # that ran out of work routes the next slice itself (no hand-off between threads);
+        # the router thread steps in when every worker is busy or stuck.
+        self._routing = threading.Lock()
+        self._routed_at = 0.0  # when a slice was last routed (monotonic)
         # The fast lane (see _emit.emit and _lane): a wrapper may append straight to the
         # intake while its length is under `lane_limit` (audits) or `events_lane_limit`
         # (analytics): the intake's bound while the lane is open, 0 while it is closed.
@@ -298,7 +138,6 @@ class Dispatcher:
         self.events_lane_limit = 0
         self._intake_limit = DEFAULT_QUEUE_SIZE
         self._raw_bytes = 0  # a raw record's size, as the router last estimated it
-        self._raw_bytes_limit = DEFAULT_MAX_QUEUE_BYTES  # above it, the intake bound shrinks
 
     # -- configuration --------------------------------------------------------------------
 
@@ -344,17 +183,16 @@ class Dispatcher:
         if previous.state is not State.WAITING:
             self.shutdown(5.0)
         self._report_drops(previous, force=True)  # what no configuration delivered
-        run = _Run(sinks, limits, fast_lane)
+        run = Run(sinks, limits, fast_lane)
         with self._lock:
             self._run = run
             self._intake_limit = limits.queue_size
             self._raw_bytes = 0
-            self._raw_bytes_limit = limits.intake_bytes // limits.queue_size
         if sinks:
             self._start(run)
         self._update_lanes()
 
-    def _start(self, run: _Run) -> None:
+    def _start(self, run: Run) -> None:
         with self._lock:
             if run.started or run.state is not State.RUNNING or run is not self._run:
                 return
@@ -412,7 +250,7 @@ class Dispatcher:
         if not self._intake_ready.is_set():
             self._intake_ready.set()
 
-    def _wait_for_intake(self, run: _Run) -> bool:
+    def _wait_for_intake(self, run: Run) -> bool:
         """overflow="block": wait up to block_timeout for room in the intake."""
         deadline = time.monotonic() + run.limits.block_timeout
         self._intake_ready.set()
@@ -449,28 +287,71 @@ class Dispatcher:
 
     # -- routing ------------------------------------------------------------------------------
 
-    def _route_loop(self, run: _Run) -> None:
+    def _route_loop(self, run: Run) -> None:
+        """The router thread: route when the sinks' workers do not.
+
+        A worker that runs out of work routes the next slice itself, so a healthy sink
+        renders and writes on one thread, with no hand-off (two threads passing records
+        back and forth wait for each other's GIL). The router steps in when nobody routed
+        for ROUTER_GRACE_SECONDS (every worker busy, or stuck in its sink) or the intake
+        is half full, and otherwise only wakes an idle worker. It looks at the newest
+        record every time, so that large records shrink the intake's bound at once.
+        """
         reported = time.monotonic()
+        intake = self.queue
         with suppressed():  # a sink's own DB writes and HTTP calls are never recorded
             while run.state is State.RUNNING:
                 self._intake_ready.wait(ROUTER_POLL_SECONDS)
                 self._intake_ready.clear()
                 try:
-                    while run.state is State.RUNNING and self._route_slice(run):
+                    self._learn_from_newest(run)
+                    while run.state is State.RUNNING and intake:
+                        idle = time.monotonic() - self._routed_at
+                        if idle < ROUTER_GRACE_SECONDS and len(intake) < self._intake_limit // 2:
+                            for p in run.pipelines:
+                                p.wake.set()  # an idle worker routes it
+                            break
+                        if not self._route(run):
+                            break
                         if time.monotonic() - reported >= INTERVAL_SECONDS:
                             reported = time.monotonic()
                             self.report_drops()  # the intake may never run dry
-                    reported = time.monotonic()
-                    self.report_drops()
+                    if time.monotonic() - reported >= INTERVAL_SECONDS / 4:
+                        reported = time.monotonic()
+                        self.report_drops()
                 except Exception as exc:  # pragma: no cover - a bug: never lose the router
                     count_error("dispatch", exc)
 
-    def _route_slice(self, run: _Run) -> bool:
-        """Route up to ROUTE_SLICE records; False when the intake was empty.
+    def _learn_from_newest(self, run: Run) -> None:
+        """Estimate the newest record in the intake: a large one lowers its bound now."""
+        try:
+            newest = self.queue[-1]
+        except IndexError:
+            return
+        if newest[0] is STORED or newest[SPEC].kind not in run.routes:
+            return
+        estimate = raw_size(newest, run.limits.max_queue_bytes)
+        if estimate > 2 * self._raw_bytes:
+            self._learn_raw_size(estimate)
 
-        Each record's raw size is estimated first (lengths, within a budget): a record no
-        queue has room for is dropped without being rendered, so a dead sink costs the
-        router next to nothing and the intake never backs up behind it.
+    def _route(self, run: Run) -> bool:
+        """Route one slice unless another thread is routing; False when nothing was routed."""
+        if not self._routing.acquire(blocking=False):
+            return False
+        try:
+            return self._route_slice(run)
+        finally:
+            self._routed_at = time.monotonic()
+            self._routing.release()
+
+    def _route_slice(self, run: Run) -> bool:
+        """Route up to ROUTE_SLICE records; False when nothing was (intake empty, no room).
+
+        While every sink's queue is full, nothing is routed: records wait in the intake, and
+        when it is full too the newest are dropped there, at no cost to the sinks' workers.
+        When some queue has room, each record's raw size is estimated first (lengths,
+        within a budget): one its queues have no room for is dropped without being
+        rendered, so a dead sink costs the others next to nothing.
         """
         intake = self.queue
         limits = run.limits
@@ -478,7 +359,10 @@ class Dispatcher:
             if run is not self._run:
                 return False
             n = min(len(intake), ROUTE_SLICE)
-            if not n:
+            if not n or not any(
+                len(p.queue) < limits.queue_size and p.bytes < limits.queue_bytes
+                for p in run.pipelines
+            ):
                 return False
             raws = deque([intake.popleft() for _ in range(n)])
             run.routed += n
@@ -492,9 +376,9 @@ class Dispatcher:
             if run.waiting_for_room:
                 self._cond.notify_all()
         routes = run.routes
-        out: dict[_Pipeline, list[tuple[Any, int, bool]]] = {p: [] for p in run.pipelines}
-        refused: dict[_Pipeline, list[bool]] = {p: [] for p in run.pipelines}
-        failed: list[_Pipeline] = []
+        out: dict[Pipeline, list[tuple[Any, int, bool]]] = {p: [] for p in run.pipelines}
+        refused: dict[Pipeline, list[bool]] = {p: [] for p in run.pipelines}
+        failed: list[Pipeline] = []
         unrouted = 0
         budget = limits.max_queue_bytes
         largest = rendered_bound()
@@ -508,7 +392,7 @@ class Dispatcher:
                 continue
             estimate = raw_size(raw, budget)
             total += estimate
-            if estimate > self._raw_bytes_limit:
+            if estimate > 2 * self._raw_bytes:
                 self._learn_raw_size(estimate)  # at once: the intake must stop taking them
             need = min(estimate, largest)
             primary = route.primary
@@ -539,7 +423,7 @@ class Dispatcher:
         self._admit(run, out, refused, failed, unrouted)
         return True
 
-    def _has_room(self, run: _Run, p: _Pipeline, free: list[int], size: int, until: float) -> bool:
+    def _has_room(self, run: Run, p: Pipeline, free: list[int], size: int, until: float) -> bool:
         """Whether *p* can take *size* more bytes (*free*: its room left in this slice).
 
         With overflow="block", waits until *until* for the worker to make room.
@@ -586,12 +470,11 @@ class Dispatcher:
         limit = limits.queue_size
         if estimate * limit > share:
             limit = max(MIN_INTAKE, share // max(estimate, 1))
-        self._raw_bytes_limit = share // limit
         if limit != self._intake_limit:
             self._intake_limit = limit
             self._update_lanes()
 
-    def _no_room(self, run: _Run, p: _Pipeline, size: int) -> str:
+    def _no_room(self, run: Run, p: Pipeline, size: int) -> str:
         """Why *p* cannot take an item of *size* bytes now ("" when it can)."""
         limits = run.limits
         if len(p.queue) >= limits.queue_size:
@@ -608,10 +491,10 @@ class Dispatcher:
 
     def _admit(
         self,
-        run: _Run,
-        out: dict[_Pipeline, list[tuple[Any, int, bool]]],
-        refused: dict[_Pipeline, list[bool]],
-        failed: list[_Pipeline],
+        run: Run,
+        out: dict[Pipeline, list[tuple[Any, int, bool]]],
+        refused: dict[Pipeline, list[bool]],
+        failed: list[Pipeline],
         unrouted: int,
     ) -> None:
         """Put the slice's items in their sinks' queues; count what found no room."""
@@ -639,7 +522,7 @@ class Dispatcher:
             run.routing = 0
             self._cond.notify_all()  # flushes wait for routing to end
 
-    def _enqueue(self, run: _Run, p: _Pipeline, items: list[tuple[Any, int, bool]]) -> int:
+    def _enqueue(self, run: Run, p: Pipeline, items: list[tuple[Any, int, bool]]) -> int:
         """Append *items* while *p* has room; return how many it took."""
         limits = run.limits
         free_bytes = limits.queue_bytes - p.bytes
@@ -659,7 +542,7 @@ class Dispatcher:
         return end
 
     def _drop_items(
-        self, run: _Run, p: _Pipeline, items: Sequence[tuple[Any, int, bool]], reason: str
+        self, run: Run, p: Pipeline, items: Sequence[tuple[Any, int, bool]], reason: str
     ) -> None:
         """Count *items* (not in *p*'s queue) as dropped by *p*, for *reason*."""
         primary = sum(item[2] for item in items)
@@ -669,30 +552,32 @@ class Dispatcher:
 
     # -- the sinks' workers -------------------------------------------------------------------
 
-    def _work(self, run: _Run, p: _Pipeline) -> None:
+    def _work(self, run: Run, p: Pipeline) -> None:
         with suppressed():
             while True:
                 batch = self._take(run, p)
                 if batch is None:
                     return
                 try:
-                    outcomes = self._export(run, p, [item[0] for item in batch])
+                    outcomes = export(run, p, [item[0] for item in batch], self._lock)
                 except Exception as exc:  # pragma: no cover - _export guards itself
                     count_error("dispatch", exc)
                     outcomes = [FAILED] * len(batch)
                 self._settle(run, p, batch, outcomes)
 
-    def _take(self, run: _Run, p: _Pipeline) -> list[tuple[Any, int, bool]] | None:
+    def _take(self, run: Run, p: Pipeline) -> list[tuple[Any, int, bool]] | None:
         """Wait for a batch of *p*'s queue; None when the worker should end."""
         lingered = False
         while True:
+            if len(p.queue) < BATCH_SIZE and self.queue and run.state is State.RUNNING:
+                self._route(run)  # route the next slice here rather than wait for the router
             with self._lock:
                 n = len(p.queue)
                 stopping = run.state is not State.RUNNING
                 if stopping and (not n or time.monotonic() >= run.deadline):
                     return None
                 if n and (n >= BATCH_SIZE or lingered or run.flushing or stopping):
-                    batch = _take_batch(p.queue, run.limits.batch_bytes)
+                    batch = take_batch(p.queue, run.limits.batch_bytes)
                     p.in_flight = batch
                     if run.waiting_for_room:
                         self._cond.notify_all()
@@ -702,7 +587,7 @@ class Dispatcher:
             lingered = n > 0
 
     def _settle(
-        self, run: _Run, p: _Pipeline, batch: list[tuple[Any, int, bool]], outcomes: list[str]
+        self, run: Run, p: Pipeline, batch: list[tuple[Any, int, bool]], outcomes: list[str]
     ) -> None:
         stats = p.stats
         size = sum(item[1] for item in batch)
@@ -726,62 +611,6 @@ class Dispatcher:
                         run.failed += is_primary
             p.in_flight = []
             self._cond.notify_all()
-
-    def _export(self, run: _Run, p: _Pipeline, records: list[Any]) -> list[str]:
-        """Export with retries; a batch that failed for good is retried row by row."""
-        outcome, refused = self._export_retrying(run, p, records)
-        if outcome == "ok":
-            return _outcomes(len(records), refused)
-        if outcome == "outage" or len(records) == 1:
-            return [FAILED] * len(records)
-        results = []
-        for record in records:  # one bad record (a value the database refuses) fails alone
-            outcome, refused = self._export_retrying(run, p, [record])
-            results.append(FAILED if outcome != "ok" else DROPPED if refused else DELIVERED)
-        return results
-
-    def _export_retrying(
-        self, run: _Run, p: _Pipeline, records: list[Any]
-    ) -> tuple[str, Sequence[int]]:
-        """Return ("ok", refused positions), ("outage", ()) or ("error", ())."""
-        sink = p.sink
-        started = time.monotonic()
-        give_up_at = min(started + RETRY_SECONDS, run.deadline)
-        attempt = 0
-        warned = False
-        while True:
-            try:
-                refused = sink.export(records)
-            except Exception as exc:
-                if not sink.is_transient(exc):
-                    if len(records) == 1:
-                        _log_failure(p, records, exc, "refused for good")
-                    return "error", ()
-                delay = min(0.05 * 2**attempt, MAX_BACKOFF_SECONDS)
-                now = time.monotonic()
-                if now + delay >= min(give_up_at, run.deadline):
-                    _log_failure(p, records, exc, "the outage outlasted the retries")
-                    return "outage", ()
-                attempt += 1
-                with self._lock:
-                    p.stats.retried += 1
-                if not warned and now - started >= RETRY_WARNING_SECONDS:
-                    warned = True  # a lock held for a moment by another process is no news
-                    logger.warning(
-                        "obs_sdk sink %s: %s for %.1f s; still retrying %d records with backoff",
-                        p.name,
-                        _error_class(exc),
-                        now - started,
-                        len(records),
-                    )
-                time.sleep(delay)
-                continue
-            if refused:
-                with self._lock:
-                    p.drop_reason = (
-                        f"the {p.label} sink's destination refused them (its own queue is full)"
-                    )
-            return "ok", refused or ()
 
     # -- flush, shutdown ------------------------------------------------------------------------
 
@@ -812,10 +641,10 @@ class Dispatcher:
                     drained = False
         return drained
 
-    def _idle(self, run: _Run) -> bool:
+    def _idle(self, run: Run) -> bool:
         return not (self.queue or run.routing or any(p.queued() for p in run.pipelines))
 
-    def _wait_idle(self, run: _Run, deadline: float) -> bool:
+    def _wait_idle(self, run: Run, deadline: float) -> bool:
         with self._cond:
             run.flushing += 1  # no lingering for fuller batches while someone waits
         try:
@@ -891,7 +720,7 @@ class Dispatcher:
         old = self._run
         self.queue.clear()
         self._init_runtime()
-        self._run = _Run([p.sink for p in old.pipelines], old.limits, old.fast_lane)
+        self._run = Run([p.sink for p in old.pipelines], old.limits, old.fast_lane)
         if old.state is not State.RUNNING:
             self._run.state = State.WAITING
         self._intake_limit = old.limits.queue_size
@@ -923,7 +752,7 @@ class Dispatcher:
                 "dropped": run.dropped + intake_dropped,
                 "failed": run.failed,
                 "retried": sum(p.stats.retried for p in run.pipelines),
-                "by_sink": {p.name: _sink_stats(p) for p in run.pipelines},
+                "by_sink": {p.name: sink_stats(p) for p in run.pipelines},
             }
         result["internal_errors"] = internal_errors()
         result.update(counters())
@@ -940,7 +769,7 @@ class Dispatcher:
         """Log what was dropped since the last report (rate-limited: see _report_drops)."""
         self._report_drops(self._run)
 
-    def _report_drops(self, run: _Run, *, force: bool = False) -> None:
+    def _report_drops(self, run: Run, *, force: bool = False) -> None:
         """Say what was dropped, with the count and the reason.
 
         The first drop at once, then at most one WARNING per sink (and one for the intake)
@@ -948,15 +777,27 @@ class Dispatcher:
         """
         now = time.monotonic()
         due: list[tuple[int, str, str]] = []
-        if run.state is State.RUNNING:
+        limits = run.limits
+        with self._lock:
+            full = [
+                p.label
+                for p in run.pipelines
+                if len(p.queue) >= limits.queue_size or p.bytes >= limits.queue_bytes
+            ]
+        if run.state is not State.RUNNING:
             intake = (
-                "queue full: records arrive faster than obs_sdk's dispatch thread renders "
-                f"them (queue_size={run.limits.queue_size})"
+                f"queue full (queue_size={limits.queue_size}) while no configuration "
+                "delivered it (before configure(), or after shutdown())"
+            )
+        elif full:  # nothing is routed to a full queue: records wait, then drop, here
+            intake = (
+                f"queue full: the {' and '.join(full)} sink is slower than callers "
+                f"(queue_size={limits.queue_size}, max_queue_bytes={limits.max_queue_bytes})"
             )
         else:
             intake = (
-                f"queue full (queue_size={run.limits.queue_size}) while no configuration "
-                "delivered it (before configure(), or after shutdown())"
+                "queue full: records arrive faster than obs_sdk renders them "
+                f"(queue_size={limits.queue_size})"
             )
         with self._lock:
             places = [
@@ -968,7 +809,7 @@ class Dispatcher:
                 ("unrouted", "the intake", run.unrouted, "no configured sink takes their kind")
             )
             for key, where, total, reason in places:
-                log = run.drop_logs.setdefault(key, _DropLog())
+                log = run.drop_logs.setdefault(key, DropLog())
                 if total <= log.reported:
                     continue
                 recent = log.warned_at is not None and now - log.warned_at < DROP_WARNING_SECONDS
@@ -986,81 +827,6 @@ class Dispatcher:
                 reason,
                 DROP_WARNING_SECONDS,
             )
-
-
-def _take_batch(queue: deque[tuple[Any, int, bool]], max_bytes: int) -> list[tuple[Any, int, bool]]:
-    """Up to BATCH_SIZE items from the front of *queue*, and no more than *max_bytes* of them.
-
-    A driver copies what it binds: a batch of large records is capped so that the copy stays
-    a small share of max_queue_bytes.
-    """
-    batch = [queue.popleft()]
-    size = batch[0][1]
-    while queue and len(batch) < BATCH_SIZE:
-        size += queue[0][1]
-        if size > max_bytes:
-            break
-        batch.append(queue.popleft())
-    return batch
-
-
-def _outcomes(n: int, refused: Sequence[int]) -> list[str]:
-    outcomes = [DELIVERED] * n
-    for i in refused:
-        outcomes[i] = DROPPED
-    return outcomes
-
-
-def _sink_stats(p: _Pipeline) -> dict[str, int]:
-    s = p.stats
-    return {
-        "submitted": s.submitted,
-        "queued": p.queued(),
-        "delivered": s.delivered,
-        "dropped": s.dropped,
-        "failed": s.failed,
-        "retried": s.retried,
-        "upload_failed": s.upload_failed,
-    }
-
-
-_SHOWN = 5  # ids and actions a failure log names
-
-
-def _describe(records: Sequence[Any]) -> str:
-    """Ids and actions of *records*: what a log may say about them (no values, no PII)."""
-    ids, actions = [], []
-    for record in records:
-        if isinstance(record, tuple) and not hasattr(record, "_fields"):
-            ids.append(str(record[0]))  # the SQL sink's row: id, occurred_at, action, ...
-            actions.append(str(record[2]))
-        else:
-            ids.append(str(getattr(record, "id", None) or getattr(record, "uuid", "?")))
-            actions.append(str(getattr(record, "action", None) or getattr(record, "event", "?")))
-    shown = ", ".join(ids[:_SHOWN]) + (f" and {len(ids) - _SHOWN} more" if ids[_SHOWN:] else "")
-    return f"ids {shown}; actions {', '.join(sorted(set(actions))[:_SHOWN])}"
-
-
-def _error_class(exc: BaseException) -> str:
-    """The error's class and, for a database error, its driver error's class and SQLSTATE."""
-    text = type(exc).__name__
-    orig = getattr(exc, "orig", None)
-    if orig is not None:
-        text += f" from {type(orig).__module__}.{type(orig).__name__}"
-        code = getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None)
-        if code:
-            text += f" ({code})"
-    return text
-
-
-def _log_failure(p: _Pipeline, records: Sequence[Any], exc: BaseException, why: str) -> None:
-    count_error(
-        f"sink:{p.name}",
-        DeliveryError(
-            f"the {p.label} sink could not deliver {len(records)} record(s) ({why}): "
-            f"{_error_class(exc)}; {_describe(records)}"
-        ),
-    )
 
 
 dispatcher = Dispatcher()

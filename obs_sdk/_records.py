@@ -276,6 +276,18 @@ config: RenderSettings = _Unconfigured()
 _WIDTHS = tuple(getattr(column.type, "length", None) for column in tables().audit.columns)
 _CALLER_TEXT = (2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 18, 20)
 _CHECKED = tuple((i, _WIDTHS[i]) for i in _CALLER_TEXT)
+(
+    _W_ACTION,
+    _W_ACTOR_ID,
+    _W_ACTOR_NAME,
+    _W_ACTOR_EMAIL,
+    _W_RESOURCE_TYPE,
+    _W_RESOURCE_ID,
+    _W_TENANT,
+    _W_SERVICE,
+    _W_ERROR_TYPE,
+) = (_WIDTHS[i] for i in (2, 5, 6, 7, 8, 9, 11, 18, 20))
+_W_SCOPE = tuple(_WIDTHS[i] for i in (11, 12, 13, 14, 15))  # workspace .. request_id
 _ROW_BYTES = 448  # a rendered audit row without its metadata and unbounded text columns
 _EVENT_BYTES = 640  # an AnalyticsEvent without its properties
 _RAW_BYTES = 200  # a raw record without its values (what records of a call site share)
@@ -289,7 +301,15 @@ def raw_size(raw: RawRecord, budget: int) -> int:
     ``track`` call (a constant of its own plan). Lengths, not serialization: cheap for
     any size.
     """
-    size = _RAW_BYTES + size_within(raw[VALUES], budget)
+    size = _RAW_BYTES
+    for value in raw[VALUES]:
+        kind = type(value)
+        if kind is str:
+            size += 49 + len(value)
+        elif kind is int or kind is float or kind is bool or value is None:
+            size += 16
+        else:
+            size += size_within(value, budget)
     plan = raw[SPEC].plan
     if plan.whole is not None:
         slot = plan.slots.get(plan.whole)
@@ -403,10 +423,10 @@ def _clean(data: dict[str, Any], c: RenderSettings) -> tuple[dict[str, Any], boo
     limit = c.max_metadata_bytes
     bounded, how = bound_mapping(data, limit)
     cleaned = c.redactor.clean(bounded, limit)
-    sanitized = how.sanitized
+    sanitized = how is not None and how.sanitized
     if c.redact is not None:  # the app's hook may hand back anything: sanitize its output
         cleaned, again = bound_mapping(cleaned, limit)
-        sanitized = sanitized or again.sanitized
+        sanitized = sanitized or (again is not None and again.sanitized)
     return cleaned, sanitized
 
 
@@ -537,18 +557,59 @@ def audit_columns(raw: RawRecord, record_id: Any, occurred_at: Any) -> tuple[Any
         metadata,
         raw[ERROR_TYPE],
     )
-    for i, width in _CHECKED:
-        value = columns[i]
-        if value is not None and (
-            (width is not None and len(value) > width) or "\x00" in value or not value.isascii()
-        ):
-            fixed = safe_text(value, width)
-            if fixed != value:
-                columns = (*columns[:i], fixed, *columns[i + 1 :])
-                sanitized = True
+    if not (
+        _plain_scope(raw[FIELDS], spec.name, c.service)
+        and _plain(resource_type, _W_RESOURCE_TYPE)
+        and _plain(resource_id, _W_RESOURCE_ID)
+        and _plain(resource_name, None)
+        and _plain(raw[ERROR_TYPE], _W_ERROR_TYPE)
+        and (not spec.tenant or (_plain(workspace, _W_TENANT) and _plain(organization, _W_TENANT)))
+    ):
+        for i, width in _CHECKED:
+            value = columns[i]
+            if value is not None:
+                fixed = safe_text(value if type(value) is str else str(value), width)
+                if fixed != value:
+                    columns = (*columns[:i], fixed, *columns[i + 1 :])
+                    sanitized = True
     if sanitized:
         count("sanitized")
     return columns
+
+
+def _plain(value: Any, width: int | None) -> bool:
+    """Whether a text column's *value* is stored as it is on every database."""
+    if value is None:
+        return True
+    if type(value) is not str:
+        return False
+    return (width is None or len(value) <= width) and value.isascii() and "\x00" not in value
+
+
+# Whether a scope's fields (with the action and the service) are stored as they are. Keyed by
+# the fields tuple's identity: every record made in one scope shares that tuple (the value
+# keeps the tuple alive, so its id cannot be reused while cached).
+_plain_scopes: dict[int, tuple[tuple[Any, ...], str, str | None, bool]] = {}
+_MAX_PLAIN_SCOPES = 4096
+
+
+def _plain_scope(fields: tuple[Any, ...], action: str, service: str | None) -> bool:
+    hit = _plain_scopes.get(id(fields))
+    if hit is not None and hit[0] is fields and hit[1] is action and hit[2] is service:
+        return hit[3]
+    actor = fields[0] or ANONYMOUS
+    plain = (
+        _plain(action, _W_ACTION)
+        and _plain(service, _W_SERVICE)
+        and _plain(actor.id, _W_ACTOR_ID)
+        and _plain(actor.name, _W_ACTOR_NAME)
+        and _plain(actor.email, _W_ACTOR_EMAIL)
+        and all(_plain(v, w) for v, w in zip(fields[1:], _W_SCOPE, strict=True))
+    )
+    if len(_plain_scopes) >= _MAX_PLAIN_SCOPES:
+        _plain_scopes.clear()
+    _plain_scopes[id(fields)] = (fields, action, service, plain)
+    return plain
 
 
 def approx_bytes(record: Any) -> int:

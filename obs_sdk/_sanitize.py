@@ -81,15 +81,16 @@ class Bounded:
         self.cut_bytes = 0  # bytes of the input the output no longer holds (a raw size hint)
 
 
-def bound_mapping(data: dict[str, Any], max_bytes: int) -> tuple[dict[str, Any], Bounded]:
+def bound_mapping(data: dict[str, Any], max_bytes: int) -> tuple[dict[str, Any], Bounded | None]:
     """Return *data* sanitized and within *max_bytes* of JSON, and what was done.
 
     The common case (a small flat dict of clean values) is checked in one pass and returned
-    as it is. Otherwise the walk copies it, cutting within a budget, then fits it exactly.
+    as it is, with None: nothing was done. Otherwise the walk copies it, cutting within a
+    budget, then fits it exactly.
     """
-    state = Bounded(max_bytes)
     if _plain_and_small(data, max_bytes):
-        return data, state
+        return data, None
+    state = Bounded(max_bytes)
     walked = _walk_mapping(data, state, top=True)
     if state.truncated:
         walked[TRUNCATED] = True

@@ -304,10 +304,10 @@ class TestDropWarnings:
             dropping_burst()
             assert drop_warnings() == first  # within the interval: nothing more is said
             places = [w.split(":")[0] for w in first]
-            assert len(places) == len(set(places)) >= 1
-            sink = [w for w in first if "database (sqlite) sink" in w]
-            assert len(sink) == 1
-            assert "queue full: the database (sqlite) sink is slower than callers" in sink[0]
+            assert len(places) == len(set(places)) >= 1  # one warning per place at most
+            assert any(
+                "queue full: the database (sqlite) sink is slower than callers" in w for w in first
+            ), first
             monkeypatch.setattr(_dispatch, "DROP_WARNING_SECONDS", 0.0)
             dropping_burst()
             later = [w for w in drop_warnings() if w not in first]

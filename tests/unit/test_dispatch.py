@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 import obs_sdk as obs
-from obs_sdk._dispatch import BATCH_SIZE, Limits, dispatcher
+from obs_sdk._dispatch import MAX_BATCH_SIZE, Limits, dispatcher
 from obs_sdk._records import AuditRecord
 
 
@@ -103,12 +103,12 @@ class TestDelivery:
     """Batches reach the sink once each, in order, with per-sink counters."""
 
     def test_every_record_delivered_once_in_batches(self, sink: ControlledSink) -> None:
-        """1200 records arrive exactly once, in batches no larger than BATCH_SIZE."""
+        """1200 records arrive exactly once, in batches no larger than MAX_BATCH_SIZE."""
         for i in range(1200):
             download(f"f_{i}")
         assert obs.flush()
         assert [r.resource_id for r in sink.received] == [f"f_{i}" for i in range(1200)]
-        assert max(sink.batch_sizes) <= BATCH_SIZE
+        assert max(sink.batch_sizes) <= MAX_BATCH_SIZE
         stats = obs.stats()
         assert (stats["submitted"], stats["delivered"], stats["queued"]) == (1200, 1200, 0)
         assert stats["by_sink"]["controlled"]["delivered"] == 1200
@@ -158,8 +158,8 @@ class TestRetries:
         obs.shutdown()  # queue without a worker, so the 20 records form one batch
         for i in range(20):
             obs.record_audit("poison" if i == 13 else "fine", metadata={"i": i})
-        install(sink, queue_size=10_000)
         sink.poison = {"poison"}
+        install(sink, queue_size=10_000)
         assert obs.flush()
         assert [r.metadata["i"] for r in sink.received] == [i for i in range(20) if i != 13]
         stats = obs.stats()

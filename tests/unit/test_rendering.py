@@ -313,7 +313,7 @@ class TestBoundedMetadata:
         kept, _, tail = body.partition("…[truncated ")
         assert tail.endswith(" bytes]")
         assert len(kept.encode()) + int(tail.split()[0]) == len(value.encode())
-        assert how.truncated and not how.sanitized
+        assert how is not None and how.truncated and not how.sanitized
 
     def test_keys_count_and_a_huge_key_is_cut_and_withheld(self) -> None:
         """A key longer than MAX_KEY_CHARS is cut, and its value (not judged) is withheld."""
@@ -332,14 +332,14 @@ class TestBoundedMetadata:
         assert json_size(cleaned) <= 8192
         assert cleaned["_truncated"] is True
         assert "zz_last" not in cleaned
-        assert how.truncated
+        assert how is not None and how.truncated
 
     def test_small_plain_metadata_is_returned_as_it_is(self) -> None:
         """The common case costs one pass and no copy."""
         data = {"file_id": "f_1", "bytes": 2048, "ratio": 0.5, "ok": True, "none": None}
         cleaned, how = bound_mapping(data, 8192)
         assert cleaned is data
-        assert not (how.truncated or how.sanitized)
+        assert how is None  # nothing was done
 
     def test_values_no_database_stores_are_replaced(self) -> None:
         """NaN, infinities, NUL and lone surrogates, at any depth and in keys."""
@@ -349,7 +349,7 @@ class TestBoundedMetadata:
             "a\ufffd": ["NaN", {"b": "-Infinity", "c": "x\ufffd"}],
             "d": "\ufffd\ufffd",
         }
-        assert how.sanitized and not how.truncated
+        assert how is not None and how.sanitized and not how.truncated
         json.loads(to_json(cleaned))  # strict JSON: no NaN
 
     def test_a_recorded_huge_value_is_bounded_in_the_record(self) -> None:
