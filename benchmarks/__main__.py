@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import contenders, metering, peers, report, throughput
+from benchmarks import contenders, delivery, metering, peers, report, throughput
 from benchmarks.harness import Entry, Harness
 
 FULL = {"rounds": 51, "block_ms": 5.0, "scaling_rounds": 25}
@@ -79,6 +79,12 @@ def main() -> None:
                     workdir, quick=args.quick, postgres_url=args.postgres, progress=_progress
                 )
             )
+            _section("Busy caller: one thread that never pauses, while obs_sdk delivers")
+            print(
+                delivery.busy_caller(
+                    workdir, quick=args.quick, postgres_url=args.postgres, progress=_progress
+                )
+            )
             _section("metered_storage next to hand-written SQL with the same guarantees")
             print(metering.report(workdir, quick=args.quick, postgres_url=args.postgres))
 
@@ -131,6 +137,9 @@ def main() -> None:
             report.plot_overhead(results, args.plot, args.clock)
             print(f"\nPlot written to {args.plot}")
         control.close()
+
+        _section("Drop path vs queued path (what a caller pays when its record is dropped)")
+        print(delivery.drop_path(workdir, _progress))
         client.shutdown()
         server.close()
     print(f"\n_Total time: {time.perf_counter() - started:.0f} s._")

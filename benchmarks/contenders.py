@@ -24,8 +24,9 @@ import obs_sdk as obs
 from benchmarks.harness import Entry
 from obs_sdk._dispatch import dispatcher
 
-# Far above what any block queues: a timed block never takes the (cheaper) drop path.
+# Far above what any block queues: a timed block never takes the drop path.
 QUEUE_SIZE = 50_000_000
+QUEUE_BYTES = 1 << 40
 
 
 def f(x: Any) -> Any:
@@ -186,16 +187,35 @@ def audited_with(fields: int) -> Callable[[Callable[..., Any]], Callable[..., An
     raise ValueError(f"no audited variant with {fields} fields")
 
 
+def _nothing_routed(run: Any) -> bool:
+    return False
+
+
+@contextmanager
+def router_held() -> Iterator[None]:
+    """Keep records in the intake: the router finds nothing to route while inside.
+
+    A benchmark's own hook, from outside: it shadows the dispatcher's ``_route_slice`` on
+    the instance. obs_sdk has no pause switch; the intake and its bound work as in
+    production (the caller's path is what the overhead rows time).
+    """
+    dispatcher._route_slice = _nothing_routed  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del dispatcher._route_slice
+
+
 class ObsControl:
     """obs_sdk configured on a temp SQLite file, held in the state the overhead rows need.
 
     The queued rows measure what the caller pays on the production path: obs_sdk is
-    configured (tables, queue bound, PostHog client, the worker thread started) and the
-    worker's draining is paused, so it does not run inside a timed block. Between blocks,
-    outside the timed region, the waiting records are discarded. The end-to-end row unpauses
-    the worker for its block (it drains while the caller runs, as in production) and waits,
-    inside the timed region, until every record of the block is written: the caller's cost
-    plus the worker's render and INSERT, per call.
+    configured (tables, queue bound, PostHog client, the threads started) and the router is
+    held (``router_held``), so that no delivery runs inside a timed block. Between blocks,
+    outside the timed region, the waiting records are discarded. The end-to-end row lets
+    the router go for its block (it routes and the sink's worker writes while the caller
+    runs, as in production) and waits, inside the timed region, until every record of the
+    block is written: the caller's cost plus the render and INSERT, per call.
     """
 
     def __init__(self, workdir: Path, posthog_client: Any) -> None:
@@ -203,11 +223,17 @@ class ObsControl:
         self.posthog = posthog_client
         self.engine = create_engine(f"sqlite:///{workdir / 'app.db'}")
         self._configure()
-        dispatcher.paused = True
+        self._held = router_held()
+        self._held.__enter__()
 
     def _configure(self) -> None:
         obs.configure(
-            database=self.url, posthog=self.posthog, service="bench", queue_size=QUEUE_SIZE
+            database=self.url,
+            posthog=self.posthog,
+            service="bench",
+            queue_size=QUEUE_SIZE,
+            max_queue_bytes=QUEUE_BYTES,
+            handle_signals=False,
         )
 
     def discard(self) -> None:
@@ -234,13 +260,14 @@ class ObsControl:
 
     @contextmanager
     def worker_running(self) -> Iterator[None]:
-        """The worker drains while the caller runs, for this block only."""
-        dispatcher.paused = False
+        """The router and the sink's worker deliver while the caller runs, this block only."""
+        self._held.__exit__(None, None, None)
         try:
             with self.scope():
                 yield
         finally:
-            dispatcher.paused = True
+            self._held = router_held()
+            self._held.__enter__()
 
     def deliver(self) -> None:
         """Wait until the worker wrote every record of the block (timed: its CPU counts)."""
@@ -248,7 +275,7 @@ class ObsControl:
             raise RuntimeError(f"obs_sdk did not deliver a block's records: {obs.stats()}")
 
     def close(self) -> None:
-        dispatcher.paused = False
+        self._held.__exit__(None, None, None)
         obs.shutdown()
         self.engine.dispose()
 

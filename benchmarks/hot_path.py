@@ -1,7 +1,7 @@
 """Profile the hot path: ``python -m benchmarks.hot_path``.
 
 Two views of ``@audited`` (0 and 2 fields), ``@tracked`` and ``@audited`` inside a
-transaction, with records waiting in the queue (worker paused, as in the overhead table):
+transaction, with records waiting in the intake (router held, as in the overhead table):
 
 1. cProfile, top functions by own time (cProfile inflates Python calls, so read it for
    *where*, not *how much*);

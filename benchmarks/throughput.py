@@ -385,7 +385,7 @@ def memory_per_record(control: contenders.ObsControl, calls: int) -> str:
             contenders.clear_floor()
             rows.append((label, f"{(after - before) / calls:,.0f}"))
     note = (
-        f"{calls:,} records queued (worker paused). Per record: the queue's slot, the record "
+        f"{calls:,} records queued (router held). Per record: the intake's slot, the record "
         "tuple, its timestamp and the resolved template values (fresh ints here); not the "
         "spec, scope and actor objects that every record of a call site shares."
     )

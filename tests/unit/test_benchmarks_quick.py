@@ -126,6 +126,35 @@ class TestQuickBenchmark:
         )
         assert postgres == bool(os.environ.get("OBS_TEST_POSTGRES_URL"))
 
+    def test_prints_the_busy_caller_rows(self, quick_output: tuple[str, Path]) -> None:
+        """SQLite (and PostgreSQL when set): calls/s, delivered rows/s, dropped % and a ratio."""
+        output, _ = quick_output
+        rows = {
+            line.split("|")[1].strip(): [
+                cell.strip() for cell in line.strip().strip("|").split("|")
+            ]
+            for line in output.split("## Busy caller")[1].split("\n## ")[0].splitlines()
+            if line.startswith(("| SQLite |", "| PostgreSQL |"))
+        }
+        databases = (
+            ["SQLite", "PostgreSQL"] if os.environ.get("OBS_TEST_POSTGRES_URL") else ["SQLite"]
+        )
+        for database in databases:
+            _, calls, delivered, dropped, sustained, ratio = rows[database]
+            assert NUMBER.match(calls) and NUMBER.match(delivered), rows[database]
+            assert re.match(r"^[\d.]+ %$", dropped) and NUMBER.match(sustained), rows[database]
+            assert RATIO.match(ratio), rows[database]
+
+    def test_prints_the_drop_path_next_to_the_queued_path(
+        self, quick_output: tuple[str, Path]
+    ) -> None:
+        """@audited and @tracked each have queued and dropped ns per call and their ratio."""
+        output, _ = quick_output
+        for label in ("@audited, 2 fields", "@tracked, 1 property"):
+            assert re.search(rf"\| {re.escape(label)} \| [\d,]+ \| [\d,]+ \| [\d.]+ \|", output), (
+                label
+            )
+
     def test_prints_memory_per_queued_record(self, quick_output: tuple[str, Path]) -> None:
         """The tracemalloc table has a byte count for each @audited variant."""
         output, _ = quick_output
