@@ -361,3 +361,23 @@ class TestBoundedMetadata:
         assert json_size(record["metadata"]) <= 1024
         assert record["metadata"]["kind"] == "upload"
         assert record["metadata"]["_truncated"] is True
+
+
+class TestRedactionOptions:
+    """configure(keep_keys=..., redact=...) reach the records' metadata."""
+
+    def test_keep_keys_and_the_redact_hook(self) -> None:
+        """A kept key keeps its value; the hook's output is what is stored, sanitized."""
+
+        def hook(data: dict[str, Any]) -> dict[str, Any]:
+            return {**data, "added": float("nan")}
+
+        obs.configure("sqlite://", keep_keys=["session_id"], redact=hook)
+        with capture() as cap:
+            obs.record_audit("a.b", metadata={"session_id": "s_1", "password": "hunter2"})
+        (record,) = cap.audits
+        assert record["metadata"] == {
+            "session_id": "s_1",
+            "password": "[REDACTED]",
+            "added": "NaN",
+        }
