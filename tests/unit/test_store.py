@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import posthog
 import pytest
@@ -312,3 +315,71 @@ class TestIdCollisions:
         assert len(ids) == 2
         assert taken in ids
         assert obs.stats()["internal_errors"] == 1
+
+
+class TestLargeBatches:
+    """A sink that fell behind writes large batches (one statement each): every row exact."""
+
+    def test_a_backlog_leaves_in_large_batches_intact(
+        self, database_url: str, reader: sa.Engine
+    ) -> None:
+        """3,000 records queued behind a locked table leave in large batches, each row as made."""
+        from obs_sdk import _sinks
+
+        sizes: list[int] = []
+        insert = _sinks._DriverInsert.insert
+
+        def counting(self: Any, conn: Any, rows: list[Any]) -> int:
+            sizes.append(len(rows))
+            return insert(self, conn, rows)
+
+        obs.configure(database_url)
+        actor = obs.Actor.user("u_1", name="Zoë", email="z@example.com")
+        with (
+            patch.object(_sinks._DriverInsert, "insert", counting),
+            audit_table_locked(database_url),
+            obs.scope(actor=actor, organization="org_1"),
+        ):
+            for i in range(3000):
+                obs.record_audit(
+                    "bulk.row",
+                    resource=obs.Resource("doc", f"d_{i}"),
+                    metadata={"i": i, "text": f"row {i}", "nested": {"ok": i % 2 == 0}},
+                )
+                if i % 500 == 499:
+                    obs.flush(timeout=0.05)  # routed into the sink's queue, which cannot drain
+        with patch.object(_sinks._DriverInsert, "insert", counting):
+            assert obs.flush(timeout=60.0)
+        assert max(sizes) >= _sinks.UNNEST_FROM  # the large-batch statement was used
+        stats = obs.stats()
+        assert (stats["delivered"], stats["failed"], stats["dropped"]) == (3000, 0, 0)
+        records = obs.audit_log(reader, limit=5000)
+        assert len({r.id for r in records}) == 3000
+        by_resource = {r.resource_id: r for r in records}
+        for i in (0, 1499, 1500, 2999):
+            record = by_resource[f"d_{i}"]
+            assert record.metadata == {"i": i, "text": f"row {i}", "nested": {"ok": i % 2 == 0}}
+            assert (record.actor_name, record.organization_id) == ("Zoë", "org_1")
+            assert record.occurred_at.tzinfo is not None
+
+
+@contextmanager
+def audit_table_locked(url: str) -> Iterator[None]:
+    """Another connection holds obs_audit_log: the database sink cannot write until the end."""
+    if sa.engine.make_url(url).get_backend_name() == "sqlite":
+        holder = sqlite3.connect(sa.engine.make_url(url).database or "", isolation_level=None)
+        try:
+            holder.execute("BEGIN EXCLUSIVE")
+            yield
+            holder.execute("COMMIT")
+        finally:
+            holder.close()
+        return
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("LOCK TABLE obs_audit_log IN ACCESS EXCLUSIVE MODE"))
+            yield
+            conn.rollback()
+    finally:
+        engine.dispose()
