@@ -265,13 +265,15 @@ def configure(
 
     Delivery: each sink (the database, PostHog, OpenTelemetry logs) has its own queue and
     worker thread, so a database outage delays no analytics event and a slow PostHog no
-    audit row. Each queue holds at most ``queue_size`` records and ``max_queue_bytes``
-    bytes (default 64 MiB); so does the intake that the callers' records enter first. When
-    one is full, ``overflow="drop"`` (default) drops the newest record; ``"block"`` lets the
-    caller wait up to ``block_timeout`` seconds (default 0.05) for room first, for
-    compliance needs where a slower call beats a lost record. Either way a drop is counted
-    (``stats()["dropped"]`` and ``["by_sink"]``) and logged: a WARNING at the first drop,
-    then at most one per sink every 10 s, with the count and the reason.
+    audit row. The callers' records enter one intake first, then each sink's queue. Each
+    holds at most ``queue_size`` records, and one sink's delivery (its queue, its batch in
+    export, and the intake's share) at most about ``max_queue_bytes`` bytes (default
+    64 MiB), whatever the records' size. When one is full, ``overflow="drop"`` (default)
+    drops the newest record; ``"block"`` lets the caller wait up to ``block_timeout``
+    seconds (default 0.05) for room first, for compliance needs where a slower call beats a
+    lost record. Either way a drop is counted (``stats()["dropped"]``, and
+    ``["by_sink"]`` for a sink's queue) and logged: a WARNING at the first drop, then at
+    most one per sink every 10 s, with the count and the reason.
 
     ``handle_signals=True`` (default) flushes the queues (within 5 s) when the process gets
     SIGTERM, then terminates as the signal would have; an application's own SIGTERM handler

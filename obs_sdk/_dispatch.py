@@ -2,15 +2,17 @@
 
 ::
 
-    callers --append--> intake --router: render, measure, admit--> queue per sink --> export
+    callers --append--> intake --route: render, measure, admit--> queue per sink --> export
 
 The hot path appends raw record tuples to the intake, a deque (atomic under the GIL, no lock).
-The router thread ("obs-sdk-dispatch") takes them in slices and renders each record once (a
-sink that alone takes a kind may render it its own way: the SQL sink straight into its
-driver's row), measures it, and admits it to the queue of every sink that takes its kind,
-within that sink's bounds: ``queue_size`` records and ``max_queue_bytes`` bytes. The router
-never waits on a sink, so a sink that hangs delays no other: its queue fills, and records
-meant for it are dropped, counted and reported. Each sink has its own worker thread
+Routing takes them in slices and renders each record once (a sink that alone takes a kind may
+render it its own way: the SQL sink straight into its driver's row), measures it, and admits
+it to the queue of every sink that takes its kind, within that sink's bounds: ``queue_size``
+records and its share of ``max_queue_bytes`` (see ``Limits``). One thread routes at a time:
+a sink's worker that ran out of work (so a healthy sink renders and writes on one thread),
+or the router thread ("obs-sdk-dispatch") when no worker did for a while. Routing never
+waits on a sink, so a sink that hangs delays no other: its queue fills, and records meant
+for it are dropped, counted and reported. Each sink has its own worker thread
 ("obs-sdk-sink-<name>") that exports batches, retries transient errors with backoff and
 retries a batch that failed for good row by row, so one bad record fails alone.
 
