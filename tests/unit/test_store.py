@@ -10,6 +10,7 @@ import asyncio
 import logging
 import sqlite3
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -348,9 +349,15 @@ class TestLargeBatches:
                 )
                 if i % 500 == 499:
                     obs.flush(timeout=0.05)  # routed into the sink's queue, which cannot drain
-        with patch.object(_sinks._DriverInsert, "insert", counting):
+        # How large the batches are depends on how the backlog was routed (timing), which
+        # test_a_deep_queue_is_taken_in_large_batches pins; here a lower threshold makes
+        # sure the statement over arrays carries some of them, whatever the timing.
+        with (
+            patch.object(_sinks._DriverInsert, "insert", counting),
+            patch.object(_sinks, "UNNEST_FROM", 200),
+        ):
             assert obs.flush(timeout=60.0)
-        assert max(sizes) >= _sinks.UNNEST_FROM  # the large-batch statement was used
+        assert max(sizes) >= 200  # on PostgreSQL the statement over arrays was used
         stats = obs.stats()
         assert (stats["delivered"], stats["failed"], stats["dropped"]) == (3000, 0, 0)
         records = obs.audit_log(reader, limit=5000)
@@ -361,6 +368,22 @@ class TestLargeBatches:
             assert record.metadata == {"i": i, "text": f"row {i}", "nested": {"ok": i % 2 == 0}}
             assert (record.actor_name, record.organization_id) == ("Zoë", "org_1")
             assert record.occurred_at.tzinfo is not None
+
+
+def test_a_deep_queue_is_taken_in_large_batches() -> None:
+    """A sink that fell behind takes half its queue at once (up to MAX_BATCH_SIZE), within bytes."""
+    from obs_sdk._pipelines import BATCH_SIZE, MAX_BATCH_SIZE, take_batch
+
+    def queue(n: int) -> deque[tuple[Any, int, bool]]:
+        return deque((i, 100, False) for i in range(n))
+
+    assert len(take_batch(queue(10), 10**9)) == 10
+    assert len(take_batch(queue(800), 10**9)) == BATCH_SIZE
+    deep = queue(4000)
+    assert [item[0] for item in take_batch(deep, 10**9)] == list(range(2000))  # in order
+    assert len(take_batch(queue(50_000), 10**9)) == MAX_BATCH_SIZE
+    assert len(take_batch(queue(4000), 100 * 700)) == 700  # the byte budget wins
+    assert len(take_batch(queue(4000), 10)) == 1  # one record always goes
 
 
 @contextmanager
