@@ -43,7 +43,7 @@ from obs_sdk.exceptions import ConfigurationError, MissingDependencyError
 from obs_sdk.propagation import _CARRIED_KEY, _keys, _ScopePropagator
 
 try:
-    from celery import Celery, signals
+    from celery import Celery, signals  # type: ignore[import-untyped]  # no stubs or py.typed
 except ImportError:
     raise MissingDependencyError(package="celery", extra="celery") from None
 
