@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from celery import Celery, signals
+from celery import Celery, chain, group, signals
 from celery.contrib.testing.worker import start_worker
 
 import obs_sdk as obs
@@ -299,6 +299,21 @@ class TestPublisherScope:
         assert sorted(trail(sqlite_engine), key=lambda r: r[-1]) == [
             ("report.exported", "success", "user", "u_ada", "org_acme", None, "r_7"),
             ("report.exported", "success", "user", "u_ada", "org_acme", None, "r_8"),
+        ]
+
+    def test_groups_and_chains_carry_the_scope(
+        self, shared: Tasks, sqlite_engine: sa.Engine
+    ) -> None:
+        """Canvas publishes through app.send_task too: a group's tasks are published here,
+        a chain's second link by the worker when the first is done; all carry the scope."""
+        with obs.scope(actor=ADA, organization="org_acme"):
+            grouped = group(shared.export.si("r_14"), shared.export.si("r_15")).apply_async()
+            chained = chain(shared.export.si("r_16"), shared.export.si("r_17")).apply_async()
+        grouped.get(timeout=RESULT_TIMEOUT)
+        chained.get(timeout=RESULT_TIMEOUT)
+        assert sorted(trail(sqlite_engine), key=lambda r: r[-1]) == [
+            ("report.exported", "success", "user", "u_ada", "org_acme", None, f"r_{n}")
+            for n in (14, 15, 16, 17)
         ]
 
     def test_headers_passed_by_the_caller_cannot_set_the_scope(
