@@ -24,7 +24,10 @@ signed as ``obs_sdk.propagation`` signs them; the worker verifies the signature 
   both from one function on the thread that runs the task (``postrun`` from a
   ``finally``), so the scope's context token is reset in the context that set it, and a
   pooled thread never keeps a task's scope. ``on_failure``, ``task_failure`` handlers and
-  the tasks a task publishes (a retry included) all run inside the scope.
+  the tasks a task publishes (a retry included) all run inside the scope;
+- exiting: a prefork pool child ends with ``os._exit`` (after ``max_tasks_per_child``
+  tasks, or at shutdown), which skips obs_sdk's atexit hook, so ``worker_process_shutdown``
+  delivers what the child queued first (``obs.flush``, at most five seconds).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ __all__ = ["DEFAULT_MAX_AGE_SECONDS", "SCOPE_REJECTED_ACTION", "instrument"]
 # A queue is slower than an HTTP call: an hour of backlog still runs as its publisher.
 DEFAULT_MAX_AGE_SECONDS = 3600
 SCOPE_REJECTED_ACTION = "task.scope_rejected"
+EXIT_FLUSH_TIMEOUT_SECONDS = 5.0  # how long an exiting pool child waits for its records
 
 _CONFIG = "_obs_sdk_celery"  # the app's _Config, set by instrument()
 _SCOPE = "_obs_sdk_scope"  # on a running task's request: the scope prerun entered
@@ -147,6 +151,9 @@ def _connect_signals() -> None:
     )
     signals.task_prerun.connect(_task_prerun, weak=False, dispatch_uid="obs_sdk.celery.prerun")
     signals.task_postrun.connect(_task_postrun, weak=False, dispatch_uid="obs_sdk.celery.postrun")
+    signals.worker_process_shutdown.connect(
+        _deliver_before_exit, weak=False, dispatch_uid="obs_sdk.celery.process_shutdown"
+    )
 
 
 def _before_task_publish(headers: Any = None, **_: Any) -> None:
@@ -204,6 +211,12 @@ def _task_postrun(task: Any = None, **_: Any) -> None:
         manager = vars(task.request).pop(_SCOPE, None)
         if manager is not None:
             manager.__exit__(None, None, None)
+
+
+def _deliver_before_exit(**_: Any) -> None:
+    """Deliver what a prefork pool child queued: it exits with os._exit, skipping atexit."""
+    with guard("celery.process_shutdown"):
+        obs.flush(timeout=EXIT_FLUSH_TIMEOUT_SECONDS)
 
 
 def _record_rejected(task_name: str, task_id: str, reason: str) -> None:
