@@ -37,7 +37,8 @@ import obs_sdk as obs
 from obs_sdk.integrations.celery import instrument
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-obs.configure(database=sa.create_engine(os.environ["OBS_TEST_DATABASE_URL"]))
+engine = sa.create_engine(os.environ["OBS_TEST_DATABASE_URL"])
+obs.configure(database=engine)
 
 app = Celery("prefork_app", broker="filesystem://", backend="file://" + HERE + "/results")
 app.conf.update(
@@ -77,6 +78,7 @@ def app_module(
     spec.loader.exec_module(module)
     yield module
     obs.shutdown()
+    module.engine.dispose()
 
 
 @pytest.fixture
