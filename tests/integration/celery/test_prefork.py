@@ -45,6 +45,7 @@ app.conf.update(
     broker_transport_options={
         "data_folder_in": HERE + "/broker",
         "data_folder_out": HERE + "/broker",
+        "control_folder": HERE + "/control",  # default: ./control, wherever the test runs
         "polling_interval": 0.05,
     },
     broker_connection_retry_on_startup=True,
