@@ -15,6 +15,10 @@ The convention, for whoever writes documentation:
 - Other blocks (```` ```bash ````, ```` ```sh ````, plain ```` ``` ````) are not run; the
   repository paths that any block or link names must exist (tests/docs/test_references.py).
 
+A script also fails when it warns (``PYTHONWARNINGS=error``, as pytest is configured) or when
+the ``obs_sdk`` logger says anything at WARNING or above: obs_sdk swallows its own errors, so
+a snippet whose template is wrong would otherwise exit 0 having recorded nothing.
+
 What a script finds in its environment: ``POSTHOG_API_KEY`` and ``POSTHOG_HOST`` name a
 PostHog receiver on 127.0.0.1 (tests/support/posthog_receiver.py), so a snippet can build a
 real ``posthog.Posthog`` from them; ``HTTP_PROXY``/``HTTPS_PROXY`` point at a closed loopback
@@ -143,6 +147,8 @@ def snippet_environment(posthog_host: str) -> dict[str, str]:
         NO_PROXY="127.0.0.1,localhost",
         no_proxy="127.0.0.1,localhost",
         PYTHONDONTWRITEBYTECODE="1",
+        # As in pytest's configuration: a snippet that warns (a deprecated call) fails.
+        PYTHONWARNINGS="error",
     )
     # The test's own switches must not leak into what a reader would run.
     for name in ("OBS_SDK_CONSOLE", "PYTEST_CURRENT_TEST", "PYTEST_ADDOPTS"):
@@ -218,9 +224,16 @@ SNIPPETS = [snippet for path in documentation_files() for snippet in extract(pat
 
 
 @pytest.fixture(scope="module")
-def results() -> Iterator[dict[str, Future[str | None]]]:
-    """Start every snippet at once (one per core) on a shared loopback PostHog receiver."""
-    with PosthogReceiver() as receiver, ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+def receiver() -> Iterator[PosthogReceiver]:
+    """The loopback PostHog that every snippet's ``POSTHOG_HOST`` names."""
+    with PosthogReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def results(receiver: PosthogReceiver) -> Iterator[dict[str, Future[str | None]]]:
+    """Start every snippet at once (one per core); each test collects its own result."""
+    with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
         env = snippet_environment(receiver.url)
         futures = {s.where: pool.submit(check, s, env) for s in SNIPPETS}
         yield futures
@@ -234,6 +247,19 @@ def test_snippet_runs(snippet: Snippet, results: dict[str, Future[str | None]]) 
     failure = results[snippet.where].result()
     if failure is not None:
         pytest.fail(failure, pytrace=False)
+
+
+def test_the_readme_event_reaches_posthog(
+    results: dict[str, Future[str | None]], receiver: PosthogReceiver
+) -> None:
+    """The README's first example promises a PostHog event: the receiver got it."""
+    first = next(s for s in SNIPPETS if s.path.name == "README.md" and s.kind == RUN)
+    assert results[first.where].result() is None
+    sent = [
+        (e["distinct_id"], e["properties"]["file_id"], e["properties"]["$groups"])
+        for e in receiver.events_named("file_downloaded")
+    ]
+    assert ("u_1", "f_1", {"workspace": "ws_1", "organization": "org_1"}) in sent
 
 
 class TestTheChecker:
@@ -284,8 +310,7 @@ class TestTheChecker:
         """requests and httpx obey the proxy variables, which lead nowhere."""
         page = tmp_path / "page.md"
         page.write_text(
-            "```python\nimport httpx\n"
-            "httpx.get('http://example.com/', timeout=5)\n```\n"
+            "```python\nimport httpx\nhttpx.get('http://example.com/', timeout=5)\n```\n"
         )
         (snippet,) = extract(page)
         failure = check(snippet, snippet_environment("http://127.0.0.1:9"))
@@ -304,10 +329,19 @@ class TestTheChecker:
         (snippet,) = extract(page)
         failure = check(snippet, snippet_environment("http://127.0.0.1:9"))
         assert failure is not None
-        assert failure.startswith("page.md:2: ```python block exited with 3") or (
-            failure.startswith(f"{page}:2: ```python block exited with 3")
-        )
+        assert failure.startswith(f"{page}:2: ```python block exited with 3")
         assert "obs_sdk logged: obs_sdk internal error in template" in failure
+
+    def test_a_deprecation_warning_fails_the_snippet(self, tmp_path: Path) -> None:
+        """Readers copy what the docs show: a call that warns is not shown."""
+        page = tmp_path / "page.md"
+        page.write_text(
+            "```python\nimport warnings\nwarnings.warn('old', DeprecationWarning)\n```\n"
+        )
+        (snippet,) = extract(page)
+        failure = check(snippet, snippet_environment("http://127.0.0.1:9"))
+        assert failure is not None
+        assert "DeprecationWarning: old" in failure
 
     def test_an_unclosed_fence_is_an_error(self, tmp_path: Path) -> None:
         """A page whose block never closes is reported, not silently cut short."""
