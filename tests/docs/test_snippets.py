@@ -230,31 +230,49 @@ def receiver() -> Iterator[PosthogReceiver]:
         yield receiver
 
 
+class Runs:
+    """Snippet runs on a thread pool: started ahead, each awaited by its own test."""
+
+    def __init__(self, pool: ThreadPoolExecutor, env: dict[str, str]) -> None:
+        self._pool, self._env = pool, env
+        self._futures: dict[str, Future[str | None]] = {}
+
+    def start(self, snippet: Snippet) -> None:
+        """Start *snippet* unless it has been started."""
+        if snippet.where not in self._futures:
+            self._futures[snippet.where] = self._pool.submit(check, snippet, self._env)
+
+    def result(self, snippet: Snippet) -> str | None:
+        """Return what `check` says about *snippet*, starting it if need be."""
+        self.start(snippet)
+        return self._futures[snippet.where].result()
+
+
 @pytest.fixture(scope="module")
-def results(receiver: PosthogReceiver) -> Iterator[dict[str, Future[str | None]]]:
-    """Start every snippet at once (one per core); each test collects its own result."""
+def runs(request: pytest.FixtureRequest, receiver: PosthogReceiver) -> Iterator[Runs]:
+    """Start the selected snippets at once, one per core (``-k`` runs only those chosen)."""
     with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
-        env = snippet_environment(receiver.url)
-        futures = {s.where: pool.submit(check, s, env) for s in SNIPPETS}
-        yield futures
-        for future in futures.values():
-            future.cancel()
+        runs = Runs(pool, snippet_environment(receiver.url))
+        for item in request.session.items:
+            params = getattr(item, "callspec", None)
+            if params is not None and isinstance(params.params.get("snippet"), Snippet):
+                runs.start(params.params["snippet"])
+        yield runs
+        pool.shutdown(cancel_futures=True)
 
 
 @pytest.mark.parametrize("snippet", SNIPPETS, ids=[s.where for s in SNIPPETS])
-def test_snippet_runs(snippet: Snippet, results: dict[str, Future[str | None]]) -> None:
+def test_snippet_runs(snippet: Snippet, runs: Runs) -> None:
     """Each ```python script exits 0 in a fresh directory; each ```py fragment compiles."""
-    failure = results[snippet.where].result()
+    failure = runs.result(snippet)
     if failure is not None:
         pytest.fail(failure, pytrace=False)
 
 
-def test_the_readme_event_reaches_posthog(
-    results: dict[str, Future[str | None]], receiver: PosthogReceiver
-) -> None:
+def test_the_readme_event_reaches_posthog(runs: Runs, receiver: PosthogReceiver) -> None:
     """The README's first example promises a PostHog event: the receiver got it."""
     first = next(s for s in SNIPPETS if s.path.name == "README.md" and s.kind == RUN)
-    assert results[first.where].result() is None
+    assert runs.result(first) is None
     sent = [
         (e["distinct_id"], e["properties"]["file_id"], e["properties"]["$groups"])
         for e in receiver.events_named("file_downloaded")
