@@ -17,7 +17,9 @@ The convention, for whoever writes documentation:
 
 A script also fails when it warns (``PYTHONWARNINGS=error``, as pytest is configured) or when
 the ``obs_sdk`` logger says anything at WARNING or above: obs_sdk swallows its own errors, so
-a snippet whose template is wrong would otherwise exit 0 having recorded nothing.
+a snippet whose template is wrong would otherwise exit 0 having recorded nothing. A block
+that means to show such a warning says so with ``<!-- warns -->`` on the line before it
+(``<!-- continue warns -->`` when it also continues).
 
 What a script finds in its environment: ``POSTHOG_API_KEY`` and ``POSTHOG_HOST`` name a
 PostHog receiver on 127.0.0.1 (tests/support/posthog_receiver.py), so a snippet can build a
@@ -40,7 +42,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,8 @@ ROOT = Path(__file__).parents[2]
 FIXTURES = Path(__file__).parent / "fixtures"
 TIMEOUT = 120.0
 CONTINUE = "<!-- continue -->"
+# The comment on the line before a block: "continue", "warns", or both ("continue warns").
+_MARKER = re.compile(r"^<!--\s*((?:continue|warns)(?:[\s,]+(?:continue|warns))*)\s*-->$")
 RUN, COMPILE = "python", "py"
 # A fence opens with three or more backticks and an info string; it closes with at least as many.
 _FENCE = re.compile(r"^(?P<indent>\s*)(?P<ticks>`{3,})(?P<info>[^`]*)$")
@@ -71,6 +75,7 @@ class Snippet:
     line: int  # the first line of code of the first block (1-based)
     kind: str  # RUN or COMPILE
     lines: dict[int, str]  # line number -> code, for every block of the script
+    warns: bool = False  # a block is marked <!-- warns -->: obs_sdk's warnings are expected
 
     @property
     def where(self) -> str:
@@ -114,16 +119,19 @@ def extract(path: Path) -> list[Snippet]:
             raise ValueError(f"{path}:{start}: the code block is never closed")
         # Lines of a block indented under a list item lose that indentation.
         body = {n + 1: _dedent(text[n], indent) for n in range(start, i)}
+        marker = _MARKER.match(previous_line)
+        words = set(re.split(r"[\s,]+", marker[1])) if marker else set()
         if language in (RUN, COMPILE):
-            continues = previous_line == CONTINUE
-            if continues and language == RUN:
+            if "continue" in words and language == RUN:
                 if not snippets or snippets[-1].kind != RUN:
                     raise ValueError(
                         f"{path}:{start}: {CONTINUE} needs a ```python block before it"
                     )
                 snippets[-1].lines.update(body)
+                if "warns" in words:
+                    snippets[-1] = replace(snippets[-1], warns=True)
             else:
-                snippets.append(Snippet(path, start + 1, language, dict(body)))
+                snippets.append(Snippet(path, start + 1, language, dict(body), "warns" in words))
         previous_line = ""
         i += 1
     return snippets
@@ -179,6 +187,11 @@ def _fail_on_obs_sdk_warnings():
         sys.stderr.flush()
         os._exit(3)
 """
+_OBS_SDK_LOGGED = 3
+_WARNS_HINT = (
+    " because obs_sdk logged a warning; if the block means to show it, put <!-- warns --> "
+    "on the line before the block"
+)
 
 
 def check(snippet: Snippet, env: dict[str, str]) -> str | None:
@@ -196,10 +209,11 @@ def check(snippet: Snippet, env: dict[str, str]) -> str | None:
         workdir = Path(tmp) / "cwd"
         workdir.mkdir()
         script.write_text(source, encoding="utf-8")
-        site = Path(tmp) / "site"
-        site.mkdir()
-        (site / "sitecustomize.py").write_text(_SITECUSTOMIZE, encoding="utf-8")
-        env = {**env, "PYTHONPATH": str(site)}
+        if not snippet.warns:
+            site = Path(tmp) / "site"
+            site.mkdir()
+            (site / "sitecustomize.py").write_text(_SITECUSTOMIZE, encoding="utf-8")
+            env = {**env, "PYTHONPATH": str(site)}
         try:
             proc = subprocess.run(
                 [sys.executable, str(script)],
@@ -217,7 +231,8 @@ def check(snippet: Snippet, env: dict[str, str]) -> str | None:
         return None
     # Tracebacks name the temp script; its line numbers are the Markdown file's.
     output = (proc.stdout + proc.stderr).replace(str(script), name)
-    return f"{snippet.where}: ```python block exited with {proc.returncode}\n{output}"
+    hint = _WARNS_HINT if proc.returncode == _OBS_SDK_LOGGED else ""
+    return f"{snippet.where}: ```python block exited with {proc.returncode}{hint}\n{output}"
 
 
 SNIPPETS = [snippet for path in documentation_files() for snippet in extract(path)]
@@ -349,6 +364,23 @@ class TestTheChecker:
         assert failure is not None
         assert failure.startswith(f"{page}:2: ```python block exited with 3")
         assert "obs_sdk logged: obs_sdk internal error in template" in failure
+
+    def test_a_block_marked_warns_may_show_obs_sdk_warnings(self, tmp_path: Path) -> None:
+        """``<!-- warns -->`` lets a block show a warning on purpose; the mark is per script."""
+        block = (
+            "```python\nimport logging\n"
+            "logging.getLogger('obs_sdk').warning('shown on purpose')\n```\n"
+        )
+        page = tmp_path / "page.md"
+        page.write_text(f"<!-- warns -->\n{block}\n{block}\n<!-- continue, warns -->\n{block}")
+        marked, unmarked = extract(page)
+        assert (marked.warns, unmarked.warns) == (True, True)  # continued, then marked
+        env = snippet_environment("http://127.0.0.1:9")
+        assert check(marked, env) is None
+        assert check(replace(unmarked, warns=False), env) == (
+            f"{page}:8: ```python block exited with 3{_WARNS_HINT}\n"
+            + "obs_sdk logged: shown on purpose\n" * 2  # the block and its continuation
+        )
 
     def test_a_deprecation_warning_fails_the_snippet(self, tmp_path: Path) -> None:
         """Readers copy what the docs show: a call that warns is not shown."""
