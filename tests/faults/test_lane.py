@@ -98,7 +98,6 @@ class TestDropsCostNothing:
             assert obs.stats()["dropped"] - before == 50
             assert probe.reads == {"a": 0, "b": 0}
 
-
     def test_a_dropping_caller_lets_the_other_threads_run(self, sqlite_url: str) -> None:
         """Item 6: a caller whose records are dropped hands the GIL over now and then.
 
