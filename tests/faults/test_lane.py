@@ -25,6 +25,7 @@ from tests.faults.test_pipelines import audit_table_locked, wait_until
 
 ADA = obs.Actor.user("u_ada", name="Ada")
 QUEUE_SIZE = 20
+YIELDS = 100  # how many times a dropping caller yields in the GIL test
 
 
 class Probe:
@@ -125,16 +126,18 @@ class TestDropsCostNothing:
                 time.sleep(0.05)
                 sys.setswitchinterval(1000.0)
                 before = progress[0]
-                for _ in range(20 * _dispatch.YIELD_EVERY_DROPS):
+                for _ in range(YIELDS * _dispatch.YIELD_EVERY_DROPS):
                     read()
                 during = progress[0] - before
             finally:
                 sys.setswitchinterval(interval)
                 stop.set()
                 thread.join()
-        # 20 yields: the other thread ran at about each (32-66 steps measured); without
-        # them it ran only when the caller blocked on something else (2 steps measured).
-        assert during >= 10, during
+        # The other thread runs after most yields (a released GIL is not promised to the
+        # thread waiting for it: on a loaded machine the caller may take it back first).
+        # Without the yields it ran only when the caller blocked on something else
+        # (2 steps measured).
+        assert during >= YIELDS // 5, during
 
 
 class Base(DeclarativeBase):
