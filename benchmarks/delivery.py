@@ -9,7 +9,8 @@
   the caller's thread waits in the kernel.
 * **Drop path vs queued path.** CPU ns per call when the intake has room (the record is
   queued) and when it is full (the record is dropped and counted), the router held so that
-  the intake stays as it is; ``@audited`` with 2 fields and ``@tracked``.
+  the intake stays as it is; ``@audited`` with 2 fields and ``@tracked`` (the generated
+  wrapper's lane), and ``@audited(when="always")`` (``emit()``).
 """
 
 from __future__ import annotations
@@ -138,6 +139,15 @@ def drop_path(workdir: Path, progress: Callable[[str], None]) -> str:
     variants = [
         ("@audited, 2 fields", contenders.audited_with(2)(contenders.f)),
         ("@tracked, 1 property", obs.tracked("item_read", properties={"x": "{x}"})(contenders.f)),
+        (
+            '@audited, 2 fields, when="always" (emit(), not the lane)',
+            obs.audited(
+                "item.read",
+                when="always",
+                resource=obs.Resource("item", "{x}"),
+                metadata={"value": "{result}"},
+            )(contenders.f),
+        ),
     ]
     intake = dispatcher.queue
     rows = []

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import StaticPool
 
-from obs_sdk import _context, _emit, _guard, _lifecycle, _records, _tx
+from obs_sdk import _context, _emit, _guard, _lifecycle, _posthog_log, _records, _tx
 from obs_sdk._dispatch import (
     DEFAULT_BLOCK_TIMEOUT,
     DEFAULT_MAX_QUEUE_BYTES,
@@ -456,7 +456,7 @@ def stats() -> dict[str, Any]:
 def posthog_on_error(error: Exception, batch: list[Any]) -> None:
     """Pass as ``posthog.Posthog(on_error=obs.posthog_on_error)``: upload failures are counted."""
     dispatcher.count_upload_failure("posthog", len(batch) if batch else 1)
-    _guard.count_error("posthog_upload", error)
+    _posthog_log.upload_failed(error)  # a routine outage: one warning line, traceback at DEBUG
 
 
 _swap(_current)

@@ -70,6 +70,17 @@ def emit(
             if frame.suppressed:  # type: ignore[attr-defined]
                 return
             fields = frame.fields  # type: ignore[attr-defined]
+        # The intake is full (overflow="drop"): drop before making the record, unless it would
+        # be held by a session, consume an idempotency key, or not be recorded at all.
+        if (
+            len(dispatcher.queue) >= dispatcher.drop_at
+            and deliver is None
+            and (frame is None or frame.plain)  # type: ignore[attr-defined]
+            and spec.kind not in _ANALYTICS_KINDS
+            and spec.emit_if is None
+        ):
+            dispatcher.count_drop()
+            return
         if spec.plain and _context.provider is None:
             values: tuple[Any, ...] = ()
         else:

@@ -42,7 +42,9 @@ FUNCTION, COROUTINE, GENERATOR, ASYNC_GENERATOR = "function", "coroutine", "gene
 # the wrapper itself when nothing unusual is in effect (no scope, or one without a session or
 # idempotency key; no provider; the worker running; for analytics a signed-in actor); every
 # other case goes to _emit.emit(), which handles them all. The dispatcher's lane limit is 0
-# while a scope provider, a capture or a missing worker needs the full path.
+# while a scope provider, a capture or a missing worker needs the full path. At the intake's
+# bound in overflow="drop" (its drop limit; never in "block"), the lane counts the drop
+# without making the record: a dropped call costs less than a queued one.
 _LANE = """\
 {async_}def _o_wrapper{params}:
     _o_r = {await_}_o_func({call})
@@ -52,16 +54,15 @@ _LANE = """\
         if _o_frame.{plain}:
             _o_n = _o_len(_o_queue)
             if _o_n < _o_dispatcher.{lane}:
-                try:
-                    _o_values = {values}
-                except _o_Exception:  # the careful loop nulls and counts the failing field
-                    _o_values = _o_plan.resolve({args}, {kwargs}, _o_r, None)
-                _o_queue.append(
-                    (_o_spec, _o_SUCCESS, _o_m.clock(), _o_frame.fields, _o_ctx, _o_values,
+{fields}                _o_queue.append(
+                    (_o_spec, _o_SUCCESS, _o_m.clock(), _o_frame.fields, _o_ctx, {values},
                      None, None)
                 )
                 if _o_n == _o_WAKE_AT:
                     _o_dispatcher.wake()
+                return _o_r
+            if _o_n >= _o_dispatcher.{drop_at}:
+                _o_count_drop()
                 return _o_r
     except _o_Exception as _o_exc:
         _o_count_error("emit", _o_exc)
@@ -249,10 +250,10 @@ def _lane(
     """
     if spec.when != "success" or spec.kind not in (AUDIT, EVENT) or spec.emit_if is not None:
         return None
-    compiled = spec.plan.values_source(by_name=by_name, success_only=True)
+    compiled = spec.plan.field_sources(by_name=by_name, success_only=True)
     if compiled is None:
         return None
-    values, plan_namespace = compiled
+    items, plan_namespace = compiled
     namespace.update(plan_namespace)
     namespace.update(
         _o_plan=spec.plan,
@@ -265,16 +266,34 @@ def _lane(
         _o_WAKE_AT=_emit._WAKE_AT,
         _o_len=len,
         _o_count_error=count_error,
+        _o_count_drop=dispatcher.count_drop,
     )
     is_event = spec.kind == EVENT
     return _LANE.format(
-        values=values,
+        fields="".join(_field(i, item, pieces) for i, item in enumerate(items)),
+        values=f"({''.join(f'_o_v{i}, ' for i in range(len(items)))})",
         # Analytics take the lane only for a signed-in actor (others need their opt-ins).
         plain="events_plain" if is_event else "plain",
         lane="events_lane_limit" if is_event else "lane_limit",
+        drop_at="events_drop_at" if is_event else "drop_at",
         async_="async " if awaited else "",
         await_="await " if awaited else "",
         **pieces,
+    )
+
+
+def _field(index: int, item: str, pieces: dict[str, str]) -> str:
+    """The lane's statement resolving field *index* inline into ``_o_v<index>``.
+
+    When it raises (an unloaded ORM attribute, a failing lookup), that field alone goes
+    through the careful getter, which nulls and counts it; the others keep their values.
+    """
+    careful = f"_o_plan.resolve_field({index}, {pieces['args']}, {pieces['kwargs']}, _o_r, None)"
+    return (
+        f"                try:\n"
+        f"                    _o_v{index} = {item}\n"
+        f"                except _o_Exception:\n"
+        f"                    _o_v{index} = {careful}\n"
     )
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import Table
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
-from obs_sdk import _records
+from obs_sdk import _posthog_log, _records
 from obs_sdk._guard import count_error
 from obs_sdk._records import (
     AUDIT,
@@ -463,6 +463,7 @@ class PostHogSink:
 
     def __init__(self, client: posthog.Posthog) -> None:
         self.client = client
+        _posthog_log.install(client)  # one line per outage, not one per failed batch
 
     def export(self, batch: Sequence[AnalyticsEvent], /) -> list[int]:
         """Hand *batch* to the client; return the positions it refused.
@@ -500,7 +501,8 @@ class PostHogSink:
 
     def flush(self, timeout: float, /) -> bool:
         """Flush the client; False while its queue still holds events (sent or not)."""
-        self.client.flush(timeout_seconds=max(timeout, 0.001))
+        with _posthog_log.flushing():
+            self.client.flush(timeout_seconds=max(timeout, 0.001))
         queue = getattr(self.client, "queue", None)  # the analytics lane's queue.Queue
         return not getattr(queue, "unfinished_tasks", 0)
 

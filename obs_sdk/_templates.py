@@ -25,7 +25,7 @@ import string
 import uuid
 import weakref
 from _string import formatter_field_name_split  # type: ignore[import-not-found]
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -501,9 +501,38 @@ class Plan:
                 return fast(args, kwargs, result, exception)
             except Exception:
                 pass
+        return tuple(
+            self._resolve_fields(range(len(self.resolvers)), args, kwargs, result, exception)
+        )
+
+    def resolve_field(
+        self,
+        index: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        result: Any,
+        exception: BaseException | None,
+    ) -> Any:
+        """Resolve field *index* alone, as ``resolve`` does: None and counted if it fails.
+
+        For generated code whose inline field failed: the other fields keep their values.
+        """
+        return self._resolve_fields((index,), args, kwargs, result, exception)[0]
+
+    def _resolve_fields(
+        self,
+        indexes: Iterable[int],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        result: Any,
+        exception: BaseException | None,
+    ) -> list[Any]:
+        """The careful per-field getters: a field that fails is None and counted alone."""
         call = None
         values = []
-        for index, (kind, fn) in enumerate(self.resolvers):
+        resolvers = self.resolvers
+        for index in indexes:
+            kind, fn = resolvers[index]
             try:
                 if kind == ARGS:
                     value = fn(args, kwargs, result)
@@ -523,7 +552,7 @@ class Plan:
                 count_error("template", exc)
                 value = None
             values.append(value)
-        return tuple(values)
+        return values
 
     def _unloaded(self, index: int, unloaded: Unloaded) -> None:
         """Count a field left NULL because it would have loaded an ORM attribute; warn once."""
@@ -548,11 +577,25 @@ class Plan:
     ) -> tuple[str, dict[str, Any]] | None:
         """Return Python source of a tuple of every field's frozen value, and its namespace.
 
+        ``field_sources`` joined into one expression: see there.
+        """
+        compiled = self.field_sources(by_name=by_name, success_only=success_only)
+        if compiled is None:
+            return None
+        items, namespace = compiled
+        return (f"({', '.join(items)},)" if items else "()"), namespace
+
+    def field_sources(
+        self, *, by_name: bool = False, success_only: bool = False
+    ) -> tuple[list[str], dict[str, Any]] | None:
+        """Return Python source of each field's frozen value, in order, and their namespace.
+
         The source reads ``_o_a`` (args), ``_o_k`` (kwargs), ``_o_r`` (result) and ``_o_x``
         (exception). *by_name*: the parameters as local variables instead of ``_o_a`` and
         ``_o_k``, for a wrapper with the function's own signature. *success_only*: no
-        ``_o_x``, the result is always there. It raises on the first failing field or unloaded
-        ORM attribute (fall back to ``resolve``, which nulls and counts that field alone). One
+        ``_o_x``, the result is always there. Each raises when its field fails or reads an
+        unloaded ORM attribute (fall back to ``resolve`` or ``resolve_field``, which null and
+        count that field alone). One
         straight-line expression per field costs ~50 ns, against ~300 ns through the
         per-field getters. None when a field is a callable: those need the Call.
         """
@@ -566,7 +609,7 @@ class Plan:
             if kind == RESULT and not success_only:
                 value = f"({value} if _o_x is None else None)"
             items.append(f"(_o_v{i} if _o_type(_o_v{i} := {value}) in _o_S else _o_F(_o_v{i}))")
-        return (f"({', '.join(items)},)" if items else "()"), dict(self._namespace)
+        return items, dict(self._namespace)
 
     def _compile_fast(self) -> Callable[..., tuple[Any, ...]]:
         compiled = self.values_source() if self._sources else None

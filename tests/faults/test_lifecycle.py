@@ -329,8 +329,10 @@ class TestStartupCreates:
 
 # -- SIGTERM -------------------------------------------------------------------------------
 
-# Configures obs_sdk, installs the SIGTERM handler and, once the parent has blocked the
-# database, makes RECORDS audited calls; prints the counters, then waits to be signalled.
+# Configures obs_sdk (which installs the SIGTERM handler unless handle_signals=False), may
+# install it again explicitly ({install}: another flush and timeout) and, once the parent has
+# blocked the database, makes RECORDS audited calls; prints the counters, then waits to be
+# signalled.
 QUEUE_THEN_WAIT = """
     import json, os, signal, sys
     import obs_sdk as obs
@@ -348,7 +350,7 @@ QUEUE_THEN_WAIT = """
     def download(file_id):
         return file_id
 
-    obs.configure(os.environ["OBS_URL"])
+    obs.configure(os.environ["OBS_URL"]{configure})
     {install}
     print("configured", flush=True)
     sys.stdin.readline()  # the parent blocks writes to obs_audit_log
@@ -360,15 +362,18 @@ QUEUE_THEN_WAIT = """
     """
 
 
-# How the children get the handler: explicitly, until configure() installs it by default.
+# Installed again with a flush that counts its calls and a 10 s timeout (configure()'s is 5 s).
 INSTALL = "_lifecycle.install_signal_handlers(flush, 10.0)"
 
 
-def queue_then_wait(records: int, *, before_install: str = "", install: str = INSTALL) -> str:
+def queue_then_wait(
+    records: int, *, before_install: str = "", install: str = INSTALL, configure: str = ""
+) -> str:
     return textwrap.dedent(QUEUE_THEN_WAIT).format(
         records=records,
         before_install=textwrap.dedent(before_install).strip(),
         install=textwrap.dedent(install).strip(),
+        configure=configure,
     )
 
 
@@ -393,13 +398,33 @@ class TestSigterm:
     """SIGTERM flushes what is queued, then terminates as it would have without obs_sdk."""
 
     def test_every_queued_record_is_written(self, database_url: str, reader: sa.Engine) -> None:
-        """3,000 records queued behind a blocked database: SIGTERM writes all, exits -15."""
-        with child(queue_then_wait(RECORDS), database_url) as c:
+        """3,000 records queued behind a blocked database: SIGTERM writes all, exits -15.
+
+        As a user runs it: configure() installed the handler (handle_signals=True, the
+        default), nothing else did.
+        """
+        with child(queue_then_wait(RECORDS, install=""), database_url) as c:
             with signalled_while_blocked(c, database_url):
                 pass
             code, _, err = c.finish()
         assert code == -signal.SIGTERM, err
         assert count_rows(reader, "file.downloaded") == RECORDS
+
+    def test_handle_signals_false_leaves_sigterm_alone(
+        self, database_url: str, reader: sa.Engine
+    ) -> None:
+        """configure(handle_signals=False): SIGTERM's default action ends the child at once."""
+        source = queue_then_wait(RECORDS, install="", configure=", handle_signals=False")
+        with child(source, database_url) as c:
+            assert c.read_line() == "configured\n"
+            with writes_blocked(database_url):
+                c.send("go")
+                assert json.loads(c.read_line()) == {"delivered": 0, "dropped": 0}
+                c.proc.send_signal(signal.SIGTERM)
+                code = c.proc.wait(timeout=5.0)
+            c.finish()
+        assert code == -signal.SIGTERM
+        assert count_rows(reader, "file.downloaded") == 0
 
     def test_a_second_sigterm_terminates_at_once(self, database_url: str) -> None:
         """SIGTERM again while the flush waits for a blocked database: exit without waiting."""

@@ -190,15 +190,18 @@ class TestHangingSink:
         assert results == [f"bytes of f_{i}" for i in range(500)]
         assert obs.flush(timeout=0.2) is False
         stats = obs.stats()
-        assert stats["queued"] == 51  # the full queue plus the one record in the hung export
-        assert stats["dropped"] == 450
+        # The full intake, the sink's queue if the router got to fill it (timing: callers
+        # that drop let it run now and then), and the one record in the hung export.
+        queued = stats["queued"]
+        assert queued in (51, 101), queued
+        assert stats["dropped"] == 501 - queued
         assert stats["submitted"] == 501
         assert invariant_holds(stats)
         sink.unblock()
         assert obs.flush()
         stats = obs.stats()
-        assert (stats["delivered"], stats["dropped"], stats["queued"]) == (51, 450, 0)
-        assert len(sink.received) == 51
+        assert (stats["delivered"], stats["dropped"], stats["queued"]) == (queued, 501 - queued, 0)
+        assert len(sink.received) == queued
 
 
 class TestBeforeConfigure:
