@@ -64,8 +64,9 @@ current_context = _fast_context_getter()
 # Set by configure(scope_provider=...): fills fields no scope set, read only when a record is made.
 provider: Callable[[], Mapping[str, Any]] | None = None
 
-# Set by obs_sdk._tx: called with the session and the unit when the scope that opened it
-# exits; it closes the unit (see Unit).
+# Set by obs_sdk._tx: called with the session when a scope opens a unit of work on it, and
+# with the session and the unit when that scope exits (it closes the unit, see Unit).
+on_unit_open: Callable[[Any], None] | None = None
 on_unit_close: Callable[[Any, Unit], None] | None = None
 
 _FIELDS = ("actor", "workspace", "organization", "ip", "user_agent", "request_id")
@@ -135,6 +136,7 @@ class Frame:
             self.unit = parent.unit  # an inner frame of the same unit of work
         else:
             self.unit = Unit()
+            _open_unit(merged.session)
         # No session, no idempotency key, not suppressed: records go straight to the queue.
         self.plain = merged.session is None and idempotency is None and not suppressed
         self.fields = _fields_of(merged)
@@ -253,6 +255,14 @@ class _ScopeManager:
         tb: TracebackType | None,
     ) -> None:
         self.__exit__(exc_type, exc, tb)
+
+
+def _open_unit(session: Any) -> None:
+    if on_unit_open is not None:
+        from obs_sdk._guard import guard
+
+        with guard("scope_enter"):
+            on_unit_open(session)
 
 
 def _close_unit(frame: Frame) -> None:

@@ -33,9 +33,9 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
-from obs_sdk import _context, _records
+from obs_sdk import _context
 from obs_sdk._context import Unit, suppressed
 from obs_sdk._dispatch import dispatcher
 from obs_sdk._guard import count, count_error, warn_once
@@ -58,6 +58,7 @@ logger = logging.getLogger("obs_sdk")
 _KEY = "obs_sdk.pending"  # what the transaction in progress (or the next one) holds
 _MARKS = "obs_sdk.marks"  # what was noted about the transaction in progress
 _COMMITTED = "obs_sdk.committed"  # the root transaction whose commit was handled
+_SCOPED = "obs_sdk.scoped"  # a scope opened a unit of work on this session
 _INSERT_ATTEMPTS = 5  # new ids for records whose id was taken, before giving up on them
 _SHOWN_IDS = 5  # record ids named in a log line, at most
 
@@ -66,8 +67,11 @@ _SHOWN_IDS = 5  # record ids named in a log line, at most
 _FIRST_WORD = re.compile(r"(?:\s|\(|--[^\n]*|/\*.*?\*/)*([A-Za-z]+)", re.DOTALL)
 _DML = re.compile(r"\b(?:insert|update|delete|merge)\b", re.IGNORECASE)
 _WRITES = frozenset(
-    "insert update delete merge upsert replace create alter drop truncate "
-    "grant revoke comment call do".split()
+    {
+        *("insert", "update", "delete", "merge", "upsert", "replace"),  # DML
+        *("create", "alter", "drop", "truncate", "grant", "revoke", "comment"),  # DDL
+        *("call", "do"),  # procedures and anonymous blocks: assumed to write
+    }
 )
 
 # A held record, with the unit of work it was made in and the savepoint in progress then.
@@ -234,9 +238,39 @@ def _drop_callbacks(n: int) -> None:
 # -- what the transaction wrote: seen on its connection ------------------------------------
 
 
+def open_unit(session: Any) -> None:
+    """A scope opened a unit of work on *session*: watch its transactions' connections."""
+    sync_session(session).info[_SCOPED] = True
+
+
+@event.listens_for(Session, "after_flush")
+def _note_flush(session: Session, flush_context: Any) -> None:
+    _marks(session).wrote = True  # a flush runs only when there were changes to send
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _note_execute(state: ORMExecuteState) -> None:
+    """A write through ``session.execute()``, in any session (before a scope opened too)."""
+    if state.is_select:
+        return  # a CTE that writes inside one is seen on the connection (scoped sessions)
+    if state.is_insert or state.is_update or state.is_delete:
+        _marks(state.session).wrote = True
+        return
+    text = getattr(state.statement, "text", None)
+    if isinstance(text, str) and writes(text):
+        _marks(state.session).wrote = True
+
+
 @event.listens_for(Session, "after_begin")
 def _link_connection(session: Session, transaction: Any, connection: Connection) -> None:
-    """Watch the statements of the connection the transaction runs on."""
+    """Watch the statements of the connection a scoped session's transaction runs on.
+
+    This sees what the session's own events cannot: Core statements on
+    ``session.connection()``, and DML inside a CTE. Only sessions that a scope used: the
+    engine's event hooks cost every statement on it a few microseconds.
+    """
+    if not session.info.get(_SCOPED):
+        return
     _links[connection] = _marks(session)
     engine = connection.engine
     if engine not in _watched:
@@ -341,7 +375,9 @@ def _insert_held_audits(session: Session) -> None:
         try:
             conn = session.connection()
             _begin_sqlite(conn)
-            table = tables(_records.config.table_prefix).audit
+            from obs_sdk._config import current  # _config imports this module
+
+            table = tables(current().table_prefix).audit
             statement = insert_ignoring_duplicates(table, conn.dialect.name)
             with conn.begin_nested():
                 pending.stored.extend(_insert_all(conn, statement, records))
@@ -452,4 +488,5 @@ def _end_without_commit(session: Session, transaction: SessionTransaction) -> No
         dispatcher.submit(raw)
 
 
+_context.on_unit_open = open_unit
 _context.on_unit_close = close_unit

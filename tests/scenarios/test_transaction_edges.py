@@ -362,7 +362,7 @@ class TestTemplatesOnExpiredRows:
         add_item(app_engine)
         statements: list[str] = []
 
-        @obs.audited("item.shown", metadata={"shown": "{item.%s}" % field})
+        @obs.audited("item.shown", metadata={"shown": f"{{item.{field}}}"})
         def show(item: Item) -> None:
             return None
 
@@ -370,9 +370,7 @@ class TestTemplatesOnExpiredRows:
             item = session.get(Item, "i_1")
             assert item is not None
             session.commit()  # expires every attribute
-            sa.event.listen(
-                app_engine, "before_cursor_execute", lambda *a: statements.append(a[2])
-            )
+            sa.event.listen(app_engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
             with obs.scope(actor=USER):
                 show(item)
             assert statements == []
@@ -397,3 +395,33 @@ class TestTemplatesOnExpiredRows:
         (record,) = obs.audit_log(app_engine)
         assert record.metadata == {"shout": "A", "label": "item a"}
         assert obs.stats()["unloaded"] == 0
+
+
+class TestWhatCountsAsAWrite:
+    """The statement classifier behind "the transaction wrote" (a pure function)."""
+
+    @pytest.mark.parametrize(
+        ("statement", "expected"),
+        [
+            ("SELECT 1", False),
+            ("  (SELECT 1) UNION (SELECT 2)", False),
+            ("WITH x AS (SELECT 1 AS n) SELECT n FROM x", False),
+            ("SAVEPOINT sa_savepoint_1", False),
+            ("RELEASE SAVEPOINT sa_savepoint_1", False),
+            ("BEGIN", False),
+            ("PRAGMA foreign_keys", False),
+            ("SELECT updated_at, deleted FROM t", False),
+            ("INSERT INTO t VALUES (1)", True),
+            ("/* app */ -- note\n update t SET a = 1", True),
+            ("WITH src AS (SELECT 1) INSERT INTO t SELECT * FROM src", True),
+            ("WITH ins AS (INSERT INTO t VALUES (1) RETURNING id) SELECT id FROM ins", True),
+            ("delete from t", True),
+            ("CREATE TABLE t (a int)", True),
+            ("CALL archive_old_rows()", True),
+        ],
+    )
+    def test_classify(self, statement: str, expected: bool) -> None:
+        """DML and DDL write, so do procedures; reads, savepoints and pragmas do not."""
+        from obs_sdk._tx import writes
+
+        assert writes(statement) is expected
