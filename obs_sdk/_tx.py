@@ -51,7 +51,7 @@ from obs_sdk._records import (
 )
 from obs_sdk._tables import insert_ignoring_duplicates, tables
 
-__all__ = ["after_commit", "hold", "sync_session"]
+__all__ = ["after_commit", "hold", "mark_written", "sync_session"]
 
 logger = logging.getLogger("obs_sdk")
 
@@ -236,6 +236,16 @@ def _drop_callbacks(n: int) -> None:
 
 
 # -- what the transaction wrote: seen on its connection ------------------------------------
+
+
+def mark_written(session: Session) -> None:
+    """Note that *session*'s transaction changed data: obs_sdk's own metering statements.
+
+    They run on ``session.connection()`` before the block's unit of work opens, so the
+    connection may not be watched yet; the block's records must still go with a close
+    without commit.
+    """
+    _marks(session).wrote = True
 
 
 def open_unit(session: Any) -> None:
