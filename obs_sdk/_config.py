@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import StaticPool
 
-from obs_sdk import _context, _emit, _guard, _lifecycle, _posthog_log, _records, _tx
+from obs_sdk import _context, _emit, _guard, _lifecycle, _posthog_log, _records
 from obs_sdk._dispatch import (
     DEFAULT_BLOCK_TIMEOUT,
     DEFAULT_MAX_QUEUE_BYTES,
@@ -102,7 +102,6 @@ def _swap(config: Config) -> None:
     _emit.clock = config.clock
     _emit.events_wanted = config.events_wanted if config.engine is not None else True
     _context.provider = config.scope_provider
-    _tx.table_prefix = config.table_prefix
 
 
 def _sqlite_pragmas(busy_ms: int) -> Callable[[Any, Any], None]:

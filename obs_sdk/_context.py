@@ -64,8 +64,10 @@ current_context = _fast_context_getter()
 # Set by configure(scope_provider=...): fills fields no scope set, read only when a record is made.
 provider: Callable[[], Mapping[str, Any]] | None = None
 
-# Set by obs_sdk._tx: called with the session when the scope that opened it exits.
-on_unit_close: Callable[[Any], None] | None = None
+# Set by obs_sdk._tx: called with the session when a scope opens a unit of work on it, and
+# with the session and the unit when that scope exits (it closes the unit, see Unit).
+on_unit_open: Callable[[Any], None] | None = None
+on_unit_close: Callable[[Any, Unit], None] | None = None
 
 _FIELDS = ("actor", "workspace", "organization", "ip", "user_agent", "request_id")
 
@@ -74,13 +76,16 @@ class Unit:
     """The unit of work a ``scope(session=...)`` opened: shared by the frames derived from it.
 
     Child tasks and threads see the scope's frame (or a copy made by their ``set_actor``);
-    ``closed`` tells their records that the scope, and so its transaction, has ended.
+    ``closed`` tells their records that the scope has ended, and ``transaction`` which of
+    the session's transactions was in progress then (None: none), the only one they may
+    still join.
     """
 
-    __slots__ = ("closed",)
+    __slots__ = ("closed", "transaction")
 
     def __init__(self) -> None:
         self.closed = False
+        self.transaction: object = None
 
 
 class Frame:
@@ -131,6 +136,7 @@ class Frame:
             self.unit = parent.unit  # an inner frame of the same unit of work
         else:
             self.unit = Unit()
+            _open_unit(merged.session)
         # No session, no idempotency key, not suppressed: records go straight to the queue.
         self.plain = merged.session is None and idempotency is None and not suppressed
         self.fields = _fields_of(merged)
@@ -251,17 +257,27 @@ class _ScopeManager:
         self.__exit__(exc_type, exc, tb)
 
 
+def _open_unit(session: Any) -> None:
+    if on_unit_open is not None:
+        from obs_sdk._guard import guard
+
+        with guard("scope_enter"):
+            on_unit_open(session)
+
+
 def _close_unit(frame: Frame) -> None:
     """At the exit of the frame that opened a unit of work: children's records are late now."""
     unit = frame.unit
     if unit is None or (frame.parent is not None and frame.parent.unit is unit):
         return  # no session, or an inner frame of its parent's unit
-    unit.closed = True
-    if on_unit_close is not None:
-        from obs_sdk._guard import guard
+    if on_unit_close is None:
+        unit.closed = True
+        return
+    from obs_sdk._guard import guard
 
-        with guard("scope_exit"):
-            on_unit_close(frame.session)
+    with guard("scope_exit"):
+        on_unit_close(frame.session, unit)
+    unit.closed = True  # also when the hook failed
 
 
 def _attach(manager: object, frame: Frame, ctx: otel_context.Context) -> None:
@@ -338,7 +354,10 @@ def scope(
     ``contextvars.copy_context()``.
 
     *session* (a SQLAlchemy ``Session`` or ``AsyncSession``) makes success records join its
-    transaction; it is used only on the thread or task that opened the scope.
+    transaction: those made here, and in the child tasks and threads that carry the scope
+    (``asyncio.gather``, ``with_scope`` on a pool), until that transaction ends. obs_sdk
+    never begins, flushes, expires or refreshes the session: it inserts the records at its
+    commit (docs/transactions.md).
     """
     if actor is not None and not isinstance(actor, Actor):
         raise ConfigurationError(
@@ -458,11 +477,6 @@ def in_repeated_key() -> bool:
     """Return True inside the block of a repeated ``once()`` key (metering skips it)."""
     frame = current_frame()
     return frame is not None and frame.repeated
-
-
-def is_suppressed() -> bool:
-    """Return True inside ``suppressed()`` (or a repeated idempotency key)."""
-    return bool(current_context().get(SUPPRESS_KEY))
 
 
 def with_scope(fn: Callable[P, R]) -> Callable[P, R]:

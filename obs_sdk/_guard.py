@@ -49,7 +49,8 @@ _errors = {"internal_errors": 0}
 #         written on their own; duplicate_unread: repeated once() keys whose flag was never read;
 #   set_actor_outside_scope: set_actor() calls with no scope to change (nothing was set);
 #   unloaded: template fields left NULL because an ORM attribute was not loaded;
-#   sanitized: records whose values were changed so that every database can store them.
+#   sanitized: records whose values were changed so that every database can store them;
+#   after_commit_dropped: obs.after_commit() callbacks dropped, no commit having followed them.
 COUNTERS = (
     "no_actor",
     "rolled_back",
@@ -58,6 +59,7 @@ COUNTERS = (
     "set_actor_outside_scope",
     "unloaded",
     "sanitized",
+    "after_commit_dropped",
 )
 _counts = dict.fromkeys(COUNTERS, 0)
 _warned: set[object] = set()

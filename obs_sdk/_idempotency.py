@@ -103,7 +103,10 @@ class FirstFlag:
     """What ``with obs.once(session, key) as first:`` yields: true on the key's first delivery.
 
     Use it as a bool: ``if first:`` / ``if not first:``; it also equals True or False
-    (``first == True``), and its repr names the key and the answer. Asking its truth or
+    (``first == True``), and its repr names the key and the answer. It is not a ``bool``
+    (one cannot be subclassed, and a plain bool could not tell whether it was read):
+    ``first is True``, ``isinstance(first, bool)`` and ``match first: case True:`` are
+    always false; write ``if first:``. Asking its truth or
     comparing it notes that it was read: a repeated key whose flag was never read warns at
     the block's exit, since the block then ran its work a second time. Not thread-safe
     (one flag belongs to one block).
@@ -216,7 +219,8 @@ def once(session: Session | AsyncSession, key: str) -> _Once:
     ``AsyncSession``.
 
     The block always runs: do the work under ``if first:``. *first* is a ``FirstFlag``
-    (a bool in ``if``/``not``, equal to True or False); a repeated key whose flag was
+    (a bool in ``if``/``not``, equal to True or False, but never ``is True`` and not a
+    ``bool`` instance: test it with ``if``); a repeated key whose flag was
     never read logs a WARNING naming the key at the block's exit and counts
     ``obs.stats()["duplicate_unread"]``. ``@obs.idempotent`` skips a duplicate's body.
 

@@ -57,6 +57,7 @@ from obs_sdk import _config
 from obs_sdk._context import current_scope, frame_with, in_repeated_key
 from obs_sdk._scope import Actor, Resource
 from obs_sdk._tables import Tables, tables
+from obs_sdk._tx import mark_written
 from obs_sdk.exceptions import ConfigurationError, QuotaExceeded
 
 __all__ = ["StorageDrift", "metered_storage", "reconcile_storage", "storage_usage"]
@@ -334,6 +335,7 @@ class _Meter:
 
     def _start(self, session: Session) -> None:
         conn = session.connection()
+        mark_written(session)  # accounting: what the block records goes with its rollback
         sql = _sql(_config.current().table_prefix, conn.dialect.name)
         if self._release:
             self._start_release(session, conn, sql)

@@ -22,6 +22,7 @@ import itertools
 import keyword
 import linecache
 import string
+import types
 import uuid
 import weakref
 from _string import formatter_field_name_split  # type: ignore[import-not-found]
@@ -154,8 +155,11 @@ def loaded_attribute(obj: Any, key: str) -> Any:
     its ``__dict__``. A mapped attribute missing from there on an instance that has an
     identity key (persistent or detached) is unloaded (expired, deferred, a lazy relationship):
     reading it would emit a SELECT in the caller's session, or fail once detached, so this
-    raises ``Unloaded`` instead. Transient and pending instances have nothing to load: read
-    normally, as are non-mapped attributes (plain properties, methods).
+    raises ``Unloaded`` instead. An attribute that runs code (a ``@property``, a hybrid, any
+    descriptor or ``__getattr__``) may read such an attribute in turn, so on an instance
+    with anything unloaded it is ``Unloaded`` too: a template never queries. Transient and
+    pending instances have nothing to load: read normally, as are plain instance and class
+    attributes and methods.
     """
     kind = type(obj)
     manager = getattr(kind, "_sa_class_manager", None)
@@ -163,15 +167,32 @@ def loaded_attribute(obj: Any, key: str) -> Any:
         if len(_PLAIN_TYPES) < _MAX_PLAIN_TYPES:
             _PLAIN_TYPES.add(kind)
         return getattr(obj, key)
+    state = getattr(obj, "__dict__", None)
+    if state is None or getattr(state.get("_sa_instance_state"), "key", None) is None:
+        return getattr(obj, key)  # transient or pending: nothing to load
     if key in manager:
-        state = getattr(obj, "__dict__", None)
-        if state is not None:
-            if key in state:
-                return state[key]
-            instance_state = state.get("_sa_instance_state")
-            if getattr(instance_state, "key", None) is not None:
-                raise Unloaded(obj, key)
+        if key in state:
+            return state[key]
+        raise Unloaded(obj, key)
+    if _runs_code(kind, key, state) and any(name not in state for name in manager):
+        raise Unloaded(obj, key)
     return getattr(obj, key)
+
+
+_PLAIN_ATTRIBUTES = (types.FunctionType, staticmethod, classmethod, types.BuiltinFunctionType)
+
+
+def _runs_code(kind: type, key: str, state: dict[str, Any]) -> bool:
+    """Whether ``getattr(obj, key)`` runs code that may read the instance's attributes."""
+    found = inspect.getattr_static(kind, key, _ABSENT)
+    if found is _ABSENT:
+        return key not in state  # an instance attribute, or __getattr__
+    if isinstance(found, _PLAIN_ATTRIBUTES):
+        return False  # a method: bound, not called
+    return hasattr(type(found), "__get__")  # a property, hybrid or other descriptor
+
+
+_ABSENT = object()
 
 
 # -- generated code ---------------------------------------------------------------------------

@@ -6,10 +6,18 @@ savepoint (the caller's commit still succeeds) and the record is queued after th
 instead. Analytics events and ``after_commit`` callbacks wait for the commit.
 
 How the transaction ends decides the fate of what it held: a commit writes it; an explicit
-``rollback()`` (or a failed commit) drops it, counted ``rolled_back``; a close without
-commit keeps it when the transaction wrote nothing (a read needs no commit) and drops it
-otherwise. Records of child tasks and threads join the same transaction; one made after it
-ended is written on its own, counted ``late``. obs_sdk never begins, flushes, expires or
+``rollback()`` or a failed commit drops it, counted ``rolled_back`` (records the failed
+commit had already inserted included); a close without commit keeps it when the transaction
+wrote nothing (a read needs no commit) and drops it otherwise. A rolled-back savepoint drops
+the records made inside it. "Wrote" is seen on the connection: any INSERT, UPDATE, DELETE,
+MERGE or DDL statement it runs (ORM flush, Core on ``session.connection()``, text, a ``WITH``
+around DML), and, at the scope's end, changes the session holds unflushed.
+
+Records of child tasks and threads join the same transaction; one made after it ended is
+written on its own, counted ``late``; the scope's own records made during the commit (by a
+flush listener) wait for the next transaction instead. When the scope ends, a transaction
+that has written nothing yet cannot drop its records meaningfully: they are written then,
+so a session never closed loses nothing. obs_sdk never begins, flushes, expires or
 refreshes the caller's session: a record made before its transaction began waits for it,
 and is queued when the scope ends with none begun.
 """
@@ -17,17 +25,20 @@ and is queued when the scope ends with none begun.
 from __future__ import annotations
 
 import logging
+import re
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
 from obs_sdk import _context
 from obs_sdk._context import Unit, suppressed
 from obs_sdk._dispatch import dispatcher
-from obs_sdk._guard import count, count_error
+from obs_sdk._guard import count, count_error, warn_once
 from obs_sdk._records import (
     AUDIT,
     SPEC,
@@ -40,29 +51,66 @@ from obs_sdk._records import (
 )
 from obs_sdk._tables import insert_ignoring_duplicates, tables
 
-__all__ = ["after_commit", "hold", "mark_written", "release_idle", "sync_session"]
+__all__ = ["after_commit", "hold", "mark_written", "sync_session"]
 
 logger = logging.getLogger("obs_sdk")
 
-_KEY = "obs_sdk.pending"
-_WROTE = "obs_sdk.wrote"  # the transaction in progress changed something
-_ROLLED_BACK = "obs_sdk.rolled_back"  # ...and was rolled back, not merely closed
-table_prefix = "obs_"  # set by configure()
+_KEY = "obs_sdk.pending"  # what the transaction in progress (or the next one) holds
+_MARKS = "obs_sdk.marks"  # what was noted about the transaction in progress
+_COMMITTED = "obs_sdk.committed"  # the root transaction whose commit was handled
+_SCOPED = "obs_sdk.scoped"  # a scope opened a unit of work on this session
 _INSERT_ATTEMPTS = 5  # new ids for records whose id was taken, before giving up on them
-_READS = ("select", "with", "show", "explain", "values", "pragma")
+_SHOWN_IDS = 5  # record ids named in a log line, at most
+
+# A statement that writes: its first word, or a WITH whose body holds DML (PostgreSQL's
+# data-modifying CTEs, SQLite's WITH … INSERT). Leading comments and parentheses skipped.
+_FIRST_WORD = re.compile(r"(?:\s|\(|--[^\n]*|/\*.*?\*/)*([A-Za-z]+)", re.DOTALL)
+_DML = re.compile(r"\b(?:insert|update|delete|merge)\b", re.IGNORECASE)
+_WRITES = frozenset(
+    {
+        *("insert", "update", "delete", "merge", "upsert", "replace"),  # DML
+        *("create", "alter", "drop", "truncate", "grant", "revoke", "comment"),  # DDL
+        *("call", "do"),  # procedures and anonymous blocks: assumed to write
+    }
+)
+
+# A held record, with the unit of work it was made in and the savepoint in progress then.
+_Held = tuple[RawRecord, Unit | None, SessionTransaction | None]
 
 
 class _Pending:
-    """What one transaction of a session holds. Children on other threads add to it too."""
+    """What one transaction of a session holds. Children on other threads add to it too.
 
-    __slots__ = ("audits", "callbacks", "lock", "queued", "stored")
+    ``closed`` is set under the lock when the transaction's end took the holder: a child
+    that looked it up just before then holds its record elsewhere (see ``hold``).
+    """
+
+    __slots__ = ("audits", "callbacks", "closed", "lock", "queued", "stored")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.audits: list[RawRecord] = []  # inserted at before_commit
+        self.closed = False
+        self.audits: list[_Held] = []  # inserted at before_commit
         self.stored: list[AuditRecord] = []  # what that insert wrote: announced after commit
-        self.queued: list[RawRecord] = []  # submitted after the commit
+        self.queued: list[_Held] = []  # submitted after the commit
         self.callbacks: list[Callable[[], Any]] = []
+
+
+class _Marks:
+    """What was noted about one root transaction: it wrote; it was rolled back."""
+
+    __slots__ = ("rolled_back", "wrote")
+
+    def __init__(self) -> None:
+        self.wrote = False
+        self.rolled_back = False
+
+
+# The connection a transaction runs on → its marks. Weak: a session's connection lives as
+# long as its transaction. Engines whose statements are watched, each once.
+_links: weakref.WeakKeyDictionary[Connection, _Marks] = weakref.WeakKeyDictionary()
+_watched: weakref.WeakSet[Engine] = weakref.WeakSet()
+_watch_lock = threading.Lock()
 
 
 def sync_session(session: Any) -> Session:
@@ -78,86 +126,244 @@ def _pending(session: Session) -> _Pending:
     return pending
 
 
+def _marks(session: Session) -> _Marks:
+    marks: _Marks | None = session.info.get(_MARKS)
+    if marks is None:
+        marks = session.info.setdefault(_MARKS, _Marks())
+    return marks
+
+
 def hold(session: Session, unit: Unit | None, raw: RawRecord) -> None:
     """Keep *raw* for *session*'s transaction: the one in progress, or the next to begin.
 
-    *unit* is the scope's unit of work: a record that finds no transaction after its scope
-    closed was made too late to join one (a child that outlived its request): it is queued
-    on its own and counted ``late``.
+    *unit* is the scope's unit of work. Once its scope ended, only the transaction in
+    progress then may take its records: one made after that transaction ended (a child
+    that outlived its request), or when another transaction of the session (the next
+    request of a reused session) is in progress, is queued on its own and counted ``late``.
     """
-    if unit is not None and unit.closed and not session.in_transaction():
-        count("late")
-        dispatcher.submit(raw)
-        return
-    pending = _pending(session)
-    with pending.lock:
-        if raw[SPEC].kind == AUDIT and dispatcher.capture is None:
-            pending.audits.append(raw)
-        else:
-            pending.queued.append(raw)
+    savepoint = session.get_nested_transaction()
+    while True:
+        if unit is not None and unit.closed:
+            transaction = session.get_transaction()
+            if transaction is None or transaction is not unit.transaction:
+                _late(raw)
+                return
+        pending = _pending(session)
+        with pending.lock:
+            if not pending.closed:
+                if raw[SPEC].kind == AUDIT and dispatcher.capture is None:
+                    pending.audits.append((raw, unit, savepoint))
+                else:
+                    pending.queued.append((raw, unit, savepoint))
+                return
+        # The transaction ended between the lookup and the lock: its holder is gone.
+        if unit is not None and unit.closed:
+            _late(raw)
+            return
+        # The scope goes on: the next transaction takes the record (loop: a fresh holder).
 
 
-def release_idle(session: Any) -> None:
-    """At the end of a scope: queue what it held if no transaction began to carry it.
+def _late(raw: RawRecord) -> None:
+    count("late")
+    dispatcher.submit(raw)
 
-    A scope whose work ran no SQL in its session has no transaction to join, and a session
-    closed without one fires no event: its records would wait forever.
+
+def close_unit(session: Any, unit: Unit) -> None:
+    """At the end of the scope that opened *unit*: settle what its session holds.
+
+    No transaction in progress: nothing can carry the records, so they are queued; the
+    ``after_commit`` callbacks, which no commit can follow, are dropped (counted, warned
+    once). A transaction that has written nothing so far (and holds no unflushed changes)
+    has nothing its records depend on: they are queued now, so a session never closed
+    loses nothing. Otherwise the transaction's end decides.
     """
     session = sync_session(session)
-    if session.in_transaction():
-        return  # the transaction's end decides (commit, rollback, or close)
+    transaction = session.get_transaction()
+    unit.transaction = transaction  # children's records may join this one only
+    unit.closed = True
+    if transaction is not None:
+        marks = _marks(session)
+        if marks.wrote or marks.rolled_back:
+            return
+        if session.new or session.dirty or session.deleted:
+            marks.wrote = True  # its changes go with a close without commit
+            return
     pending: _Pending | None = session.info.get(_KEY)
     if pending is None:
         return
     with pending.lock:
         held = [*pending.audits, *pending.queued]
         pending.audits, pending.queued = [], []
-    for raw in held:
+        dropped = pending.callbacks if transaction is None else []
+        if dropped:
+            pending.callbacks = []
+    for raw, _, _ in held:
         dispatcher.submit(raw)
-
-
-def mark_written(session: Any) -> None:
-    """Note that *session*'s transaction changed data (obs_sdk's own metering and keys)."""
-    sync_session(session).info[_WROTE] = True
+    if dropped:
+        _drop_callbacks(len(dropped))
+        warn_once(
+            "after_commit-idle",
+            "obs_sdk: %d obs.after_commit() callback(s) were dropped: their scope ended with "
+            "no transaction in progress on its session, so no commit can follow them (they "
+            "would otherwise run at an unrelated later commit). Register them after the "
+            "work that the commit makes durable, and commit inside the scope.",
+            len(dropped),
+        )
 
 
 def after_commit(session: Any, fn: Callable[[], Any]) -> None:
     """Run *fn* only once *session*'s transaction committed; a rollback drops it.
 
     Use it for irreversible side effects (deleting a blob) that must follow the accounting.
-    Registered while no transaction is in progress, it waits for the next one's commit.
-    *fn* runs on the committing thread; an error it raises is logged and counted, since the
-    commit it follows already happened. Works for ``Session`` and ``AsyncSession``.
+    Registered while no transaction is in progress, it waits for the next one's commit;
+    inside ``obs.scope(session=...)`` only while the scope lasts: a scope that ends with no
+    transaction in progress drops it (counted ``after_commit_dropped``, warned once).
+    A callback dropped by a rollback or a close without commit is counted too. *fn* runs on
+    the committing thread; an error it raises is logged and counted, since the commit it
+    follows already happened. Works for ``Session`` and ``AsyncSession``. Thread-safe.
     """
-    pending = _pending(sync_session(session))
-    with pending.lock:
-        pending.callbacks.append(fn)
+    session = sync_session(session)
+    while True:
+        pending = _pending(session)
+        with pending.lock:
+            if not pending.closed:
+                pending.callbacks.append(fn)
+                return
+
+
+def _drop_callbacks(n: int) -> None:
+    count("after_commit_dropped", n)
+
+
+# -- what the transaction wrote: seen on its connection ------------------------------------
+
+
+def mark_written(session: Session) -> None:
+    """Note that *session*'s transaction changed data: obs_sdk's own metering statements.
+
+    They run on ``session.connection()`` before the block's unit of work opens, so the
+    connection may not be watched yet; the block's records must still go with a close
+    without commit.
+    """
+    _marks(session).wrote = True
+
+
+def open_unit(session: Any) -> None:
+    """A scope opened a unit of work on *session*: watch its transactions' connections."""
+    sync_session(session).info[_SCOPED] = True
 
 
 @event.listens_for(Session, "after_flush")
 def _note_flush(session: Session, flush_context: Any) -> None:
-    session.info[_WROTE] = True  # a flush runs only when there were changes to send
+    _marks(session).wrote = True  # a flush runs only when there were changes to send
 
 
 @event.listens_for(Session, "do_orm_execute")
-def _note_write(state: ORMExecuteState) -> None:
-    if state.is_select or _reads(state):
-        return
-    state.session.info[_WROTE] = True
-
-
-def _reads(state: ORMExecuteState) -> bool:
-    """A statement that only reads: a SELECT, or a textual one that starts like a read."""
+def _note_execute(state: ORMExecuteState) -> None:
+    """A write through ``session.execute()``, in any session (before a scope opened too)."""
+    if state.is_select:
+        return  # a CTE that writes inside one is seen on the connection (scoped sessions)
     if state.is_insert or state.is_update or state.is_delete:
-        return False
+        _marks(state.session).wrote = True
+        return
     text = getattr(state.statement, "text", None)
-    return isinstance(text, str) and text.lstrip()[:8].lower().startswith(_READS)
+    if isinstance(text, str) and writes(text):
+        _marks(state.session).wrote = True
+
+
+@event.listens_for(Session, "after_begin")
+def _link_connection(session: Session, transaction: Any, connection: Connection) -> None:
+    """Watch the statements of the connection a scoped session's transaction runs on.
+
+    This sees what the session's own events cannot: Core statements on
+    ``session.connection()``, and DML inside a CTE. Only sessions that a scope used: the
+    engine's event hooks cost every statement on it a few microseconds.
+    """
+    if not session.info.get(_SCOPED):
+        return
+    _links[connection] = _marks(session)
+    engine = connection.engine
+    if engine not in _watched:
+        with _watch_lock:
+            if engine not in _watched:
+                event.listen(engine, "after_cursor_execute", _note_statement)
+                _watched.add(engine)
+
+
+def _note_statement(
+    conn: Connection,
+    cursor: Any,
+    statement: str,
+    parameters: Any,
+    context: Any,
+    executemany: bool,
+) -> None:
+    marks = _links.get(conn)
+    if marks is not None and not marks.wrote and writes(statement):
+        marks.wrote = True
+
+
+def writes(statement: str) -> bool:
+    """Return True for a statement that changes data or schema (see _WRITES, _DML)."""
+    match = _FIRST_WORD.match(statement)
+    if match is None:
+        return False
+    word = match.group(1).lower()
+    if word == "with":
+        return _DML.search(statement, match.end()) is not None
+    return word in _WRITES
 
 
 @event.listens_for(Session, "after_rollback")
 def _note_rollback(session: Session) -> None:
     if not session.in_nested_transaction():
-        session.info[_ROLLED_BACK] = True
+        _marks(session).rolled_back = True
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_savepoint(session: Session, previous_transaction: SessionTransaction) -> None:
+    """A rolled-back savepoint takes the records made inside it (and inside its children)."""
+    if not previous_transaction.nested:
+        return
+    pending: _Pending | None = session.info.get(_KEY)
+    if pending is None:
+        return
+    with pending.lock:
+        kept_audits = [h for h in pending.audits if not _inside(h[2], previous_transaction)]
+        kept_queued = [h for h in pending.queued if not _inside(h[2], previous_transaction)]
+        dropped = len(pending.audits) + len(pending.queued) - len(kept_audits) - len(kept_queued)
+        pending.audits, pending.queued = kept_audits, kept_queued
+    if dropped:
+        count("rolled_back", dropped)
+
+
+def _inside(savepoint: SessionTransaction | None, ended: SessionTransaction) -> bool:
+    while savepoint is not None:
+        if savepoint is ended:
+            return True
+        savepoint = savepoint.parent
+    return False
+
+
+# -- the commit ---------------------------------------------------------------------------
+
+
+class CommitInsertFailed(Exception):
+    """What is logged when the insert at commit failed: actions, ids and counts only.
+
+    The database error itself may quote the rows (SQL parameters: personal data), so it
+    is named by type and never logged.
+    """
+
+    def __init__(self, records: list[AuditRecord], error: BaseException) -> None:
+        actions = sorted({r.action for r in records})
+        ids = ", ".join(str(r.id) for r in records[:_SHOWN_IDS])
+        more = f" and {len(records) - _SHOWN_IDS} more" if len(records) > _SHOWN_IDS else ""
+        super().__init__(
+            f"{len(records)} audit record(s) could not be inserted in the caller's transaction "
+            f"({type(error).__module__}.{type(error).__name__}); they are queued instead. "
+            f"Actions: {', '.join(actions)}; ids: {ids}{more}"
+        )
 
 
 @event.listens_for(Session, "before_commit")
@@ -171,7 +377,7 @@ def _insert_held_audits(session: Session) -> None:
         held, pending.audits = pending.audits, []
     with suppressed():
         try:
-            records = [render_audit(raw) for raw in held]
+            records = [render_audit(raw) for raw, _, _ in held]
         except Exception as exc:
             count_error("render", exc)
             pending.queued.extend(held)
@@ -179,13 +385,16 @@ def _insert_held_audits(session: Session) -> None:
         try:
             conn = session.connection()
             _begin_sqlite(conn)
-            statement = insert_ignoring_duplicates(tables(table_prefix).audit, conn.dialect.name)
+            from obs_sdk._config import current  # _config imports this module
+
+            table = tables(current().table_prefix).audit
+            statement = insert_ignoring_duplicates(table, conn.dialect.name)
             with conn.begin_nested():
                 pending.stored.extend(_insert_all(conn, statement, records))
         except Exception as exc:
             # The savepoint rolled back; the caller's commit goes on and the records take
             # the queue after it (they keep their resolved values, and get new ids).
-            count_error("transaction_insert", exc)
+            count_error("transaction_insert", CommitInsertFailed(records, exc))
             pending.queued.extend(held)
 
 
@@ -232,15 +441,24 @@ def _begin_sqlite(conn: Any) -> None:
 def _release_after_commit(session: Session) -> None:
     if session.in_nested_transaction():
         return  # a SAVEPOINT released: the transaction can still roll back
-    _forget_transaction(session)
-    pending: _Pending | None = session.info.pop(_KEY, None)
+    info = session.info
+    info.pop(_MARKS, None)
+    # The transaction's end (after_transaction_end) follows: it must leave alone what is
+    # held from now on, which belongs to the next transaction.
+    info[_COMMITTED] = session.get_transaction()
+    pending: _Pending | None = info.pop(_KEY, None)
     if pending is None:
         return
-    with pending.lock:  # closed to children from here: what comes later is late
-        late = pending.audits
-    if late:  # children's records that arrived during the commit, after the insert
-        count("late", len(late))
-    for raw in (*pending.queued, *late):
+    with pending.lock:  # closed to children from here
+        pending.closed = True
+        during = pending.audits  # made during the commit, after the insert (a flush listener)
+    for held in during:
+        unit = held[1]
+        if unit is not None and unit.closed:
+            _late(held[0])  # its scope is over: this was its last transaction
+        else:
+            hold(session, unit, held[0])  # its scope goes on: the next transaction takes it
+    for raw, _, _ in pending.queued:
         dispatcher.submit(raw)
     for record in pending.stored:  # already in the database: for the other sinks and stats()
         dispatcher.submit((STORED, record))
@@ -256,26 +474,29 @@ def _release_after_commit(session: Session) -> None:
 def _end_without_commit(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is not None:
         return  # a savepoint or subtransaction: the root transaction goes on
-    rolled_back, wrote = _forget_transaction(session)
-    pending: _Pending | None = session.info.pop(_KEY, None)
+    info = session.info
+    if info.pop(_COMMITTED, None) is transaction:
+        return  # committed: handled by after_commit
+    marks: _Marks = info.pop(_MARKS, None) or _Marks()
+    pending: _Pending | None = info.pop(_KEY, None)
     if pending is None:
         return
     with pending.lock:
+        pending.closed = True
         held = [*pending.audits, *pending.queued]
-    if rolled_back or wrote:
-        if held:
-            count("rolled_back", len(held))
+    if pending.callbacks:  # a commit that never came
+        _drop_callbacks(len(pending.callbacks))
+    if marks.rolled_back or marks.wrote:
+        # What a failed commit had inserted already went with its rollback: counted too.
+        dropped = len(held) + len(pending.stored)
+        if dropped:
+            count("rolled_back", dropped)
         return
     # Closed without commit, having written nothing: there is nothing its records depend on
-    # (a download in a GET). after_commit callbacks wait for a commit that never came.
-    for raw in held:
+    # (a download in a GET).
+    for raw, _, _ in held:
         dispatcher.submit(raw)
 
 
-def _forget_transaction(session: Session) -> tuple[bool, bool]:
-    """Clear what was noted about the transaction that ended: (rolled back, wrote)."""
-    info = session.info
-    return bool(info.pop(_ROLLED_BACK, False)), bool(info.pop(_WROTE, False))
-
-
-_context.on_unit_close = release_idle
+_context.on_unit_open = open_unit
+_context.on_unit_close = close_unit
