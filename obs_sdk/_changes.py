@@ -17,6 +17,7 @@ session with no such call in progress they cost one dict lookup.
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 import weakref
 from collections.abc import Iterable
@@ -33,7 +34,7 @@ from obs_sdk._dispatch import dispatcher
 from obs_sdk._emit import emit
 from obs_sdk._guard import count_error, warn_once
 from obs_sdk._records import SUCCESS, Instrumentation, RawRecord, RenderSettings
-from obs_sdk._redact import limit_size, to_json
+from obs_sdk._redact import to_json
 from obs_sdk._sanitize import TRUNCATED, bound_mapping
 from obs_sdk._templates import freeze
 from obs_sdk._tx import hold, sync_session
@@ -417,25 +418,69 @@ def render(changes: list[dict[str, Any]], c: RenderSettings) -> tuple[list[Any],
     The metadata rules: a secret-looking field name keeps its name and loses its values
     (``"password_hash": "[REDACTED]"``); values a database would refuse are sanitized; past
     ``max_changes_bytes`` of JSON, the longest strings are cut with the metadata limit's
-    marker (``…[truncated N bytes]``, the row gains ``"_truncated": true``), then the last
-    rows are left out and counted in a final ``{"_truncated": true, "omitted": N}``.
+    marker (``…[truncated N bytes]``, and the row gains ``"_truncated": true``), then, if
+    rows with strings of ``_SHORTEST`` bytes still do not fit, the last rows are left out
+    and counted in a final ``{"_truncated": true, "omitted": N}``.
     """
     limit = c.max_changes_bytes
     redactor = c.redactor
     sanitized = False
-    out: list[Any] = []
+    rows: list[Any] = []
     for entry in changes:
         bounded, how = bound_mapping(entry, limit)
         if how is not None and how.sanitized:
             sanitized = True
-        out.append(redactor.redact(bounded))
-    if _size(out) <= limit:
-        return out, sanitized
-    cut = limit_size({"rows": out}, limit)["rows"]
-    for before, after in zip(out, cut, strict=True):
+        rows.append(redactor.redact(bounded))
+    if _size(rows) <= limit:
+        return rows, sanitized
+    low, high = _SHORTEST, _longest(rows)
+    best = [_cut(row, low) for row in rows]
+    while low <= high:  # the largest per-string cap that still fits
+        cap = (low + high) // 2
+        candidate = [_cut(row, cap) for row in rows]
+        if _size(candidate) <= limit:
+            best, low = candidate, cap + 1
+        else:
+            high = cap - 1
+    for before, after in zip(rows, best, strict=True):
         if after != before:
             after[TRUNCATED] = True
-    return _omitting(cut, limit), sanitized
+    return _omitting(best, limit), sanitized
+
+
+_SHORTEST = 32  # bytes of a string kept before rows are left out rather than cut further
+_MARKER = re.compile(r"…\[truncated (\d+) bytes\]\Z")
+
+
+def _cut(value: Any, cap: int) -> Any:
+    """*value* with strings over *cap* UTF-8 bytes cut, the marker counting all that is gone."""
+    if isinstance(value, str):
+        raw = value.encode("utf-8", "surrogatepass")
+        if len(raw) <= cap:
+            return value
+        removed = 0
+        earlier = _MARKER.search(value)  # cut before (bound_mapping): count that cut too
+        if earlier is not None:
+            removed = int(earlier[1])
+            raw = value[: earlier.start()].encode("utf-8", "surrogatepass")
+        kept = raw[:cap].decode("utf-8", "ignore")
+        removed += len(raw) - len(kept.encode("utf-8", "surrogatepass"))
+        return f"{kept}…[truncated {removed} bytes]"
+    if isinstance(value, dict):
+        return {k: _cut(v, cap) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cut(v, cap) for v in value]
+    return value
+
+
+def _longest(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, dict):
+        return max((_longest(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return max((_longest(v) for v in value), default=0)
+    return 0
 
 
 def _omitting(rows: list[Any], limit: int) -> list[Any]:
