@@ -128,7 +128,11 @@ class _Tracker:
         self.rows: dict[Any, list[Any]] = {}  # by InstanceState (bulk entries: a counter)
         # What was pending when the call began: {state: (op, {attribute key: value then})}.
         self.baseline: dict[Any, tuple[str, dict[str, Any]]] = {}
-        for op, objects in ((INSERT, session.new), (UPDATE, session.dirty), (DELETE, session.deleted)):
+        for op, objects in (
+            (INSERT, session.new),
+            (UPDATE, session.dirty),
+            (DELETE, session.deleted),
+        ):
             for obj in objects:
                 state = instance_state(obj)
                 values = {}
@@ -141,7 +145,11 @@ class _Tracker:
 
     def collect(self, session: Session) -> None:
         """Note what *session* holds to flush: at a flush (before it), or when the call returns."""
-        for op, objects in ((INSERT, session.new), (UPDATE, session.dirty), (DELETE, session.deleted)):
+        for op, objects in (
+            (INSERT, session.new),
+            (UPDATE, session.dirty),
+            (DELETE, session.deleted),
+        ):
             for obj in objects:
                 self._note(instance_state(obj), op)
 
@@ -392,7 +400,7 @@ def _on_execute(state: ORMExecuteState) -> Any:
 
 
 def _dml_kind(state: ORMExecuteState) -> str | None:
-    """"insert" / "update" / "delete" for a writing statement (text too), else None."""
+    """Name a writing statement's kind (insert, update or delete; text too), else None."""
     if state.is_select:
         return None
     if state.is_insert:

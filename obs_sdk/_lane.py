@@ -204,13 +204,14 @@ def generate(func: Callable[..., Any], spec: Instrumentation, kind: str) -> Call
         namespace.update(defaults)
     if spec.changes and kind in (FUNCTION, COROUTINE):  # only these: see audited()
         namespace.update(
-            _o_begin=_changes.begin, _o_finish=_changes.finish, _o_emit_changes=_changes.emit_changes
+            _o_begin=_changes.begin,
+            _o_finish=_changes.finish,
+            _o_emit_changes=_changes.emit_changes,
         )
         source = _changes_call(spec, pieces, awaited=kind == COROUTINE)
     elif kind in (FUNCTION, COROUTINE):
-        source = _lane(spec, pieces, namespace, by_name=own is not None, awaited=kind == COROUTINE)
-        if source is None:
-            source = _call(spec, pieces, awaited=kind == COROUTINE)
+        lane = _lane(spec, pieces, namespace, by_name=own is not None, awaited=kind == COROUTINE)
+        source = lane if lane is not None else _call(spec, pieces, awaited=kind == COROUTINE)
     else:
         source = _generator(spec, pieces, own is not None, awaited=kind == ASYNC_GENERATOR)
     qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)

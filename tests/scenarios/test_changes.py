@@ -8,7 +8,6 @@ on a SQLite file and on the real PostgreSQL server, and reads the trail back wit
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime
 import decimal
 import enum
@@ -138,7 +137,12 @@ def delete(session: Session, doc_id: int) -> None:
 
 
 def update_row(doc_id: int, **values: Any) -> dict[str, Any]:
-    return {"table": "app_changes_documents", "pk": {"id": doc_id}, "op": "update", "fields": values}
+    return {
+        "table": "app_changes_documents",
+        "pk": {"id": doc_id},
+        "op": "update",
+        "fields": values,
+    }
 
 
 class TestWhatAChangeShows:
@@ -446,9 +450,7 @@ class TestFilterAndLimits:
         with capture() as cap, Session(app_engine) as session:
             with obs.scope(actor=ADA, session=session):
                 edit(session, 1, password_hash=SECRET + "2")
-        assert trail(app_engine) == {
-            "document.edited": [update_row(1, password_hash="[REDACTED]")]
-        }
+        assert trail(app_engine) == {"document.edited": [update_row(1, password_hash="[REDACTED]")]}
         assert cap.audits[0]["changes"] == [update_row(1, password_hash="[REDACTED]")]
         app_engine.dispose()
         if database_url.startswith("sqlite"):
@@ -590,6 +592,10 @@ class TestSchemaVersion2:
     """A version-1 database (no changes column) is migrated by configure() and create_tables()."""
 
     def make_version_1(self, engine: sa.Engine) -> None:
+        """Today's tables taken back to version 1, holding one record of that time."""
+        old_id: Any = uuid.UUID(int=1)
+        if engine.dialect.name == "sqlite":
+            old_id = old_id.hex  # how SQLAlchemy's Uuid stores it there
         obs.create_tables(engine)
         with engine.begin() as conn:
             conn.execute(sa.text("ALTER TABLE obs_audit_log DROP COLUMN changes"))
@@ -600,14 +606,19 @@ class TestSchemaVersion2:
                     "metadata) VALUES (:id, :at, 'old.action', 'success', 'system', '{}')"
                 ),
                 {
-                    "id": uuid.UUID(int=1).hex if engine.dialect.name == "sqlite" else uuid.UUID(int=1),
+                    "id": uuid.UUID(int=1).hex
+                    if engine.dialect.name == "sqlite"
+                    else uuid.UUID(int=1),
                     "at": datetime.datetime(2026, 1, 1),
                 },
             )
 
     def versions(self, engine: sa.Engine) -> list[int]:
         with engine.connect() as conn:
-            return [int(v) for v in conn.execute(sa.text("SELECT version FROM obs_schema_version")).scalars()]
+            return [
+                int(v)
+                for v in conn.execute(sa.text("SELECT version FROM obs_schema_version")).scalars()
+            ]
 
     @pytest.mark.parametrize("how", ["configure", "create_tables"])
     def test_a_version_1_database_is_migrated(
