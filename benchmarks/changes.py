@@ -144,8 +144,9 @@ def report(workdir: Path, *, quick: bool, postgres_url: str | None) -> str:
     note = (
         f"{rounds} rounds of {per_round} calls of each contender, interleaved call by call; "
         "each call opens a session, loads one row, changes one field and commits. Median µs "
-        "per call; ratios to the bare call (goal for changes=True: at most 1.3 times, wall). Wall time "
-        "includes the commit's fsync; CPU time is this process's, its worker thread included."
+        "per call; ratios to the bare call (goal for changes=True: at most 1.3 times, wall). "
+        "Wall time includes the commit's fsync; CPU time is this process's, its worker thread "
+        "included."
     )
     header = ("database", "call", "wall µs", "wall ratio", "CPU µs", "CPU ratio")
     return note + "\n\n" + markdown_table(header, rows, right_from=2)
