@@ -122,12 +122,14 @@ class _Tracker:
 
     __slots__ = ("baseline", "names", "rows", "session")
 
-    def __init__(self, session: Session, names: frozenset[str] | None) -> None:
+    def __init__(self, session: Session, names: frozenset[str] | None, baseline: bool) -> None:
         self.session = session
         self.names = names
         self.rows: dict[Any, list[Any]] = {}  # by InstanceState (bulk entries: a counter)
         # What was pending when the call began: {state: (op, {attribute key: value then})}.
         self.baseline: dict[Any, tuple[str, dict[str, Any]]] = {}
+        if not baseline:
+            return
         for op, objects in (
             (INSERT, session.new),
             (UPDATE, session.dirty),
@@ -259,10 +261,11 @@ class _Tracker:
 _bulk_ids = itertools.count()
 
 
-def begin(spec: Instrumentation) -> _Tracker | None:
+def begin(spec: Instrumentation, baseline: bool = True) -> _Tracker | None:
     """Start following the changes of a call (its wrapper calls this first). Never raises.
 
     None when there is nothing to follow: no scope session, or recording suppressed.
+    Without *baseline*, everything pending counts as the call's.
     """
     try:
         frame = current_frame()
@@ -273,7 +276,7 @@ def begin(spec: Instrumentation) -> _Tracker | None:
             return None
         session = sync_session(frame.session)
         names = None if spec.changes is True else spec.changes
-        tracker = _Tracker(session, names)  # type: ignore[arg-type]
+        tracker = _Tracker(session, names, baseline)  # type: ignore[arg-type]
         trackers = session.info.get(KEY)
         if trackers is None:
             session.info[KEY] = [tracker]
@@ -305,15 +308,7 @@ def finish(tracker: _Tracker | None) -> list[dict[str, Any]] | None:
 
 def pending_changes(spec: Instrumentation) -> list[dict[str, Any]] | None:
     """``record_audit(changes=...)``: what the scope's session holds unflushed right now."""
-    return finish(begin_empty(spec))
-
-
-def begin_empty(spec: Instrumentation) -> _Tracker | None:
-    """A tracker with no baseline, not listening: everything pending counts."""
-    tracker = begin(spec)
-    if tracker is not None:
-        tracker.baseline.clear()
-    return tracker
+    return finish(begin(spec, baseline=False))
 
 
 def emit_changes(
