@@ -68,7 +68,7 @@ def audited(
     emit_if: Callable[[Call], bool] | None = None,
     organization: str | Callable[[Call], Any] | None = None,
     workspace: str | Callable[[Call], Any] | None = None,
-    changes: bool | Iterable[str] = False,
+    changes: bool | Iterable[str | type[Any]] = False,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Write an audit record for each call of the decorated function.
 
@@ -169,7 +169,7 @@ def record_audit(
     outcome: str = "success",
     organization: str | None = None,
     workspace: str | None = None,
-    changes: bool | Iterable[str] = False,
+    changes: bool | Iterable[str | type[Any]] = False,
 ) -> None:
     """Record an audit entry by hand; it follows the scope like a decorated call does.
 

@@ -48,6 +48,9 @@ INSERT, UPDATE, DELETE, BULK = "insert", "update", "delete", "bulk"
 # not load it to set it, and obs_sdk never queries. Not None: that would say "was empty".
 NOT_LOADED = "[not loaded]"
 _DML_WORDS = ("insert", "update", "delete")
+# Rows diffed per call: past it, a bulk import under changes=True would spend its caller's
+# time diffing rows that max_changes_bytes leaves out anyway; the rest are counted.
+MAX_ROWS = 1000
 
 
 def check_changes(value: object, where: str) -> bool | frozenset[str]:
@@ -120,12 +123,13 @@ def _old_and_new(state: Any, key: str) -> tuple[bool, Any, Any, bool]:
 class _Tracker:
     """The changes of one call in progress: its baseline, then the rows it wrote, in order."""
 
-    __slots__ = ("baseline", "names", "rows", "session")
+    __slots__ = ("baseline", "names", "rows", "session", "skipped")
 
     def __init__(self, session: Session, names: frozenset[str] | None, baseline: bool) -> None:
         self.session = session
         self.names = names
         self.rows: dict[Any, list[Any]] = {}  # by InstanceState (bulk entries: a counter)
+        self.skipped: set[Any] = set()  # the rows past MAX_ROWS: counted, not diffed
         # What was pending when the call began: {state: (op, {attribute key: value then})}.
         self.baseline: dict[Any, tuple[str, dict[str, Any]]] = {}
         if not baseline:
@@ -158,6 +162,10 @@ class _Tracker:
     def _note(self, state: Any, op: str) -> None:
         mapped = _mapped(state.mapper)
         if self.names is not None and self.names.isdisjoint(mapped.names):
+            return
+        if len(self.rows) >= MAX_ROWS and state not in self.rows:
+            self.baseline.pop(state, None)
+            self.skipped.add(state)
             return
         # A flush resets the history: from there on it is relative to what was flushed.
         base_op, base = self.baseline.pop(state, (None, None))
@@ -255,6 +263,8 @@ class _Tracker:
                     "fields": fields,
                 }
             )
+        if self.skipped:
+            out.append({TRUNCATED: True, "omitted": len(self.skipped)})
         return out
 
 
@@ -429,13 +439,21 @@ def render(changes: list[dict[str, Any]], c: RenderSettings) -> tuple[list[Any],
     redactor = c.redactor
     sanitized = False
     rows: list[Any] = []
+    omitted = 0
+    if changes and "omitted" in changes[-1]:  # rows the call did not diff (MAX_ROWS)
+        omitted = changes[-1]["omitted"]
+        changes = changes[:-1]
     for entry in changes:
         bounded, how = bound_mapping(entry, limit)
         if how is not None and how.sanitized:
             sanitized = True
         rows.append(redactor.redact(bounded))
+    if omitted:
+        rows.append({TRUNCATED: True, "omitted": omitted})
     if _size(rows) <= limit:
         return rows, sanitized
+    if omitted:
+        rows.pop()
     low, high = _SHORTEST, _longest(rows)
     best = [_cut(row, low) for row in rows]
     while low <= high:  # the largest per-string cap that still fits
@@ -448,7 +466,7 @@ def render(changes: list[dict[str, Any]], c: RenderSettings) -> tuple[list[Any],
     for before, after in zip(rows, best, strict=True):
         if after != before:
             after[TRUNCATED] = True
-    return _omitting(best, limit), sanitized
+    return _omitting(best, limit, omitted), sanitized
 
 
 _SHORTEST = 32  # bytes of a string kept before rows are left out rather than cut further
@@ -486,19 +504,22 @@ def _longest(value: Any) -> int:
     return 0
 
 
-def _omitting(rows: list[Any], limit: int) -> list[Any]:
-    """Keep the first *rows* that fit in *limit* with a marker counting the rest."""
+def _omitting(rows: list[Any], limit: int, omitted: int = 0) -> list[Any]:
+    """Keep the first *rows* that fit in *limit*, with a marker counting the rest.
+
+    *omitted* rows were already left out (never diffed): the marker counts them too.
+    """
     sizes = [_size(row) + 1 for row in rows]
-    if 1 + sum(sizes) <= limit:
-        return rows
-    marker_room = _size({TRUNCATED: True, "omitted": len(rows)}) + 2
+    marker_room = _size({TRUNCATED: True, "omitted": len(rows) + omitted}) + 2
+    if 1 + sum(sizes) + (marker_room if omitted else 0) <= limit:
+        return [*rows, {TRUNCATED: True, "omitted": omitted}] if omitted else rows
     total, kept = 1, 0
     for size in sizes:
         if total + size + marker_room > limit:
             break
         total += size
         kept += 1
-    return [*rows[:kept], {TRUNCATED: True, "omitted": len(rows) - kept}]
+    return [*rows[:kept], {TRUNCATED: True, "omitted": len(rows) - kept + omitted}]
 
 
 def _size(value: Any) -> int:

@@ -14,6 +14,7 @@ import enum
 import json
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -399,6 +400,26 @@ class TestFlushes:
             "2": [update_row(2, title=["t2", "two"])],
         }
 
+    def test_calls_on_a_thread_pool_follow_the_scope_session(self, app_engine: sa.Engine) -> None:
+        """`obs.with_scope` runs the calls on pool threads: they follow the same session and
+        join its transaction."""
+        seed(app_engine, *(Document(id=i, title=f"t{i}") for i in (1, 2)))
+
+        @obs.audited("retitled", resource=obs.Resource("document", "{doc_id}"), changes=True)
+        def retitle(session: Session, doc_id: int) -> None:
+            edit.__wrapped__(session, doc_id, title=f"new {doc_id}")  # type: ignore[attr-defined]
+
+        with Session(app_engine) as session, obs.scope(actor=ADA, session=session):
+            with ThreadPoolExecutor(1) as pool:  # one at a time: a Session is not thread-safe
+                list(pool.map(obs.with_scope(lambda i: retitle(session, i)), [1, 2]))
+            session.commit()
+        assert obs.flush(timeout=10.0)
+        got = {r.resource_id: r.changes for r in obs.audit_log(app_engine)}
+        assert got == {
+            "1": [update_row(1, title=["t1", "new 1"])],
+            "2": [update_row(2, title=["t2", "new 2"])],
+        }
+
 
 class TestCoreStatements:
     def test_a_bulk_core_update_is_reported_as_such(self, app_engine: sa.Engine) -> None:
@@ -487,6 +508,29 @@ class TestFilterAndLimits:
         assert first["_truncated"] is True
         assert marker == {"_truncated": True, "omitted": 50 - len(kept)}
         assert 0 < len(kept) < 50
+
+    def test_a_call_writing_thousands_of_rows_is_bounded_and_counted(
+        self, app_engine: sa.Engine
+    ) -> None:
+        """1,500 inserts: the record is kept, its JSON within the limit, every row not shown
+        counted (the first thousand are diffed, the rest only counted)."""
+
+        @obs.audited("imported", changes=True)
+        def import_all(session: Session) -> None:
+            session.add_all(
+                Membership(org_id="o", user_id=f"u_{i:04}", role="m") for i in range(1500)
+            )
+
+        with Session(app_engine) as session, obs.scope(actor=ADA, session=session):
+            import_all(session)
+            session.commit()
+        rows = trail(app_engine)["imported"]
+        assert rows is not None
+        *shown, marker = rows
+        assert len(json.dumps(rows, separators=(",", ":"), ensure_ascii=False).encode()) <= 65536
+        assert marker == {"_truncated": True, "omitted": 1500 - len(shown)}
+        assert 100 < len(shown) < 1000
+        assert {row["op"] for row in shown} == {"insert"}
 
 
 class TestEdges:
