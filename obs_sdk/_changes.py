@@ -123,13 +123,16 @@ def _old_and_new(state: Any, key: str) -> tuple[bool, Any, Any, bool]:
 class _Tracker:
     """The changes of one call in progress: its baseline, then the rows it wrote, in order."""
 
-    __slots__ = ("baseline", "names", "rows", "session", "skipped")
+    __slots__ = ("baseline", "names", "rows", "saved", "session", "skipped")
 
     def __init__(self, session: Session, names: frozenset[str] | None, baseline: bool) -> None:
         self.session = session
         self.names = names
         self.rows: dict[Any, list[Any]] = {}  # by InstanceState (bulk entries: a counter)
         self.skipped: set[Any] = set()  # the rows past MAX_ROWS: counted, not diffed
+        # The rows as they were when each SAVEPOINT begun during the call began: its
+        # rollback takes back what was flushed inside it, and so does this.
+        self.saved: dict[Any, tuple[dict[Any, list[Any]], set[Any]]] = {}
         # What was pending when the call began: {state: (op, {attribute key: value then})}.
         self.baseline: dict[Any, tuple[str, dict[str, Any]]] = {}
         if not baseline:
@@ -239,6 +242,19 @@ class _Tracker:
             before[0], before[3] = op, fields
         if any(v is not None for v in row[2]):
             before[2] = row[2]
+
+    def save(self, savepoint: Any) -> None:
+        """A SAVEPOINT begins: keep a copy of the rows, to go back to if it rolls back."""
+        rows = {
+            k: [*row[:3], dict(row[3])] if row[0] != BULK else row for k, row in self.rows.items()
+        }
+        self.saved[savepoint] = (rows, set(self.skipped))
+
+    def end(self, savepoint: Any, *, rolled_back: bool) -> None:
+        """A SAVEPOINT ended: released, its rows stay; rolled back, they go."""
+        saved = self.saved.pop(savepoint, None)
+        if saved is not None and rolled_back:
+            self.rows, self.skipped = saved
 
     def bulk(self, table: str | None, statement: str, rows: int | None) -> None:
         """Note a Core statement run through the session: its table and row count only."""
@@ -366,6 +382,9 @@ def _listen() -> None:
         if not _listening:
             event.listen(Session, "after_flush", _after_flush)
             event.listen(Session, "do_orm_execute", _on_execute)
+            event.listen(Session, "after_transaction_create", _on_savepoint)
+            event.listen(Session, "after_commit", _on_release)
+            event.listen(Session, "after_transaction_end", _on_savepoint_end)
             _listening = True
 
 
@@ -378,6 +397,34 @@ def _after_flush(session: Session, flush_context: Any) -> None:
             tracker.collect(session)
     except Exception as exc:  # never fail the caller's flush
         count_error("changes", exc)
+
+
+def _on_savepoint(session: Session, transaction: Any) -> None:
+    trackers = session.info.get(KEY)
+    if trackers and transaction.nested:
+        try:
+            for tracker in trackers:
+                tracker.save(transaction)
+        except Exception as exc:
+            count_error("changes", exc)
+
+
+def _on_release(session: Session) -> None:
+    # SQLAlchemy fires after_commit for a released SAVEPOINT too, while it is still current.
+    trackers = session.info.get(KEY)
+    if trackers and session.in_nested_transaction():
+        savepoint = session.get_nested_transaction()
+        for tracker in trackers:
+            tracker.end(savepoint, rolled_back=False)
+
+
+def _on_savepoint_end(session: Session, transaction: Any) -> None:
+    # Released ones were forgotten at their after_commit: a SAVEPOINT still saved here ended
+    # without a release, that is rolled back.
+    trackers = session.info.get(KEY)
+    if trackers and transaction.nested:
+        for tracker in trackers:
+            tracker.end(transaction, rolled_back=True)
 
 
 def _on_execute(state: ORMExecuteState) -> Any:

@@ -301,6 +301,33 @@ class TestOnlyTheCallsOwnChanges:
         assert trail(app_engine) == {}
         assert obs.stats()["rolled_back"] == 1
 
+    def test_a_rolled_back_savepoint_takes_back_what_was_flushed_inside(
+        self, app_engine: sa.Engine
+    ) -> None:
+        """Written inside a SAVEPOINT the call rolled back: not a change; released: one."""
+        seed(app_engine, Document(id=1, title="a"), Document(id=2, title="b"))
+
+        @obs.audited("partly", changes=True)
+        def partly(session: Session) -> None:
+            edit.__wrapped__(session, 1, title="kept")  # type: ignore[attr-defined]
+            session.flush()
+            savepoint = session.begin_nested()
+            edit.__wrapped__(session, 2, title="undone")  # type: ignore[attr-defined]
+            session.flush()
+            savepoint.rollback()
+            with session.begin_nested():
+                session.add(Document(id=3, title="released"))
+
+        with Session(app_engine) as session, obs.scope(actor=ADA, session=session):
+            partly(session)
+            session.commit()
+        rows = trail(app_engine)["partly"]
+        assert rows is not None
+        assert [(row["op"], row["pk"]) for row in rows] == [
+            ("update", {"id": 1}),
+            ("insert", {"id": 3}),
+        ]
+
     def test_the_call_issues_no_query_of_its_own(self, app_engine: sa.Engine) -> None:
         """The same statements run for the call with and without changes=."""
         seed(app_engine, Document(id=1, title="a"), Document(id=2, title="b"))
