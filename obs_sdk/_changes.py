@@ -35,7 +35,7 @@ from obs_sdk._emit import emit
 from obs_sdk._guard import count_error, warn_once
 from obs_sdk._records import SUCCESS, Instrumentation, RawRecord, RenderSettings
 from obs_sdk._redact import to_json
-from obs_sdk._sanitize import TRUNCATED, bound_mapping
+from obs_sdk._sanitize import MAX_KEY_CHARS, TRUNCATED, bound_mapping
 from obs_sdk._templates import freeze
 from obs_sdk._tx import hold, sync_session
 from obs_sdk.exceptions import ConfigurationError
@@ -491,9 +491,12 @@ def render(changes: list[dict[str, Any]], c: RenderSettings) -> tuple[list[Any],
         omitted = changes[-1]["omitted"]
         changes = changes[:-1]
     for entry in changes:
-        bounded, how = bound_mapping(entry, limit)
-        if how is not None and how.sanitized:
-            sanitized = True
+        if _plain(entry, limit):
+            bounded = entry  # nothing to sanitize or cut: bound_mapping would copy it as is
+        else:
+            bounded, how = bound_mapping(entry, limit)
+            if how is not None and how.sanitized:
+                sanitized = True
         rows.append(redactor.redact(bounded))
     if omitted:
         rows.append({TRUNCATED: True, "omitted": omitted})
@@ -516,6 +519,30 @@ def render(changes: list[dict[str, Any]], c: RenderSettings) -> tuple[list[Any],
     return _omitting(best, limit, omitted), sanitized
 
 
+def _plain(value: Any, limit: int) -> bool:
+    """Whether bound_mapping would keep *value* as it is: clean text, no string over *limit*.
+
+    Plain values only (freeze() made them): text, 64-bit ints, finite floats, None, bools,
+    and the scalars whose JSON text is short (datetimes, UUIDs, Decimals).
+    """
+    kind = type(value)
+    if kind is str:
+        return len(value) <= limit and "\x00" not in value and value.isascii()
+    if kind is dict:
+        return all(
+            type(k) is str and len(k) <= MAX_KEY_CHARS and k.isascii() and "\x00" not in k
+            for k in value
+        ) and all(_plain(v, limit) for v in value.values())
+    if kind is list:
+        return all(_plain(v, limit) for v in value)
+    if kind is int:
+        return value.bit_length() <= _INT_BITS
+    if kind is float:
+        return value - value == 0.0  # not NaN or an infinity
+    return kind is not bytes
+
+
+_INT_BITS = 63
 _SHORTEST = 32  # bytes of a string kept before rows are left out rather than cut further
 _MARKER = re.compile(r"…\[truncated (\d+) bytes\]\Z")
 
