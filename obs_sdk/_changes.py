@@ -536,9 +536,9 @@ def _plain(value: Any, limit: int) -> bool:
     if kind is list:
         return all(_plain(v, limit) for v in value)
     if kind is int:
-        return value.bit_length() <= _INT_BITS
+        return bool(value.bit_length() <= _INT_BITS)
     if kind is float:
-        return value - value == 0.0  # not NaN or an infinity
+        return bool(value - value == 0.0)  # not NaN or an infinity
     return kind is not bytes
 
 
