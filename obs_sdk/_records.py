@@ -282,7 +282,7 @@ class _Unconfigured:
 # built, shutdown() at the defaults. Read once per record, so a record never mixes two.
 config: RenderSettings = _Unconfigured()
 
-# Set by _changes when it is imported: renders a call's changes (redacted, bounded) and says
+# Set by _changes_render when imported: renders a call's changes (redacted, bounded) and says
 # whether a value was sanitized. Kept there so that this module needs none of its imports.
 render_changes: Callable[[Any, RenderSettings], tuple[Any, bool]] | None = None
 
@@ -554,7 +554,7 @@ def audit_columns(raw: RawRecord, record_id: Any, occurred_at: Any) -> tuple[Any
         )
     metadata, sanitized = _clean(metadata, c)
     changes = raw[CHANGES] if len(raw) > CHANGES else None
-    if changes is not None:  # only _changes makes them, and it sets render_changes
+    if changes is not None:  # only _changes makes them; it imports the renderer
         changes, cut = render_changes(changes, c)  # type: ignore[misc]
         sanitized = sanitized or cut
     columns: tuple[Any, ...] = (
