@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import contenders, delivery, metering, peers, report, throughput
+from benchmarks import changes, contenders, delivery, metering, peers, report, throughput
 from benchmarks.harness import Entry, Harness
 
 FULL = {"rounds": 51, "block_ms": 5.0, "scaling_rounds": 25}
@@ -87,6 +87,8 @@ def main() -> None:
             )
             _section("metered_storage next to hand-written SQL with the same guarantees")
             print(metering.report(workdir, quick=args.quick, postgres_url=args.postgres))
+            _section("@audited(changes=True) next to the same call undecorated, with its commit")
+            print(changes.report(workdir, quick=args.quick, postgres_url=args.postgres))
 
         server = peers.DiscardServer()
         client = peers.posthog_client(server.url)

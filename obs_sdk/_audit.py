@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import inspect
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import and_, select
@@ -13,6 +14,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from obs_sdk import _config
+from obs_sdk._changes import check_changes, emit_changes, pending_changes
 from obs_sdk._dispatch import dispatcher
 from obs_sdk._emit import emit
 from obs_sdk._guard import count_error
@@ -66,6 +68,7 @@ def audited(
     emit_if: Callable[[Call], bool] | None = None,
     organization: str | Callable[[Call], Any] | None = None,
     workspace: str | Callable[[Call], Any] | None = None,
+    changes: bool | Iterable[str | type[Any]] = False,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Write an audit record for each call of the decorated function.
 
@@ -83,6 +86,14 @@ def audited(
     are the decorator's (the one not given is None); when both render to None, the
     scope's pair stands.
 
+    ``changes=True`` attaches to each success record what the call wrote through the scope's
+    session: a list of ``{"table", "pk", "op", "fields": {name: [old, new]}}``, read from
+    SQLAlchemy's attribute history (never by a query), only the fields that changed and
+    only the call's own changes; ``changes=("Document", "Membership")`` limits it to those
+    mapped classes. Core statements run through the session are reported as
+    ``{"op": "bulk", "table", "statement", "rows"}``. Needs ``obs.scope(session=...)``;
+    plain and async functions only. See docs/changes.md.
+
     Templates are checked against the signature here: a mistake raises
     ``ConfigurationError``. Works on plain and async functions, generators, async
     generators and methods; the wrapped function keeps its name, signature and docstring.
@@ -93,10 +104,22 @@ def audited(
     _check_resource(resource, f"@audited({action!r})")
     if emit_if is not None and not callable(emit_if):
         raise ConfigurationError(f"@audited({action!r}): emit_if= takes a callable or None")
+    wanted = check_changes(changes, f"@audited({action!r})")
+    if wanted and when not in ("success", "always"):
+        raise ConfigurationError(
+            f"@audited({action!r}): changes= goes with when='success' or 'always' (changes "
+            f"are attached to success records), not when={when!r}"
+        )
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
         params = params_of(func, "@audited")
         owner = f"@audited({action!r}) on {params.qualname}"
+        target = func.__func__ if isinstance(func, (classmethod, staticmethod)) else func
+        if wanted and (inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target)):
+            raise ConfigurationError(
+                f"{owner}: changes= follows plain and async functions, not generators; "
+                "audit the function that writes, or call record_audit(..., changes=True)"
+            )
         plan = build_plan(owner, params, when)
         if resource is not None:
             plan.add("resource.type", resource.type)
@@ -104,7 +127,7 @@ def audited(
             plan.add("resource.name", resource.name)
         plan.add_mapping("metadata", metadata)
         add_tenant(plan, workspace, organization)
-        spec = Instrumentation(AUDIT, action, plan, when=when, emit_if=emit_if)
+        spec = Instrumentation(AUDIT, action, plan, when=when, emit_if=emit_if, changes=wanted)
         return instrument(func, spec)  # type: ignore[no-any-return]
 
     return decorate
@@ -146,18 +169,26 @@ def record_audit(
     outcome: str = "success",
     organization: str | None = None,
     workspace: str | None = None,
+    changes: bool | Iterable[str | type[Any]] = False,
 ) -> None:
     """Record an audit entry by hand; it follows the scope like a decorated call does.
 
     A success record joins the scope's transaction (inserted at commit, dropped on
     rollback); a failure record is queued at once. ``organization`` / ``workspace``
-    (strings) win over the scope's pair as one unit, as in ``@audited``. Never raises for
-    instrumentation errors.
+    (strings) win over the scope's pair as one unit, as in ``@audited``. ``changes=True``
+    (or mapped class names) attaches what the scope's session holds unflushed right now,
+    as ``@audited(changes=...)`` does: call it before the flush or commit that sends them.
+    Never raises for instrumentation errors.
     """
-    spec = _manual_spec(
-        action, resource, metadata, f"record_audit({action!r})", (workspace, organization)
-    )
-    emit(spec, _check_outcome(outcome, "record_audit"), (), {}, None, None)
+    where = f"record_audit({action!r})"
+    spec = _manual_spec(action, resource, metadata, where, (workspace, organization))
+    outcome = _check_outcome(outcome, "record_audit")
+    wanted = check_changes(changes, where)
+    if not wanted:
+        emit(spec, outcome, (), {}, None, None)
+        return
+    spec.changes = wanted
+    emit_changes(spec, outcome, (), {}, None, pending_changes(spec))
 
 
 def _render_now(

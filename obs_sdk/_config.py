@@ -27,7 +27,7 @@ from obs_sdk._dispatch import (
     Limits,
     dispatcher,
 )
-from obs_sdk._records import DEFAULT_MAX_METADATA_BYTES, uuid7
+from obs_sdk._records import DEFAULT_MAX_CHANGES_BYTES, DEFAULT_MAX_METADATA_BYTES, uuid7
 from obs_sdk._redact import Redactor
 from obs_sdk._sinks import SQLITE_BUSY_MS, DatabaseSink, PostHogSink, Sink
 from obs_sdk._tables import DEFAULT_PREFIX, check_schema, create_tables, tables
@@ -66,6 +66,7 @@ class Config:
     redactor: Redactor = field(default_factory=Redactor)
     redact: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES
+    max_changes_bytes: int = DEFAULT_MAX_CHANGES_BYTES
     scope_provider: Callable[[], Mapping[str, Any]] | None = None
     require_actor: bool = False
     person_properties: bool = False
@@ -254,6 +255,7 @@ def configure(
     person_properties: bool = False,
     clock: Callable[[], int] | None = None,
     id_factory: Callable[[int], Any] | None = None,
+    max_changes_bytes: int = DEFAULT_MAX_CHANGES_BYTES,
 ) -> None:
     """Configure obs_sdk for this process: where records go and how they are shaped.
 
@@ -288,6 +290,11 @@ def configure(
     never redacted, and ``redact`` (a function taking the cleaned metadata or properties
     dict and returning the dict to send) runs last, on the dispatcher thread.
 
+    ``max_changes_bytes`` (default 64 KiB) bounds the JSON of a record's ``changes`` (the
+    rows a call made with ``changes=`` wrote) the way ``max_metadata_bytes`` bounds its
+    metadata: long strings are cut with the same marker, then the last rows are left out
+    and counted; the record is always kept.
+
     ``person_properties=True`` adds the actor's name and email as ``$set`` to analytics
     events. ``clock`` (ns since the epoch) and ``id_factory`` are for deterministic tests
     (``obs_sdk.testing.SteppingClock`` and ``IncrementingIds``).
@@ -299,6 +306,7 @@ def configure(
     _check_posthog(posthog)
     limits = _check_limits(queue_size, max_queue_bytes, overflow, block_timeout)
     max_metadata_bytes = _check_int("max_metadata_bytes", max_metadata_bytes, 256)
+    max_changes_bytes = _check_int("max_changes_bytes", max_changes_bytes, 256)
     if storage_quota is not None and not callable(storage_quota):
         _check_int("storage_quota", storage_quota, 0)
     _check_bool("require_actor", require_actor)
@@ -354,6 +362,7 @@ def configure(
         redactor=redactor,
         redact=redact,
         max_metadata_bytes=max_metadata_bytes,
+        max_changes_bytes=max_changes_bytes,
         scope_provider=scope_provider,
         require_actor=require_actor,
         person_properties=person_properties,

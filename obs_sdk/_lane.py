@@ -27,7 +27,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from obs_sdk import _emit
+from obs_sdk import _changes, _emit
 from obs_sdk._context import SCOPE_KEY, current_context
 from obs_sdk._dispatch import dispatcher
 from obs_sdk._guard import count_error
@@ -203,10 +203,16 @@ def generate(func: Callable[..., Any], spec: Instrumentation, kind: str) -> Call
     else:
         pieces, defaults = own
         namespace.update(defaults)
-    if kind in (FUNCTION, COROUTINE):
-        source = _lane(spec, pieces, namespace, by_name=own is not None, awaited=kind == COROUTINE)
-        if source is None:
-            source = _call(spec, pieces, awaited=kind == COROUTINE)
+    if spec.changes and kind in (FUNCTION, COROUTINE):  # only these: see audited()
+        namespace.update(
+            _o_begin=_changes.begin,
+            _o_finish=_changes.finish,
+            _o_emit_changes=_changes.emit_changes,
+        )
+        source = _changes_call(spec, pieces, awaited=kind == COROUTINE)
+    elif kind in (FUNCTION, COROUTINE):
+        lane = _lane(spec, pieces, namespace, by_name=own is not None, awaited=kind == COROUTINE)
+        source = lane if lane is not None else _call(spec, pieces, awaited=kind == COROUTINE)
     else:
         source = _generator(spec, pieces, own is not None, awaited=kind == ASYNC_GENERATOR)
     qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
@@ -318,6 +324,35 @@ def _call(spec: Instrumentation, pieces: dict[str, str], *, awaited: bool) -> st
     if on_success:
         lines.append(f"    _o_emit(_o_spec, _o_SUCCESS, {args}, {kwargs}, _o_r, None)")
     lines.append("    return _o_r")
+    return "\n".join(lines) + "\n"
+
+
+def _changes_call(spec: Instrumentation, pieces: dict[str, str], *, awaited: bool) -> str:
+    """The wrapper of a call made with ``changes=``: it follows the scope session's changes.
+
+    Following starts before the call and always stops when it ends (``finally``); the success
+    record carries what the call wrote. Only ``changes=`` decorations get this wrapper.
+    """
+    _, _, on_failure = _flags(spec)
+    args, kwargs = pieces["args"], pieces["kwargs"]
+    lines = [
+        f"{'async ' if awaited else ''}def _o_wrapper{pieces['params']}:",
+        "    _o_t = _o_begin(_o_spec)",
+        "    try:",
+        f"        _o_r = {'await ' if awaited else ''}_o_func({pieces['call']})",
+    ]
+    if on_failure:
+        lines += [
+            "    except _o_Exception as _o_exc:",
+            f"        _o_emit(_o_spec, _o_FAILURE, {args}, {kwargs}, None, _o_exc)",
+            "        raise",
+        ]
+    lines += [
+        "    finally:",
+        "        _o_c = _o_finish(_o_t)",
+        f"    _o_emit_changes(_o_spec, _o_SUCCESS, {args}, {kwargs}, _o_r, _o_c)",
+        "    return _o_r",
+    ]
     return "\n".join(lines) + "\n"
 
 

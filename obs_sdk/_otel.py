@@ -131,6 +131,10 @@ def _audit_log(record: AuditRecord) -> dict[str, Any]:
         if value is not None:
             attributes[PREFIX + name] = value
     attributes.update(_mapping_attributes("obs.metadata", record.metadata))
+    if record.changes is not None:
+        # One JSON string: rows of fields would flatten past the attribute limit, and their
+        # [old, new] pairs are no attribute value.
+        attributes["obs.changes"] = to_json(record.changes)
     who = f"{record.actor_type} {record.actor_id}" if record.actor_id else record.actor_type
     what = f" on {record.resource_type} {record.resource_id}" if record.resource_type else ""
     failed = record.outcome == FAILURE
@@ -178,7 +182,8 @@ class OtelLogSink:
 
     ``event_name`` is the action or event name, attributes are the record's fields
     (``obs.action``, ``obs.actor_id``, ... with metadata and properties flattened as
-    ``obs.metadata.<key>`` / ``obs.properties.<key>``, already redacted), and the log
+    ``obs.metadata.<key>`` / ``obs.properties.<key>``, already redacted; a record's
+    ``changes`` as the JSON string ``obs.changes``), and the log
     record's trace context is the span current at the call. The provider belongs to the
     app: ``flush`` and ``shutdown`` force-flush it, never shut it down.
     Called only from the dispatcher thread.

@@ -54,6 +54,9 @@ TENANT = ("workspace", "organization")
 # Layout of the raw record tuple (a tuple: the cheapest thing to build on the hot path).
 # CONTEXT is the OTel context of the call (its span's ids are read at render), or None.
 SPEC, OUTCOME, TIME_NS, FIELDS, CONTEXT, VALUES, ERROR_TYPE, IDEMPOTENCY = range(8)
+# A ninth item, only in the records of calls made with changes=: what the call wrote (see
+# _changes). Every other record keeps eight items: the hot path builds no more than before.
+CHANGES = 8
 RawRecord = tuple[Any, ...]
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
@@ -66,6 +69,7 @@ class Instrumentation:
     __slots__ = (
         "allow_anonymous",
         "allow_system",
+        "changes",
         "emit_if",
         "kind",
         "name",
@@ -84,6 +88,7 @@ class Instrumentation:
         emit_if: Callable[[Any], Any] | None = None,
         allow_anonymous: bool = False,
         allow_system: bool = False,
+        changes: bool | frozenset[str] = False,
     ) -> None:
         self.kind = kind
         self.name = name
@@ -92,6 +97,8 @@ class Instrumentation:
         self.emit_if = emit_if
         self.allow_anonymous = allow_anonymous
         self.allow_system = allow_system
+        # False, True (every mapped class) or the mapped class names to report (_changes).
+        self.changes = changes
         # An audit with nothing to resolve and no predicate: the hot path skips straight on.
         self.plain = kind == AUDIT and emit_if is None and not plan.resolvers
         # organization= / workspace= given: rendered with the record, they win over the scope.
@@ -245,6 +252,8 @@ class RenderSettings(Protocol):
     @property
     def max_metadata_bytes(self) -> int: ...
     @property
+    def max_changes_bytes(self) -> int: ...
+    @property
     def id_factory(self) -> Callable[[int], uuid.UUID]: ...
     @property
     def person_properties(self) -> bool: ...
@@ -253,6 +262,7 @@ class RenderSettings(Protocol):
 
 
 DEFAULT_MAX_METADATA_BYTES = 8192
+DEFAULT_MAX_CHANGES_BYTES = 65536
 
 
 class _Unconfigured:
@@ -262,6 +272,7 @@ class _Unconfigured:
     redactor = Redactor()
     redact = None
     max_metadata_bytes = DEFAULT_MAX_METADATA_BYTES
+    max_changes_bytes = DEFAULT_MAX_CHANGES_BYTES
     id_factory = uuid7
     person_properties = False
     require_actor = False
@@ -270,6 +281,10 @@ class _Unconfigured:
 # The one configuration object (``_config.Config``): configure() points this at the one it
 # built, shutdown() at the defaults. Read once per record, so a record never mixes two.
 config: RenderSettings = _Unconfigured()
+
+# Set by _changes_render when imported: renders a call's changes (redacted, bounded) and says
+# whether a value was sanitized. Kept there so that this module needs none of its imports.
+render_changes: Callable[[Any, RenderSettings], tuple[Any, bool]] | None = None
 
 # Widths of the audit table's text columns (None: unbounded), by column position; and the
 # positions of the columns whose values come from callers (the others are obs_sdk's own).
@@ -310,6 +325,8 @@ def raw_size(raw: RawRecord, budget: int) -> int:
             size += 16
         else:
             size += size_within(value, budget)
+    if len(raw) > CHANGES:
+        size += size_within(raw[CHANGES], budget)
     plan = raw[SPEC].plan
     if plan.whole is not None:
         slot = plan.slots.get(plan.whole)
@@ -320,7 +337,7 @@ def raw_size(raw: RawRecord, budget: int) -> int:
 
 def rendered_bound() -> int:
     """About the most a rendered record holds (its metadata is cut to max_metadata_bytes)."""
-    return _ROW_BYTES + _TEXT_BYTES + 2 * config.max_metadata_bytes
+    return _ROW_BYTES + _TEXT_BYTES + 2 * (config.max_metadata_bytes + config.max_changes_bytes)
 
 
 class AuditRecord(NamedTuple):
@@ -328,7 +345,8 @@ class AuditRecord(NamedTuple):
 
     A named tuple rather than a dataclass: the dispatcher builds one per record and the SQL
     sink turns it into the driver's row by slicing, which a dataclass made a third of the
-    drain. ``metadata`` is a dict.
+    drain. ``metadata`` is a dict; ``changes`` a list of the rows the call wrote, or None
+    (a call made without ``changes=``; see docs/changes.md).
     """
 
     id: uuid.UUID
@@ -352,6 +370,7 @@ class AuditRecord(NamedTuple):
     service: str | None
     metadata: dict[str, Any]
     error_type: str | None
+    changes: list[dict[str, Any]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Return the record as a dict keyed by column name."""
@@ -534,6 +553,10 @@ def audit_columns(raw: RawRecord, record_id: Any, occurred_at: Any) -> tuple[Any
             spec.plan, _RESOURCE, "metadata", raw[VALUES]
         )
     metadata, sanitized = _clean(metadata, c)
+    changes = raw[CHANGES] if len(raw) > CHANGES else None
+    if changes is not None:  # only _changes makes them; it imports the renderer
+        changes, cut = render_changes(changes, c)  # type: ignore[misc]
+        sanitized = sanitized or cut
     columns: tuple[Any, ...] = (
         record_id,
         occurred_at,
@@ -556,6 +579,7 @@ def audit_columns(raw: RawRecord, record_id: Any, occurred_at: Any) -> tuple[Any
         c.service,
         metadata,
         raw[ERROR_TYPE],
+        changes,
     )
     if not (
         _plain_scope(raw[FIELDS], spec.name, c.service)
@@ -619,8 +643,10 @@ def approx_bytes(record: Any) -> int:
     AnalyticsEvent.
     """
     if isinstance(record, tuple):
-        metadata = record[19]
+        metadata, changes = record[19], record[21]
         size = _ROW_BYTES + (len(metadata) if type(metadata) is str else size_of(metadata))
+        if changes is not None:
+            size += len(changes) if type(changes) is str else size_of(changes)
         name, agent = record[10], record[14]
         if name:
             size += len(name)

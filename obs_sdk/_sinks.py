@@ -68,7 +68,12 @@ def _sqlite_row(r: AuditRecord) -> tuple[Any, ...]:
     # The forms SQLAlchemy's Uuid and DateTime types store on SQLite: 32 hex digits, and
     # naive UTC text with microseconds (UTCDateTime reads it back as aware UTC). Columns
     # 2..18 pass as they are.
-    return (f"{r[0].int:032x}", _sqlite_time(r[1]), *r[2:19], to_json(r[19]), r[20])
+    return (f"{r[0].int:032x}", _sqlite_time(r[1]), *r[2:19], to_json(r[19]), r[20], _json(r[21]))
+
+
+def _json(changes: Any) -> str | None:
+    """The changes column's stored form: JSON text, or NULL for a call made without them."""
+    return None if changes is None else to_json(changes)
 
 
 def _sqlite_time(moment: datetime.datetime) -> str:
@@ -86,7 +91,7 @@ def _sqlite_row_of(raw: RawRecord) -> tuple[Any, ...]:
     """``_sqlite_row(render_audit(raw))``, without making the UUID, datetime and record."""
     record_id, moment = _id_and_time(raw)
     r = audit_columns(raw, record_id, moment)
-    return (*r[:19], to_json(r[19]), r[20])
+    return (*r[:19], to_json(r[19]), r[20], _json(r[21]))
 
 
 def _postgres_row_of(raw: RawRecord) -> tuple[Any, ...]:
@@ -98,7 +103,7 @@ def _postgres_row_of(raw: RawRecord) -> tuple[Any, ...]:
     """
     record_id, moment = _id_and_time(raw)
     r = audit_columns(raw, record_id, moment + "+00:00")
-    return (*r[:19], to_json(r[19]), r[20])
+    return (*r[:19], to_json(r[19]), r[20], _json(r[21]))
 
 
 def _id_and_time(raw: RawRecord) -> tuple[str, str]:
@@ -116,7 +121,7 @@ def _id_and_time(raw: RawRecord) -> tuple[str, str]:
 
 
 def _postgres_row(r: AuditRecord) -> tuple[Any, ...]:
-    return (*r[:19], to_json(r[19]), r[20])
+    return (*r[:19], to_json(r[19]), r[20], _json(r[21]))
 
 
 def _as_uuid(stored: Any) -> uuid.UUID:
@@ -154,7 +159,9 @@ class _DriverInsert:
             values = ", ".join("?" for _ in columns)
             self.row: Callable[[AuditRecord], tuple[Any, ...]] = _sqlite_row
         else:
-            values = ", ".join("CAST(%s AS JSONB)" if c == "metadata" else "%s" for c in columns)
+            values = ", ".join(
+                "CAST(%s AS JSONB)" if c in ("metadata", "changes") else "%s" for c in columns
+            )
             self.row = _postgres_row
         self._head = f'INSERT INTO "{table.name}" ({quoted}) VALUES '
         self._values = f"({values})"
@@ -200,7 +207,7 @@ class _DriverInsert:
 MAX_ROWS_PER_STATEMENT = 1560
 UNNEST_FROM = 1000  # PostgreSQL: rows per batch from which one statement over arrays is sent
 # The PostgreSQL array type of each column, by its SQLAlchemy type (others: text).
-_ARRAY_CASTS = {"Uuid": "uuid", "UTCDateTime": "timestamptz", "JSON": "jsonb", "JSONB": "jsonb"}
+_ARRAY_CASTS = {"Uuid": "uuid", "UTCDateTime": "timestamptz", "JSONValue": "jsonb"}
 _SQLITE_DEFAULT_MAX_PARAMS = 999  # SQLite before 3.32, when the driver cannot say
 
 

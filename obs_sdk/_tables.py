@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime
 import functools
+import json
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -35,11 +37,13 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlalchemy.sql.expression import Insert
 from sqlalchemy.types import TypeDecorator
 
+from obs_sdk._redact import to_json
 from obs_sdk.exceptions import ConfigurationError
 
 __all__ = ["SCHEMA_VERSION", "Tables", "create_tables", "metadata", "tables"]
 
-SCHEMA_VERSION = 1
+# 1: the first tables. 2: obs_audit_log.changes (what a call wrote, issue 17).
+SCHEMA_VERSION = 2
 DEFAULT_PREFIX = "obs_"
 
 
@@ -72,7 +76,31 @@ class UTCDateTime(TypeDecorator[datetime.datetime]):
         return value.astimezone(datetime.timezone.utc)
 
 
-_JSON = JSON().with_variant(JSONB(), "postgresql")
+class JSONValue(TypeDecorator[Any]):
+    """JSON (JSONB on PostgreSQL) holding what obs_sdk's own encoder writes, on every path.
+
+    The SQL sinks send JSON text made by ``to_json`` (datetimes as ISO text, Decimals and
+    UUIDs as strings, like every other sink); an insert through SQLAlchemy (a record held to
+    its transaction's commit, ``record_audit_now``) would go through ``json.dumps``, which
+    refuses a datetime, and the record would leave its transaction for the queue.
+    ``none_as_null``: None is SQL NULL (SQLAlchemy would store JSON 'null' where the sinks
+    store NULL).
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def __init__(self, none_as_null: bool = False) -> None:
+        super().__init__(none_as_null=none_as_null)
+        self.none_as_null = none_as_null
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(JSONB(none_as_null=self.none_as_null))
+        return dialect.type_descriptor(JSON(none_as_null=self.none_as_null))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return None if value is None else json.loads(to_json(value))
 
 
 @dataclass(frozen=True)
@@ -117,8 +145,9 @@ def tables(prefix: str = DEFAULT_PREFIX) -> Tables:
         Column("trace_id", String(32)),
         Column("span_id", String(16)),
         Column("service", String(128)),
-        Column("metadata", _JSON, nullable=False),
+        Column("metadata", JSONValue(), nullable=False),
         Column("error_type", String(255)),
+        Column("changes", JSONValue(none_as_null=True)),  # schema version 2
     )
     # What people ask an audit log: an organization's or workspace's trail, one actor's
     # actions, one resource's history; each over time. Ids are time-ordered (UUIDv7), so
@@ -170,23 +199,25 @@ def insert_ignoring_duplicates(table: Table, dialect_name: str, key: str = "id")
 
 
 def create_tables(engine: Engine | Connection, prefix: str = DEFAULT_PREFIX) -> None:
-    """Bring the obs_ tables to this version: create what is missing, nothing else.
+    """Bring the obs_ tables to this version: create what is missing, migrate what is older.
 
     When the schema version table already holds this version, one SELECT of it is all
     that runs: no DDL and no lock beyond that read, so a process starting beside live
     transactions on the obs_ tables neither waits for them nor deadlocks with them.
-    Otherwise (a fresh database, or tables made from ``metadata()`` without a version
-    row) the missing tables and indexes are created and the version is recorded: only
-    what is missing, so existing tables are never locked for DDL. Safe when several
-    processes start at once: PostgreSQL serialises creators with a transaction-scoped
-    advisory lock, SQLite with its write lock, and every statement says IF NOT EXISTS.
+    Otherwise (a fresh database, tables made from ``metadata()`` without a version row, or
+    tables of an older version) the missing tables, columns and indexes are created and the
+    version is recorded: only what is missing, so existing tables are locked for DDL only
+    when a column must be added (version 1 to 2 adds ``obs_audit_log.changes``). Safe when
+    several processes start at once: PostgreSQL serialises creators with a
+    transaction-scoped advisory lock, SQLite with its write lock, and every statement
+    tolerates what another process already did.
 
     configure() calls it (unless ``create_tables=False``); call it yourself at deploy
     time to prepare the database for ``configure(create_tables=False)``. Given a
     Connection, it runs in the caller's transaction and skips the read-only check.
 
     Raises:
-        ConfigurationError: the tables are at another schema version (migrate them).
+        ConfigurationError: the tables are at a newer schema version than this obs_sdk.
     """
     t = tables(prefix)
     if isinstance(engine, Connection):
@@ -207,8 +238,8 @@ def _schema_is_current(engine: Engine, t: Tables) -> bool:
         # No version table yet. An unreachable database fails again, and says so, in
         # the create path that follows.
         return False
-    _check_version(found, t)
-    return bool(found)
+    _check_version(found, t, older_ok=True)
+    return bool(found) and max(found) == SCHEMA_VERSION
 
 
 def _create(conn: Connection, t: Tables, prefix: str) -> None:
@@ -221,9 +252,10 @@ def _create(conn: Connection, t: Tables, prefix: str) -> None:
     found: list[int] = []
     if t.schema_version.name in existing:
         found = list(conn.execute(select(t.schema_version.c.version)).scalars().all())
-        _check_version(found, t)
+        _check_version(found, t, older_ok=True)
     for table in t.metadata.sorted_tables:
         if table.name in existing:
+            _add_missing_columns(conn, inspector, table)
             # CREATE INDEX IF NOT EXISTS still takes a SHARE lock on the table (it waits
             # for every writing transaction): only run it for an index that is missing.
             have = {index["name"] for index in inspector.get_indexes(table.name)}
@@ -233,20 +265,56 @@ def _create(conn: Connection, t: Tables, prefix: str) -> None:
         for index in sorted(table.indexes, key=lambda i: str(i.name)):
             if index.name not in have:
                 conn.execute(CreateIndex(index, if_not_exists=True))
-    if not found:
+    if found:
+        if max(found) != SCHEMA_VERSION:  # one row, moved to this version
+            conn.execute(t.schema_version.update().values(version=SCHEMA_VERSION))
+    else:
         conn.execute(
             insert_ignoring_duplicates(t.schema_version, conn.dialect.name, "version"),
             {"version": SCHEMA_VERSION},
         )
 
 
-def _check_version(found: Sequence[int], t: Tables) -> None:
-    if found and max(found) != SCHEMA_VERSION:
+def _add_missing_columns(conn: Connection, inspector: Any, table: Table) -> None:
+    """Add the columns a newer version gave *table* (all nullable: no default to backfill).
+
+    ``ALTER TABLE ... ADD COLUMN`` of a nullable column without a default rewrites no rows
+    on PostgreSQL or SQLite, but on PostgreSQL it waits for the transactions using the
+    table (an ACCESS EXCLUSIVE lock, held for an instant): it runs only when one is missing.
+    """
+    have = {column["name"] for column in inspector.get_columns(table.name)}
+    preparer = conn.dialect.identifier_preparer
+    for column in table.columns:
+        if column.name in have:
+            continue
+        kind = column.type.compile(dialect=conn.dialect)
+        name, quoted_table = preparer.quote(column.name), preparer.quote(table.name)
+        if conn.dialect.name == "postgresql":
+            conn.execute(text(f"ALTER TABLE {quoted_table} ADD COLUMN IF NOT EXISTS {name} {kind}"))
+            continue
+        try:
+            conn.execute(text(f"ALTER TABLE {quoted_table} ADD COLUMN {name} {kind}"))
+        except DBAPIError as exc:  # SQLite has no IF NOT EXISTS here: another process added it
+            if "duplicate column" not in str(exc).lower():
+                raise
+
+
+def _check_version(found: Sequence[int], t: Tables, *, older_ok: bool = False) -> None:
+    if not found or max(found) == SCHEMA_VERSION or (older_ok and max(found) < SCHEMA_VERSION):
+        return
+    if max(found) < SCHEMA_VERSION:
         raise ConfigurationError(
             f"the obs_ tables are at schema version {max(found)}, this obs_sdk needs "
-            f"{SCHEMA_VERSION}; migrate them (Alembic: autogenerate against obs.metadata()) "
-            "and record the new version in " + t.schema_version.name
+            f"{SCHEMA_VERSION}; migrate them: obs.create_tables(engine) (or configure() with "
+            "create_tables=True) adds what is missing, or run an Alembic migration "
+            "autogenerated against obs.metadata() and record the new version in "
+            + t.schema_version.name
         )
+    raise ConfigurationError(
+        f"the obs_ tables are at schema version {max(found)}, this obs_sdk needs "
+        f"{SCHEMA_VERSION}: a newer obs_sdk migrated them; upgrade obs_sdk here too "
+        "(the tables cannot be migrated back)"
+    )
 
 
 def check_schema(engine: Engine | Connection, prefix: str = DEFAULT_PREFIX) -> None:

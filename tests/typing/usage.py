@@ -26,6 +26,11 @@ async def fetch(url: str) -> int:
     return len(url)
 
 
+@obs.audited("member.promoted", changes=("Membership",))
+def promote(session: Session, user_id: str) -> None:
+    obs.record_audit("member.seen", changes=True)
+
+
 @obs.idempotent(key="jobs:{job_id}")
 def run_job(session: Session, job_id: str) -> int:
     return len(job_id)

@@ -48,6 +48,7 @@ SPEC_COLUMNS = [
     "service",
     "metadata",
     "error_type",
+    "changes",  # schema version 2 (issue 17)
 ]
 
 

@@ -1,0 +1,148 @@
+"""Rendering a call's changes for storage: redaction and the ``max_changes_bytes`` bound.
+
+Runs where the rest of the record is rendered (the dispatcher thread, or a commit), never on
+the call's hot path. Registered into ``_records`` (``render_changes``) on import.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from obs_sdk import _records
+from obs_sdk._records import RenderSettings
+from obs_sdk._redact import to_json
+from obs_sdk._sanitize import MAX_KEY_CHARS, TRUNCATED, bound_mapping
+
+__all__ = ["render"]
+
+
+def render(changes: list[dict[str, Any]], c: RenderSettings) -> tuple[list[Any], bool]:
+    """Redact and bound *changes* for storage: (what to store, whether a value was sanitized).
+
+    The metadata rules: a secret-looking field name keeps its name and loses its values
+    (``"password_hash": "[REDACTED]"``); values a database would refuse are sanitized; past
+    ``max_changes_bytes`` of JSON, the longest strings are cut with the metadata limit's
+    marker (``…[truncated N bytes]``, and the row gains ``"_truncated": true``), then, if
+    rows with strings of ``_SHORTEST`` bytes still do not fit, the last rows are left out
+    and counted in a final ``{"_truncated": true, "omitted": N}``.
+    """
+    limit = c.max_changes_bytes
+    redactor = c.redactor
+    sanitized = False
+    rows: list[Any] = []
+    omitted = 0
+    if changes and "omitted" in changes[-1]:  # rows the call did not diff (MAX_ROWS)
+        omitted = changes[-1]["omitted"]
+        changes = changes[:-1]
+    for entry in changes:
+        if _plain(entry, limit):
+            bounded = entry  # nothing to sanitize or cut: bound_mapping would copy it as is
+        else:
+            bounded, how = bound_mapping(entry, limit)
+            if how is not None and how.sanitized:
+                sanitized = True
+        rows.append(redactor.redact(bounded))
+    if omitted:
+        rows.append({TRUNCATED: True, "omitted": omitted})
+    if _size(rows) <= limit:
+        return rows, sanitized
+    if omitted:
+        rows.pop()
+    low, high = _SHORTEST, _longest(rows)
+    best = [_cut(row, low) for row in rows]
+    while low <= high:  # the largest per-string cap that still fits
+        cap = (low + high) // 2
+        candidate = [_cut(row, cap) for row in rows]
+        if _size(candidate) <= limit:
+            best, low = candidate, cap + 1
+        else:
+            high = cap - 1
+    for before, after in zip(rows, best, strict=True):
+        if after != before:
+            after[TRUNCATED] = True
+    return _omitting(best, limit, omitted), sanitized
+
+
+def _plain(value: Any, limit: int) -> bool:
+    """Whether bound_mapping would keep *value* as it is: clean text, no string over *limit*.
+
+    Plain values only (freeze() made them): text, 64-bit ints, finite floats, None, bools,
+    and the scalars whose JSON text is short (datetimes, UUIDs, Decimals).
+    """
+    kind = type(value)
+    if kind is str:
+        return len(value) <= limit and "\x00" not in value and value.isascii()
+    if kind is dict:
+        return all(
+            type(k) is str and len(k) <= MAX_KEY_CHARS and k.isascii() and "\x00" not in k
+            for k in value
+        ) and all(_plain(v, limit) for v in value.values())
+    if kind is list:
+        return all(_plain(v, limit) for v in value)
+    if kind is int:
+        return bool(value.bit_length() <= _INT_BITS)
+    if kind is float:
+        return bool(value - value == 0.0)  # not NaN or an infinity
+    return kind is not bytes
+
+
+_INT_BITS = 63
+_SHORTEST = 32  # bytes of a string kept before rows are left out rather than cut further
+_MARKER = re.compile(r"…\[truncated (\d+) bytes\]\Z")
+
+
+def _cut(value: Any, cap: int) -> Any:
+    """*value* with strings over *cap* UTF-8 bytes cut, the marker counting all that is gone."""
+    if isinstance(value, str):
+        raw = value.encode("utf-8", "surrogatepass")
+        if len(raw) <= cap:
+            return value
+        removed = 0
+        earlier = _MARKER.search(value)  # cut before (bound_mapping): count that cut too
+        if earlier is not None:
+            removed = int(earlier[1])
+            raw = value[: earlier.start()].encode("utf-8", "surrogatepass")
+        kept = raw[:cap].decode("utf-8", "ignore")
+        removed += len(raw) - len(kept.encode("utf-8", "surrogatepass"))
+        return f"{kept}…[truncated {removed} bytes]"
+    if isinstance(value, dict):
+        return {k: _cut(v, cap) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cut(v, cap) for v in value]
+    return value
+
+
+def _longest(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, dict):
+        return max((_longest(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return max((_longest(v) for v in value), default=0)
+    return 0
+
+
+def _omitting(rows: list[Any], limit: int, omitted: int = 0) -> list[Any]:
+    """Keep the first *rows* that fit in *limit*, with a marker counting the rest.
+
+    *omitted* rows were already left out (never diffed): the marker counts them too.
+    """
+    sizes = [_size(row) + 1 for row in rows]
+    marker_room = _size({TRUNCATED: True, "omitted": len(rows) + omitted}) + 2
+    if 1 + sum(sizes) + (marker_room if omitted else 0) <= limit:
+        return [*rows, {TRUNCATED: True, "omitted": omitted}] if omitted else rows
+    total, kept = 1, 0
+    for size in sizes:
+        if total + size + marker_room > limit:
+            break
+        total += size
+        kept += 1
+    return [*rows[:kept], {TRUNCATED: True, "omitted": len(rows) - kept + omitted}]
+
+
+def _size(value: Any) -> int:
+    return len(to_json(value).encode("utf-8", "surrogatepass"))
+
+
+_records.render_changes = render
