@@ -96,6 +96,15 @@ def download_shared(session: Session, file_id: str) -> dict[str, Any]:
     return {"owner_id": row.owner_id, "name": row.name}
 
 
+# changes= puts the rows the call wrote (old and new values) into its record.
+@obs.audited("file.renamed", resource=obs.Resource("file", "{file_id}"), changes=("FileRow",))
+def rename(session: Session, file_id: str, name: str) -> None:
+    row = session.get(FileRow, file_id)
+    if row is None:
+        raise NotFound(file_id)
+    row.name = name
+
+
 @obs.audited("files.exported", when="start", metadata={"organization": "{org_id}"})
 def export_all(session: Session, org_id: str) -> list[str]:
     return [row.name for row in session.scalars(select(FileRow))]
@@ -298,6 +307,17 @@ def run(workdir: Path) -> None:
         delete_file(session, "f_3")  # already gone: emit_if drops the no-op
         session.commit()
         obs.flush()
+
+    section("Ada renames a file: its record says what changed (changes=)")
+    with (
+        Session(engine) as session,
+        obs.scope(actor=ada, session=session, request_id="req_7", **request),
+    ):
+        rename(session, "f_1", "q3-report-final.pdf")
+        session.commit()
+    obs.flush()
+    (renamed,) = obs.audit_log(engine, action="file.renamed")
+    print(f"  changes: {renamed.changes}")
 
     storage_story(engine)
     stripe_story(engine)
