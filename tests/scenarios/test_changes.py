@@ -498,6 +498,7 @@ class TestFilterAndLimits:
         with capture() as cap, Session(app_engine) as session:
             with obs.scope(actor=ADA, session=session):
                 edit(session, 1, password_hash=SECRET + "2")
+                session.commit()
         assert trail(app_engine) == {"document.edited": [update_row(1, password_hash="[REDACTED]")]}
         assert cap.audits[0]["changes"] == [update_row(1, password_hash="[REDACTED]")]
         app_engine.dispose()
