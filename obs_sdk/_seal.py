@@ -32,7 +32,16 @@ from obs_sdk.exceptions import ConfigurationError
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-__all__ = ["GENESIS_ROOT", "SEAL_VERSION", "header_bytes", "ledger_engine", "seal", "sealing"]
+__all__ = [
+    "GENESIS_ROOT",
+    "SEAL_VERSION",
+    "Ledger",
+    "header_bytes",
+    "ledger_engine",
+    "seal",
+    "seal_pending",
+    "sealing",
+]
 
 SEAL_VERSION = 1
 GENESIS_ROOT = "0" * 64  # the previous root of the first seal
@@ -46,13 +55,15 @@ _memory_lock = threading.Lock()  # in-memory SQLite: one process, so a thread lo
 
 
 @dataclass(frozen=True, slots=True)
-class _Ledger:
+class Ledger:
+    """The engine and tables one ledger operation works on."""
+
     engine: Engine
     t: Tables
 
 
 @contextlib.contextmanager
-def ledger_engine(bind: Engine | str | None, where: str) -> Iterator[_Ledger]:
+def ledger_engine(bind: Engine | str | None, where: str) -> Iterator[Ledger]:
     """Yield the engine and tables to work on: *bind*, or configure()'s database.
 
     A URL string gets an engine of its own, disposed afterwards (the CLI's case).
@@ -64,15 +75,15 @@ def ledger_engine(bind: Engine | str | None, where: str) -> Iterator[_Ledger]:
             raise ConfigurationError(
                 f"{where}: pass bind= (an Engine or a URL), or call obs.configure(database=...) first"
             )
-        yield _Ledger(engine, tables(prefix))
+        yield Ledger(engine, tables(prefix))
     elif isinstance(bind, str):
         engine = create_engine(bind)
         try:
-            yield _Ledger(engine, tables(prefix))
+            yield Ledger(engine, tables(prefix))
         finally:
             engine.dispose()
     elif isinstance(bind, Engine):
-        yield _Ledger(bind, tables(prefix))
+        yield Ledger(bind, tables(prefix))
     else:
         raise ConfigurationError(
             f"{where}: bind= takes an Engine or a database URL, got {type(bind).__name__}"
@@ -99,45 +110,55 @@ def header_bytes(row: Mapping[str, Any]) -> bytes:
 
 
 @contextlib.contextmanager
-def sealing(ledger: _Ledger, *, wait: bool = True) -> Iterator[Connection | None]:
-    """Hold the sealer lock; yield the connection that holds it on PostgreSQL.
+def sealing(ledger: Ledger, *, wait: bool = True) -> Iterator[Connection | None]:
+    """Hold the sealer lock; yield a connection to work on, or None if *wait* is False and
+    another sealer holds it.
 
-    Yields None when *wait* is False and another sealer holds it. On PostgreSQL the lock
-    belongs to the yielded connection's transaction: do the work in it.
+    Sealing, verify, erasure and purges take it, so each sees the ledger tables whole.
+    Writers never take it. PostgreSQL: a session advisory lock held by the yielded
+    connection (commit on it as often as needed). SQLite: an exclusive lock on the file
+    ``<database>-obs-seal.lock`` (a thread lock for an in-memory database).
     """
     engine = ledger.engine
-    if engine.dialect.name == "postgresql":
-        lock_id = zlib.crc32(f"obs_sdk:seal:{ledger.t.seals.name}".encode())
-        with engine.begin() as conn:
-            if wait:
-                conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
-            elif not conn.execute(text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": lock_id}).scalar():
+    with contextlib.ExitStack() as stack:
+        if engine.dialect.name == "postgresql":
+            conn = stack.enter_context(engine.connect())
+            lock_id = zlib.crc32(f"obs_sdk:seal:{ledger.t.seals.name}".encode())
+            sql = "SELECT pg_advisory_lock(:id)" if wait else "SELECT pg_try_advisory_lock(:id)"
+            got = conn.execute(text(sql), {"id": lock_id}).scalar() is not False
+            conn.commit()
+            if not got:
                 yield None
                 return
-            yield conn
-        return
-    path = engine.url.database if engine.dialect.name == "sqlite" else None
+            try:
+                yield conn
+            finally:
+                conn.rollback()
+                conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": lock_id})
+                conn.commit()
+            return
+        if not _file_lock(stack, engine, wait=wait):
+            yield None
+            return
+        yield stack.enter_context(engine.connect())
+
+
+def _file_lock(stack: contextlib.ExitStack, engine: Engine, *, wait: bool) -> bool:
+    path = engine.url.database
     if not path or path == ":memory:":
         if not _memory_lock.acquire(blocking=wait):
-            yield None
-            return
-        try:
-            yield None
-        finally:
-            _memory_lock.release()
-        return
-    import fcntl
+            return False
+        stack.callback(_memory_lock.release)
+        return True
+    import fcntl  # POSIX; imported here so that the module loads everywhere
 
-    with open(f"{path}-obs-seal.lock", "a+b") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield None
-            return
-        try:
-            yield None
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    handle = stack.enter_context(open(f"{path}-obs-seal.lock", "a+b"))  # noqa: SIM115
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    stack.callback(fcntl.flock, handle, fcntl.LOCK_UN)
+    return True
 
 
 def seal(bind: Engine | str | None = None, *, key: object) -> int:
@@ -158,38 +179,26 @@ def seal(bind: Engine | str | None = None, *, key: object) -> int:
         return seal_pending(ledger, signer, wait=True)
 
 
-def seal_pending(ledger: _Ledger, signer: Ed25519PrivateKey, *, wait: bool) -> int:
+def seal_pending(ledger: Ledger, signer: Ed25519PrivateKey, *, wait: bool) -> int:
     """Seal the backlog under the sealer lock; 0 when *wait* is False and it is taken."""
     sealed = 0
-    while True:
-        with sealing(ledger, wait=wait) as conn:
-            if conn is None and ledger.engine.dialect.name == "postgresql":
-                return sealed  # another process is sealing
-            made = _seal_once(ledger, signer, conn)
-        sealed += made
-        if made < MAX_SEAL_SIZE:
-            return sealed
-
-
-def _seal_once(ledger: _Ledger, signer: Ed25519PrivateKey, conn: Connection | None) -> int:
-    t = ledger.t
-    if conn is not None:  # PostgreSQL: read and write in the lock's transaction
-        read = _read(conn, t)
-        if read is None:
+    with sealing(ledger, wait=wait) as conn:
+        if conn is None:
             return 0
-        _write(conn, t, *_build(t, signer, *read))
-        return len(read[2])
-    # SQLite: read outside any write transaction, then write at once. Both ways only the
-    # sealer (who holds the lock file) writes these tables, so nothing changes between.
-    with ledger.engine.connect() as reader:
-        read = _read(reader, t)
-        reader.rollback()
-    if read is None:
-        return 0
-    built = _build(t, signer, *read)
-    with ledger.engine.begin() as writer:
-        _write(writer, t, *built)
-    return len(read[2])
+        while True:
+            # Read in one transaction, write in the next: on SQLite the read never has to
+            # be upgraded to a write (which fails at once when a writer committed since),
+            # and the write lock is held only for the inserts. The sealer lock keeps the
+            # ledger tables still in between.
+            read = _read(conn, ledger.t)
+            conn.rollback()
+            if read is None:
+                return sealed
+            _write(conn, ledger.t, *_build(ledger.t, signer, *read))
+            conn.commit()
+            sealed += len(read[2])
+            if len(read[2]) < MAX_SEAL_SIZE:  # else more are waiting
+                return sealed
 
 
 def _read(conn: Connection, t: Tables) -> tuple[Mapping[str, Any] | None, int, list[Any]] | None:
@@ -206,8 +215,9 @@ def _read(conn: Connection, t: Tables) -> tuple[Mapping[str, Any] | None, int, l
         )
         .all()
     )
-    if not rows:
+    if not rows and purged_through <= (last["purged_through"] if last else 0):
         return None
+    # Also sealed with no record: a purge since the last seal, so that it gets signed.
     return last, purged_through, list(rows)
 
 
