@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_MAX_UNSEALED_AGE", "check_seals", "verify"]
 
 DEFAULT_MAX_UNSEALED_AGE = datetime.timedelta(minutes=10)
-_BATCH = 10_000
 _UTC = datetime.timezone.utc
 
 
@@ -162,9 +161,15 @@ class _Check:
             .order_by(leaves.c.seal_seq, leaves.c.position)
         )
         columns = [c.name for c in audit.columns]
+        with self.conn.execute(query) as result:
+            self._check_leaves(result, seals, purged_through, columns)
+
+    def _check_leaves(
+        self, result: Any, seals: dict[int, Mapping[str, Any]], purged_through: int, columns: list[str]
+    ) -> None:
         at = columns.index("occurred_at")
         seq, hashes = 0, list[bytes]()
-        for row in self.conn.execution_options(yield_per=_BATCH).execute(query):
+        for row in result:
             if row[0] != seq:
                 self._close_seal(seals, seq, hashes)
                 seq, hashes = row[0], []
@@ -235,7 +240,9 @@ class _Check:
             query = query.where(audit.c.organization_id == self.organization)
         now = datetime.datetime.now(_UTC)
         pending = 0
-        for record_id, occurred_at in self.conn.execution_options(yield_per=_BATCH).execute(query):
+        with self.conn.execute(query) as result:
+            rows = list(result)
+        for record_id, occurred_at in rows:
             if last_sealed_at is not None and occurred_at < last_sealed_at - self.grace:
                 self.findings.append(
                     Finding(
