@@ -53,3 +53,10 @@ def execute(engine: sa.Engine, sql: str, **params: object) -> None:
     """Run one statement and commit (the attacker with write access)."""
     with engine.begin() as conn:
         conn.execute(sa.text(sql), params)
+
+
+def sealing_writer(url: str, key: bytes, n: int, worker: int) -> None:
+    """A writer process that also seals in the background (run with multiprocessing)."""
+    obs.configure(url, handle_signals=False, seal_key=key, seal_every=0.05)
+    write(n, actor=f"u_{worker}", organization=f"org_{worker % 2}")
+    obs.shutdown(timeout=30)
