@@ -37,7 +37,11 @@ def _write(url: str, n: int, worker: int, key: bytes | None) -> None:
         user_agent="bench/1.0",
     ):
         for i in range(n):
-            obs.record_audit("file.read", resource=obs.Resource("file", str(i)), metadata={"i": i, "bytes": i * 512})
+            obs.record_audit(
+                "file.read",
+                resource=obs.Resource("file", str(i)),
+                metadata={"i": i, "bytes": i * 512},
+            )
     obs.shutdown(timeout=120)
 
 
@@ -67,7 +71,9 @@ def _fresh(url: str | None, directory: str, name: str) -> str:
 def main() -> None:
     """Run both parts and print the table."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.seal", description=__doc__)
-    parser.add_argument("--database", help="a PostgreSQL URL (default: a SQLite file in a temp dir)")
+    parser.add_argument(
+        "--database", help="a PostgreSQL URL (default: a SQLite file in a temp dir)"
+    )
     parser.add_argument("--processes", type=int, default=8)
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--quick", action="store_true", help="3 processes, 3,000 records")
@@ -100,10 +106,14 @@ def main() -> None:
     print(f"## Seal and verify ({backend}, {args.processes} writer processes)\n")
     print("| measure | value |")
     print("| --- | --- |")
-    print(f"| records written with background sealing | {report.records_checked:,} in {wrote:.1f} s |")
+    print(
+        f"| records written with background sealing | {report.records_checked:,} in {wrote:.1f} s |"
+    )
     print(f"| seals made (background rounds + final) | {seals:,} (final seal took {final:,}) |")
     print(f"| findings after the run (must be 0) | {len(report.findings):,} |")
-    print(f"| seal() throughput | {sealed / seal_s:,.0f} records/s ({sealed:,} in {seal_s:.2f} s) |")
+    print(
+        f"| seal() throughput | {sealed / seal_s:,.0f} records/s ({sealed:,} in {seal_s:.2f} s) |"
+    )
     print(
         f"| verify() throughput | {checked.records_checked / verify_s:,.0f} records/s "
         f"({checked.records_checked:,} in {verify_s:.2f} s) |"

@@ -33,6 +33,8 @@ _dumps = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
 ).encode
 _PLAIN = (str, int, bool, type(None))
+# ECMAScript writes 1e21 and up, and below 1e-6, with an exponent.
+_MAX_PLAIN, _MIN_PLAIN = 21, -6
 
 
 def _plain(value: Any) -> bool:
@@ -63,7 +65,9 @@ def canonical(value: Any) -> bytes:
     try:
         return "".join(parts).encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise ValueError(f"a string holds a lone surrogate, which JSON cannot carry: {exc}") from exc
+        raise ValueError(
+            f"a string holds a lone surrogate, which JSON cannot carry: {exc}"
+        ) from exc
 
 
 def _write(value: Any, out: list[str]) -> None:
@@ -99,7 +103,7 @@ def _write(value: Any, out: list[str]) -> None:
 def _write_object(value: Mapping[Any, Any], out: list[str]) -> None:
     for key in value:
         if not isinstance(key, str):
-            raise ValueError(f"object key {key!r} is not a string")
+            raise ValueError(f"object key {key!r} is not a string")  # noqa: TRY004  (one error type for callers)
     # Sorted by UTF-16 code units (section 3.2.3): code point order, except that
     # characters above U+FFFF (surrogate pairs, 0xD800..) sort before U+E000..U+FFFF.
     keys = sorted(value, key=_utf16_key) if _needs_utf16_sort(value) else sorted(value)
@@ -157,11 +161,11 @@ def canonical_number(value: float) -> str:
         point -= len(fraction) - len(fraction.lstrip("0")) + 1
     digits = digits.rstrip("0") or "0"
     k = len(digits)
-    if k <= point <= 21:
+    if k <= point <= _MAX_PLAIN:
         return sign + digits + "0" * (point - k)
-    if 0 < point <= 21:
+    if 0 < point <= _MAX_PLAIN:
         return sign + digits[:point] + "." + digits[point:]
-    if -6 < point <= 0:
+    if _MIN_PLAIN < point <= 0:
         return sign + "0." + "0" * -point + digits
     exponent = point - 1
     exp_sign = "+" if exponent >= 0 else "-"

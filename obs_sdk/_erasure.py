@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from obs_sdk._leaf import PERSONAL, commitment, json_value
@@ -44,9 +44,7 @@ def erase_actor(actor_id: str, bind: Engine | str | None = None) -> int:
             conn.exec_driver_sql("PRAGMA secure_delete = ON")
         audit, leaves, salts = t.audit, t.seal_leaves, t.seal_salts
         personal = [audit.c[name] for name in PERSONAL]
-        has_any = personal[0].is_not(None)
-        for column in personal[1:]:
-            has_any = has_any | column.is_not(None)
+        has_any = or_(*(column.is_not(None) for column in personal))
         rows = conn.execute(
             select(audit.c.id, salts.c.salt, leaves.c.commitments, *personal)
             .select_from(
@@ -76,7 +74,7 @@ def _keep_commitments(conn: Connection, leaves: Any, row: Any) -> None:
     if salt is None:  # not sealed yet (no leaf to keep whole), or sealed without personal data
         return
     kept = dict(stored or {})
-    for name, value in zip(PERSONAL, values):
+    for name, value in zip(PERSONAL, values, strict=True):
         if value is not None:
             kept[name] = commitment(salt, name, json_value(value))
     conn.execute(update(leaves).where(leaves.c.record_id == record_id).values(commitments=kept))

@@ -55,7 +55,11 @@ def record_fields(row: Sequence[Any], columns: Sequence[str]) -> dict[str, Any]:
 
     *row* holds the values in the order of *columns* (a SQLAlchemy Row of the table).
     """
-    return {name: json_value(value) for name, value in zip(columns, row) if value is not None}
+    return {
+        name: json_value(value)
+        for name, value in zip(columns, row, strict=True)
+        if value is not None
+    }
 
 
 def commitment(salt: bytes, name: str, value: Any) -> str:

@@ -27,7 +27,16 @@ __all__ = ["ProofResult", "export_bundle", "prove", "verify_bundle", "verify_pro
 
 PROOF_FORMAT = "obs-sdk-proof/1"
 BUNDLE_FORMAT = "obs-sdk-bundle/1"
-_SEAL_FIELDS = ("seq", "sealed_at", "key_id", "prev_root", "root", "size", "purged_through", "signature")
+_SEAL_FIELDS = (
+    "seq",
+    "sealed_at",
+    "key_id",
+    "prev_root",
+    "root",
+    "size",
+    "purged_through",
+    "signature",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +94,14 @@ def _proofs(conn: Connection, t: Tables, which: Any) -> list[dict[str, Any]]:
     """Build the proofs of the sealed, present records that *which* selects, in seal order."""
     leaves, audit, salts = t.seal_leaves, t.audit, t.seal_salts
     rows = conn.execute(
-        select(leaves.c.seal_seq, leaves.c.position, leaves.c.commitments, salts.c.salt, *audit.columns)
-        .select_from(leaves.join(audit, audit.c.id == leaves.c.record_id).outerjoin(
-            salts, salts.c.record_id == leaves.c.record_id
-        ))
+        select(
+            leaves.c.seal_seq, leaves.c.position, leaves.c.commitments, salts.c.salt, *audit.columns
+        )
+        .select_from(
+            leaves.join(audit, audit.c.id == leaves.c.record_id).outerjoin(
+                salts, salts.c.record_id == leaves.c.record_id
+            )
+        )
         .where(which)
         .order_by(leaves.c.seal_seq, leaves.c.position)
     ).all()
@@ -98,10 +111,18 @@ def _proofs(conn: Connection, t: Tables, which: Any) -> list[dict[str, Any]]:
     for seq, position, commitments, salt, *record in rows:
         if seq not in trees:
             seal = conn.execute(select(t.seals).where(t.seals.c.seq == seq)).mappings().one()
-            hashes = conn.execute(
-                select(leaves.c.leaf_hash).where(leaves.c.seal_seq == seq).order_by(leaves.c.position)
-            ).scalars().all()
-            trees = {seq: (_seal_json(seal), _merkle.levels(list(hashes)))}  # one seal at a time
+            hashes = (
+                conn.execute(
+                    select(leaves.c.leaf_hash)
+                    .where(leaves.c.seal_seq == seq)
+                    .order_by(leaves.c.position)
+                )
+                .scalars()
+                .all()
+            )
+            trees = {
+                seq: (_seal_json(dict(seal)), _merkle.levels(list(hashes)))
+            }  # one seal at a time
         seal_json, tree = trees[seq]
         out.append(
             {
@@ -133,9 +154,7 @@ def verify_proof(proof: Mapping[str, Any], public_key: object) -> ProofResult:
     return _check_proof(proof, proof.get("seal") if isinstance(proof, Mapping) else None, keys)
 
 
-def _check_proof(
-    proof: Mapping[str, Any], seal: Any, keys: Mapping[str, Any]
-) -> ProofResult:
+def _check_proof(proof: Mapping[str, Any], seal: Any, keys: Mapping[str, Any]) -> ProofResult:
     record_id = None
     seq = None
     try:
@@ -184,7 +203,7 @@ def export_bundle(bind: Engine | str | None = None, *, organization: str) -> dic
     return {
         "format": BUNDLE_FORMAT,
         "organization": organization,
-        "seals": [_seal_json(s) for s in seals],
+        "seals": [_seal_json(dict(s)) for s in seals],
         "proofs": proofs,
     }
 
@@ -207,7 +226,9 @@ def verify_bundle(bundle: Mapping[str, Any], public_key: object) -> VerifyReport
             findings.append(Finding("modified", result.record_id, result.seal, str(result.problem)))
         elif proof["record"].get("organization_id") != organization:
             findings.append(
-                Finding("modified", result.record_id, result.seal, "belongs to another organization")
+                Finding(
+                    "modified", result.record_id, result.seal, "belongs to another organization"
+                )
             )
         elif result.erased:
             erased[str(result.record_id)] = result.erased

@@ -102,7 +102,9 @@ class VerifyReport:
             lines.append(f"{self.pending:,} records not sealed yet (within the sealing interval)")
         if self.erased:
             fields = sum(len(v) for v in self.erased.values())
-            lines.append(f"{len(self.erased):,} records have erased personal fields ({fields:,} fields)")
+            lines.append(
+                f"{len(self.erased):,} records have erased personal fields ({fields:,} fields)"
+            )
         for p in self.purged:
             lines.append(
                 f"purged: {p.records:,} records of seals 1-{p.through_seal} (older than "

@@ -58,20 +58,24 @@ def purge_audit(
             return 0
         # Logged before anything is deleted: a purge cut short is still a purge.
         purge_id = conn.execute(
-            insert(t.seal_purges).values(
-                through_seal=through, cutoff=cutoff, purged_at=now, records=0
-            ).returning(t.seal_purges.c.id)
+            insert(t.seal_purges)
+            .values(through_seal=through, cutoff=cutoff, purged_at=now, records=0)
+            .returning(t.seal_purges.c.id)
         ).scalar_one()
         conn.commit()
         audit, leaves, salts = t.audit, t.seal_leaves, t.seal_salts
         total = 0
         while True:
-            ids = conn.execute(
-                select(audit.c.id)
-                .join(leaves, leaves.c.record_id == audit.c.id)
-                .where(leaves.c.seal_seq <= through)
-                .limit(_BATCH)
-            ).scalars().all()
+            ids = (
+                conn.execute(
+                    select(audit.c.id)
+                    .join(leaves, leaves.c.record_id == audit.c.id)
+                    .where(leaves.c.seal_seq <= through)
+                    .limit(_BATCH)
+                )
+                .scalars()
+                .all()
+            )
             if not ids:
                 break
             conn.execute(audit.delete().where(audit.c.id.in_(ids)))

@@ -73,7 +73,8 @@ def ledger_engine(bind: Engine | str | None, where: str) -> Iterator[Ledger]:
         engine = _config.current().engine
         if engine is None:
             raise ConfigurationError(
-                f"{where}: pass bind= (an Engine or a URL), or call obs.configure(database=...) first"
+                f"{where}: pass bind= (an Engine or a URL), "
+                "or call obs.configure(database=...) first"
             )
         yield Ledger(engine, tables(prefix))
     elif isinstance(bind, str):
@@ -111,8 +112,7 @@ def header_bytes(row: Mapping[str, Any]) -> bytes:
 
 @contextlib.contextmanager
 def sealing(ledger: Ledger, *, wait: bool = True) -> Iterator[Connection | None]:
-    """Hold the sealer lock; yield a connection to work on, or None if *wait* is False and
-    another sealer holds it.
+    """Hold the sealer lock; yield a connection, or None if it is taken and *wait* is False.
 
     Sealing, verify, erasure and purges take it, so each sees the ledger tables whole.
     Writers never take it. PostgreSQL: a session advisory lock held by the yielded
@@ -205,20 +205,17 @@ def _read(conn: Connection, t: Tables) -> tuple[Mapping[str, Any] | None, int, l
     last = conn.execute(select(t.seals).order_by(t.seals.c.seq.desc()).limit(1)).mappings().first()
     purged_through = conn.execute(select(func.max(t.seal_purges.c.through_seal))).scalar() or 0
     audit, leaves = t.audit, t.seal_leaves
-    rows = (
-        conn.execute(
-            select(audit)
-            .outerjoin(leaves, leaves.c.record_id == audit.c.id)
-            .where(leaves.c.record_id.is_(None))
-            .order_by(audit.c.id)
-            .limit(MAX_SEAL_SIZE)
-        )
-        .all()
-    )
+    rows = conn.execute(
+        select(audit)
+        .outerjoin(leaves, leaves.c.record_id == audit.c.id)
+        .where(leaves.c.record_id.is_(None))
+        .order_by(audit.c.id)
+        .limit(MAX_SEAL_SIZE)
+    ).all()
     if not rows and purged_through <= (last["purged_through"] if last else 0):
         return None
     # Also sealed with no record: a purge since the last seal, so that it gets signed.
-    return last, purged_through, list(rows)
+    return (dict(last) if last else None), int(purged_through), list(rows)
 
 
 def _build(

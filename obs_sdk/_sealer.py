@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 __all__ = ["BackgroundSealer", "check_seal_settings"]
 
 
-def check_seal_settings(seal_key: object, seal_every: object) -> tuple[Ed25519PrivateKey, float] | None:
+def check_seal_settings(
+    seal_key: object, seal_every: object
+) -> tuple[Ed25519PrivateKey, float] | None:
     """Validate configure()'s seal_key / seal_every: both or neither; return (key, seconds)."""
     if seal_key is None and seal_every is None:
         return None
@@ -35,7 +37,9 @@ def check_seal_settings(seal_key: object, seal_every: object) -> tuple[Ed25519Pr
             "configure(seal_key=..., seal_every=...) go together: the Ed25519 private key to "
             "sign with and how often to seal (seconds or a timedelta, e.g. 60)"
         )
-    seconds = seal_every.total_seconds() if isinstance(seal_every, datetime.timedelta) else seal_every
+    seconds = (
+        seal_every.total_seconds() if isinstance(seal_every, datetime.timedelta) else seal_every
+    )
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
         raise ConfigurationError(
             f"configure(seal_every=...) takes seconds (> 0) or a timedelta, got {seal_every!r}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from obs_sdk.exceptions import ConfigurationError, MissingDependencyError
 
@@ -43,12 +43,14 @@ def private_key(key: object, where: str = "seal(key=...)") -> Ed25519PrivateKey:
     """
     ed25519 = _ed25519()
     if isinstance(key, ed25519.Ed25519PrivateKey):
-        return key
+        return cast("Ed25519PrivateKey", key)
     if isinstance(key, str):
         key = key.encode()
     if isinstance(key, (bytes, bytearray)):
         if len(key) == 32:  # noqa: PLR2004  (an Ed25519 seed is 32 bytes)
-            return ed25519.Ed25519PrivateKey.from_private_bytes(bytes(key))
+            return cast(
+                "Ed25519PrivateKey", ed25519.Ed25519PrivateKey.from_private_bytes(bytes(key))
+            )
         try:
             loaded = _serialization().load_pem_private_key(bytes(key), password=None)
         except (ValueError, TypeError) as exc:
@@ -57,7 +59,7 @@ def private_key(key: object, where: str = "seal(key=...)") -> Ed25519PrivateKey:
                 "private key (e.g. from `obs-sdk keygen`), its 32 raw bytes, or the key object"
             ) from exc
         if isinstance(loaded, ed25519.Ed25519PrivateKey):
-            return loaded
+            return cast("Ed25519PrivateKey", loaded)
         raise ConfigurationError(
             f"{where} takes an Ed25519 private key, got a {type(loaded).__name__}"
         )
@@ -70,14 +72,14 @@ def private_key(key: object, where: str = "seal(key=...)") -> Ed25519PrivateKey:
 def _public_key(key: object, where: str) -> Ed25519PublicKey:
     ed25519 = _ed25519()
     if isinstance(key, ed25519.Ed25519PublicKey):
-        return key
+        return cast("Ed25519PublicKey", key)
     if isinstance(key, ed25519.Ed25519PrivateKey):
-        return key.public_key()
+        return cast("Ed25519PublicKey", key.public_key())
     if isinstance(key, str):
         key = key.encode()
     if isinstance(key, (bytes, bytearray)):
         if len(key) == 32:  # noqa: PLR2004  (a raw Ed25519 public key is 32 bytes)
-            return ed25519.Ed25519PublicKey.from_public_bytes(bytes(key))
+            return cast("Ed25519PublicKey", ed25519.Ed25519PublicKey.from_public_bytes(bytes(key)))
         try:
             loaded = _serialization().load_pem_public_key(bytes(key))
         except (ValueError, TypeError) as exc:
@@ -86,7 +88,7 @@ def _public_key(key: object, where: str) -> Ed25519PublicKey:
                 "public key, its 32 raw bytes, or the key object"
             ) from exc
         if isinstance(loaded, ed25519.Ed25519PublicKey):
-            return loaded
+            return cast("Ed25519PublicKey", loaded)
     raise ConfigurationError(
         f"{where} takes an Ed25519 public key (PEM, 32 raw bytes or the key object), "
         f"or a list of them, got {type(key).__name__}"
@@ -114,8 +116,8 @@ def _raw_public(key: Ed25519PublicKey) -> bytes:
 
 def key_id(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
     """Name a key: the first 16 hex digits of SHA-256 over its raw public bytes."""
-    public = key if isinstance(key, _ed25519().Ed25519PublicKey) else key.public_key()
-    return hashlib.sha256(_raw_public(public)).hexdigest()[:16]
+    public = key.public_key() if isinstance(key, _ed25519().Ed25519PrivateKey) else key
+    return hashlib.sha256(_raw_public(cast("Ed25519PublicKey", public))).hexdigest()[:16]
 
 
 def sign(key: Ed25519PrivateKey, message: bytes) -> str:
@@ -138,9 +140,7 @@ def generate_key() -> tuple[bytes, bytes]:
     """Return a new Ed25519 key pair as (private PEM, public PEM); for ``obs-sdk keygen``."""
     key = _ed25519().Ed25519PrivateKey.generate()
     s = _serialization()
-    private_pem: bytes = key.private_bytes(
-        s.Encoding.PEM, s.PrivateFormat.PKCS8, s.NoEncryption()
-    )
+    private_pem: bytes = key.private_bytes(s.Encoding.PEM, s.PrivateFormat.PKCS8, s.NoEncryption())
     public_pem: bytes = key.public_key().public_bytes(
         s.Encoding.PEM, s.PublicFormat.SubjectPublicKeyInfo
     )

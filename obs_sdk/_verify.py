@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, select
@@ -54,7 +54,7 @@ def verify(
 
 
 def check_seals(
-    seals: list[Mapping[str, Any]], keys: Mapping[str, Ed25519PublicKey]
+    seals: Sequence[Mapping[str, Any]], keys: Mapping[str, Ed25519PublicKey]
 ) -> tuple[list[Finding], int]:
     """Check the chain of seal headers (signature, order, links); return (findings, purged).
 
@@ -118,10 +118,14 @@ class _Check:
 
     def run(self) -> VerifyReport:
         t = self.t
-        seals = [dict(r) for r in self.conn.execute(select(t.seals).order_by(t.seals.c.seq)).mappings()]
+        seals = [
+            dict(r) for r in self.conn.execute(select(t.seals).order_by(t.seals.c.seq)).mappings()
+        ]
         found, signed_purge = check_seals(seals, self.keys)
         self.findings.extend(found)
-        purges = self.conn.execute(select(t.seal_purges).order_by(t.seal_purges.c.id)).mappings().all()
+        purges = (
+            self.conn.execute(select(t.seal_purges).order_by(t.seal_purges.c.id)).mappings().all()
+        )
         purged_through = max([signed_purge, *(p["through_seal"] for p in purges)])
         self._leaves({s["seq"]: s for s in seals}, purged_through)
         pending = self._unsealed(seals[-1]["sealed_at"] if seals else None)
@@ -133,7 +137,10 @@ class _Check:
             erased=self.erased,
             purged=tuple(
                 PurgedRange(
-                    p["through_seal"], p["records"], p["cutoff"], p["purged_at"],
+                    p["through_seal"],
+                    p["records"],
+                    p["cutoff"],
+                    p["purged_at"],
                     p["through_seal"] <= signed_purge,
                 )
                 for p in purges
@@ -152,11 +159,19 @@ class _Check:
             joined = and_(joined, leaves.c.organization_id == self.organization)
         query = (
             select(
-                leaves.c.seal_seq, leaves.c.position, leaves.c.record_id, leaves.c.leaf_hash,
-                leaves.c.organization_id, leaves.c.commitments, salts.c.salt, *audit.columns,
+                leaves.c.seal_seq,
+                leaves.c.position,
+                leaves.c.record_id,
+                leaves.c.leaf_hash,
+                leaves.c.organization_id,
+                leaves.c.commitments,
+                salts.c.salt,
+                *audit.columns,
             )
             .select_from(
-                leaves.outerjoin(audit, joined).outerjoin(salts, salts.c.record_id == leaves.c.record_id)
+                leaves.outerjoin(audit, joined).outerjoin(
+                    salts, salts.c.record_id == leaves.c.record_id
+                )
             )
             .order_by(leaves.c.seal_seq, leaves.c.position)
         )
@@ -165,7 +180,11 @@ class _Check:
             self._check_leaves(result, seals, purged_through, columns)
 
     def _check_leaves(
-        self, result: Any, seals: dict[int, Mapping[str, Any]], purged_through: int, columns: list[str]
+        self,
+        result: Any,
+        seals: dict[int, Mapping[str, Any]],
+        purged_through: int,
+        columns: list[str],
     ) -> None:
         at = columns.index("occurred_at")
         seq, hashes = 0, list[bytes]()
@@ -208,7 +227,9 @@ class _Check:
             if number not in self._closed:  # a seal without leaves: empty, or they were deleted
                 self._close_seal(seals, number, [])
 
-    def _close_seal(self, seals: dict[int, Mapping[str, Any]], seq: int, hashes: list[bytes]) -> None:
+    def _close_seal(
+        self, seals: dict[int, Mapping[str, Any]], seq: int, hashes: list[bytes]
+    ) -> None:
         if not seq:  # before the first leaf
             return
         self._closed.add(seq)
@@ -220,7 +241,12 @@ class _Check:
             return
         if len(hashes) != seal["size"]:
             self.findings.append(
-                Finding("bad_root", None, seq, f"{len(hashes):,} leaves stored, the seal signs {seal['size']:,}")
+                Finding(
+                    "bad_root",
+                    None,
+                    seq,
+                    f"{len(hashes):,} leaves stored, the seal signs {seal['size']:,}",
+                )
             )
         elif _merkle.root(hashes).hex() != seal["root"]:
             self.findings.append(
@@ -246,7 +272,9 @@ class _Check:
             if last_sealed_at is not None and occurred_at < last_sealed_at - self.grace:
                 self.findings.append(
                     Finding(
-                        "inserted_after_sealing", str(record_id), None,
+                        "inserted_after_sealing",
+                        str(record_id),
+                        None,
                         f"occurred {occurred_at.isoformat()}, before the seal of "
                         f"{last_sealed_at.isoformat()}, and is in no seal",
                     )
@@ -254,7 +282,9 @@ class _Check:
             elif now - occurred_at > self.grace:
                 self.findings.append(
                     Finding(
-                        "unsealed", str(record_id), None,
+                        "unsealed",
+                        str(record_id),
+                        None,
                         f"unsealed since {occurred_at.isoformat()}: is the sealer running?",
                     )
                 )

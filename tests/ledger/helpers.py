@@ -34,13 +34,18 @@ def ids(engine: sa.Engine, organization: str | None = None) -> list[str]:
     if organization:
         query += " WHERE organization_id = :org"
     with engine.connect() as conn:
-        return sorted(str(uuid.UUID(str(r[0]))) for r in conn.execute(sa.text(query + " ORDER BY id"), {"org": organization}))
+        return sorted(
+            str(uuid.UUID(str(r[0])))
+            for r in conn.execute(sa.text(query + " ORDER BY id"), {"org": organization})
+        )
 
 
 def id_of(engine: sa.Engine, action: str) -> str:
     """Return the id of the one record of *action*."""
     with engine.connect() as conn:
-        found = conn.execute(sa.text("SELECT id FROM obs_audit_log WHERE action = :a"), {"a": action})
+        found = conn.execute(
+            sa.text("SELECT id FROM obs_audit_log WHERE action = :a"), {"a": action}
+        )
         return str(uuid.UUID(str(found.scalar_one())))
 
 

@@ -59,14 +59,25 @@ class TestCanonical:
             ' "string": "\\u20ac$\\u000F\\u000aA\'\\u0042\\u0022\\u005c\\\\\\"\\/",'
             ' "literals": [null, true, false]}'
         )
-        assert canonical(value) == (
-            '{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],'
-            '"string":"\u20ac$\\u000f\\nA\'B\\"\\\\\\\\\\"/"}'
-        ).encode()
+        assert (
+            canonical(value)
+            == (
+                '{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],'
+                '"string":"\u20ac$\\u000f\\nA\'B\\"\\\\\\\\\\"/"}'
+            ).encode()
+        )
 
     def test_keys_sorted_by_utf16(self) -> None:
         """Keys sort by UTF-16 code units: an emoji (surrogates) before U+FB33 (section 3.2.3)."""
-        value = {"\u20ac": 1, "\r": 2, "\ufb33": 3, "1": 4, "\U0001f600": 5, "\u0080": 6, "\u00f6": 7}
+        value = {
+            "\u20ac": 1,
+            "\r": 2,
+            "\ufb33": 3,
+            "1": 4,
+            "\U0001f600": 5,
+            "\u0080": 6,
+            "\u00f6": 7,
+        }
         keys = list(json.loads(canonical(value)))
         assert keys == ["\r", "1", "\u0080", "\u00f6", "\u20ac", "\U0001f600", "\ufb33"]
 
@@ -80,12 +91,17 @@ class TestCanonical:
         """2**60 and 2**60 + 1 encode differently (RFC 8785 would round both)."""
         assert canonical(2**60) != canonical(2**60 + 1)
 
-    @given(st.recursive(
-        st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text()
-        | st.floats(allow_nan=False, allow_infinity=False),
-        lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
-        max_leaves=20,
-    ))
+    @given(
+        st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers(-(2**53), 2**53)
+            | st.text()
+            | st.floats(allow_nan=False, allow_infinity=False),
+            lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+            max_leaves=20,
+        )
+    )
     def test_round_trips_to_the_same_value(self, value: object) -> None:
         """Any JSON value parses back equal, and encoding is idempotent."""
         encoded = canonical(value)

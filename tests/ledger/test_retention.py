@@ -39,14 +39,24 @@ class TestErasure:
         report = verify(public_key=key[1])
         assert report.ok, report.summary()
         assert len(report.erased) == 6
-        assert set(next(iter(report.erased.values()))) == {"actor_name", "actor_email", "ip", "user_agent"}
+        assert set(next(iter(report.erased.values()))) == {
+            "actor_name",
+            "actor_email",
+            "ip",
+            "user_agent",
+        }
         assert seal(key=key[0]) == 2
         assert verify(public_key=key[1]).ok
         bob = obs.audit_log(engine, actor_id="u_bob")
         assert {r.actor_email for r in bob} == {"u_bob@example.com"}
         proof = prove(str(obs.audit_log(engine, actor_id="u_ada")[0].id))
         assert "u_ada@example.com" not in str(proof)
-        assert verify_proof(proof, key[1]).erased == ("actor_email", "actor_name", "ip", "user_agent")
+        assert verify_proof(proof, key[1]).erased == (
+            "actor_email",
+            "actor_name",
+            "ip",
+            "user_agent",
+        )
 
     def test_erased_email_gone_from_the_file(self, sqlite_url: str, key: Key) -> None:
         """After erasure the email's bytes appear nowhere in the SQLite files."""
@@ -66,7 +76,11 @@ class TestErasure:
         write(3)
         seal(key=key[0])
         record = ids(engine)[1]
-        execute(engine, "UPDATE obs_audit_log SET actor_email = NULL WHERE id = :id", id=db_id(engine, record))
+        execute(
+            engine,
+            "UPDATE obs_audit_log SET actor_email = NULL WHERE id = :id",
+            id=db_id(engine, record),
+        )
         assert verify(public_key=key[1]).of_kind("modified") == [record]
 
 
@@ -104,7 +118,7 @@ class TestRetention:
     def test_bad_older_than(self, engine: sa.Engine) -> None:
         """A naive datetime or a negative age is a ConfigurationError."""
         with pytest.raises(obs.ConfigurationError, match="aware datetime"):
-            purge_audit(older_than=datetime.datetime(2020, 1, 1))  # noqa: DTZ001
+            purge_audit(older_than=datetime.datetime(2020, 1, 1))
         with pytest.raises(obs.ConfigurationError, match="negative"):
             purge_audit(older_than=datetime.timedelta(days=-1))
 
@@ -115,7 +129,10 @@ class TestBackgroundSealing:
     def test_processes_writing_while_sealing(self, database_url: str, key: Key) -> None:
         """4 writer processes, each sealing in the background: 0 findings, nothing skipped."""
         ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=sealing_writer, args=(database_url, key[0], 750, w)) for w in range(4)]
+        procs = [
+            ctx.Process(target=sealing_writer, args=(database_url, key[0], 750, w))
+            for w in range(4)
+        ]
         for p in procs:
             p.start()
         for p in procs:

@@ -19,12 +19,12 @@ import pytest
 import sqlalchemy as sa
 
 import obs_sdk as obs
-from obs_sdk._records import uuid7
 from obs_sdk._proof import export_bundle, prove, verify_bundle, verify_proof
+from obs_sdk._records import uuid7
 from obs_sdk._seal import Ledger, seal, sealing
 from obs_sdk._tables import tables
 from obs_sdk._verify import verify
-from tests.ledger.helpers import db_id, execute, id_of, ids, keypair, write
+from tests.ledger.helpers import db_id, execute, ids, keypair, write
 
 Key = tuple[bytes, bytes]
 
@@ -79,8 +79,12 @@ class TestTamper:
         """A metadata value changed in place is a modified record, named by id."""
         records = self.sealed(engine, key)
         meta = '{"i": 99, "ratio": 0.25, "tags": ["a", "b"]}'
-        execute(engine, "UPDATE obs_audit_log SET metadata = :m WHERE id = :id",
-                m=meta, id=db_id(engine, records[4]))
+        execute(
+            engine,
+            "UPDATE obs_audit_log SET metadata = :m WHERE id = :id",
+            m=meta,
+            id=db_id(engine, records[4]),
+        )
         report = verify(public_key=key[1])
         assert not report.ok
         assert report.of_kind("modified") == [records[4]]
@@ -98,10 +102,17 @@ class TestTamper:
         forged = str(uuid.uuid4())
         t = tables().audit
         with engine.begin() as conn:
-            conn.execute(t.insert().values(
-                id=uuid.UUID(forged), occurred_at=old, action="file.deleted", outcome="success",
-                actor_type="user", actor_id="u_1", metadata={},
-            ))
+            conn.execute(
+                t.insert().values(
+                    id=uuid.UUID(forged),
+                    occurred_at=old,
+                    action="file.deleted",
+                    outcome="success",
+                    actor_type="user",
+                    actor_id="u_1",
+                    metadata={},
+                )
+            )
         assert verify(public_key=key[1]).of_kind("inserted_after_sealing") == [forged]
 
     def test_edited_seal(self, engine: sa.Engine, key: Key) -> None:
@@ -126,9 +137,16 @@ class TestTamper:
     def test_every_finding_in_one_pass(self, engine: sa.Engine, key: Key) -> None:
         """Several tampers at once: verify names each of them, not just the first."""
         records = self.sealed(engine, key)
-        execute(engine, "UPDATE obs_audit_log SET action = 'x' WHERE id = :id", id=db_id(engine, records[1]))
-        execute(engine, "UPDATE obs_audit_log SET actor_email = 'eve@example.com' WHERE id = :id",
-                id=db_id(engine, records[25]))
+        execute(
+            engine,
+            "UPDATE obs_audit_log SET action = 'x' WHERE id = :id",
+            id=db_id(engine, records[1]),
+        )
+        execute(
+            engine,
+            "UPDATE obs_audit_log SET actor_email = 'eve@example.com' WHERE id = :id",
+            id=db_id(engine, records[25]),
+        )
         execute(engine, "DELETE FROM obs_audit_log WHERE id = :id", id=db_id(engine, records[15]))
         execute(engine, "UPDATE obs_seals SET size = 9 WHERE seq = 3")
         report = verify(public_key=key[1])
@@ -147,7 +165,9 @@ class TestOrganization:
         write(5, organization="org_2", actor="u_2")
         seal(key=key[0])
         other = ids(engine, "org_2")[0]
-        execute(engine, "UPDATE obs_audit_log SET action = 'x' WHERE id = :id", id=db_id(engine, other))
+        execute(
+            engine, "UPDATE obs_audit_log SET action = 'x' WHERE id = :id", id=db_id(engine, other)
+        )
         mine = verify(public_key=key[1], organization="org_1")
         assert mine.ok and mine.records_checked == 5
         assert verify(public_key=key[1], organization="org_2").of_kind("modified") == [other]
@@ -184,7 +204,10 @@ def check_elsewhere(proof: dict[str, object], public: bytes) -> dict[str, object
     proc = subprocess.run(
         [sys.executable, "-c", CHECK_PROOF],
         input=json.dumps([proof, public.decode()]),
-        capture_output=True, text=True, check=True, timeout=60,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     result: dict[str, object] = json.loads(proc.stdout)
     return result
@@ -231,8 +254,16 @@ class TestLateCommit:
         t = tables().audit
         now = datetime.datetime.now(datetime.timezone.utc)
         late = uuid7(time.time_ns())
-        row = {"id": late, "occurred_at": now, "action": "report.exported", "outcome": "success",
-               "actor_type": "user", "actor_id": "u_9", "organization_id": "org_1", "metadata": {}}
+        row = {
+            "id": late,
+            "occurred_at": now,
+            "action": "report.exported",
+            "outcome": "success",
+            "actor_type": "user",
+            "actor_id": "u_9",
+            "organization_id": "org_1",
+            "metadata": {},
+        }
         with engine.connect() as conn:
             if engine.dialect.name == "postgresql":
                 conn.execute(t.insert().values(row))  # its transaction stays open
