@@ -16,12 +16,12 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["canonical", "canonical_number"]
+__all__ = ["canonical", "canonical_number", "dumps_plain", "encode_string", "is_plain"]
 
 # The C-accelerated encoder of json.dumps(ensure_ascii=False): it escapes exactly what
 # RFC 8785 section 3.2.2.2 escapes (", \, and U+0000..U+001F, short forms where JSON has
 # them, else \u00xx in lower case) and writes every other character as itself.
-_encode_string: Any = getattr(json.encoder, "c_encode_basestring", None) or (
+encode_string: Any = getattr(json.encoder, "c_encode_basestring", None) or (
     json.encoder.py_encode_basestring
 )
 
@@ -29,7 +29,7 @@ _encode_string: Any = getattr(json.encoder, "c_encode_basestring", None) or (
 # json.dumps in C writes the same bytes as RFC 8785 for values without floats (Python's
 # repr differs from ECMAScript's there: "2.0", "1e-05") and with ASCII keys only (sorted
 # by code point, which is UTF-16 order for them); ~10x faster than the writer below.
-_dumps = json.JSONEncoder(
+dumps_plain = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
 ).encode
 _PLAIN = (str, int, bool, type(None))
@@ -37,17 +37,18 @@ _PLAIN = (str, int, bool, type(None))
 _MAX_PLAIN, _MIN_PLAIN = 21, -6
 
 
-def _plain(value: Any) -> bool:
+def is_plain(value: Any) -> bool:
+    """Return whether json.dumps writes *value* as RFC 8785 does (no float, ASCII keys)."""
     kind = type(value)
     if kind in _PLAIN:
         return True
     if kind is dict:
         for key, item in value.items():
-            if type(key) is not str or not key.isascii() or not _plain(item):
+            if type(key) is not str or not key.isascii() or not is_plain(item):
                 return False
         return True
     if kind is list:
-        return all(_plain(item) for item in value)
+        return all(is_plain(item) for item in value)
     return False
 
 
@@ -73,7 +74,7 @@ def canonical(value: Any) -> bytes:
 def _write(value: Any, out: list[str]) -> None:
     kind = type(value)
     if kind is str:
-        out.append(_encode_string(value))
+        out.append(encode_string(value))
     elif value is None:
         out.append("null")
     elif value is True:
@@ -84,14 +85,14 @@ def _write(value: Any, out: list[str]) -> None:
         out.append(str(value))
     elif kind is float:
         out.append(canonical_number(value))
-    elif _plain(value):  # a dict or list with no float inside: one call in C
-        out.append(_dumps(value))
+    elif is_plain(value):  # a dict or list with no float inside: one call in C
+        out.append(dumps_plain(value))
     elif isinstance(value, Mapping):
         _write_object(value, out)
     elif isinstance(value, (list, tuple)):
         _write_array(value, out)
     elif isinstance(value, str):
-        out.append(_encode_string(str(value)))
+        out.append(encode_string(str(value)))
     elif isinstance(value, int):  # an int subclass (bool is handled above)
         out.append(str(int(value)))
     elif isinstance(value, float):
@@ -113,7 +114,7 @@ def _write_object(value: Mapping[Any, Any], out: list[str]) -> None:
         if not first:
             out.append(",")
         first = False
-        out.append(_encode_string(key))
+        out.append(encode_string(key))
         out.append(":")
         _write(value[key], out)
     out.append("}")

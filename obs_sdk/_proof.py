@@ -105,7 +105,9 @@ def _proofs(conn: Connection, t: Tables, which: Any) -> list[dict[str, Any]]:
         .where(which)
         .order_by(leaves.c.seal_seq, leaves.c.position)
     ).all()
-    columns = [c.name for c in audit.columns]
+    columns = [
+        str(c.name) for c in audit.columns
+    ]  # plain str: quoted_name takes the slow JSON path
     out = []
     trees: dict[int, tuple[dict[str, Any], list[list[bytes]]]] = {}
     for seq, position, commitments, salt, *record in rows:

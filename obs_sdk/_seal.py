@@ -226,7 +226,9 @@ def _build(
     rows: list[Any],
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     seq = (last["seq"] if last else 0) + 1
-    columns = [c.name for c in t.audit.columns]
+    columns = [
+        str(c.name) for c in t.audit.columns
+    ]  # plain str: quoted_name takes the slow JSON path
     id_at, org_at = columns.index("id"), columns.index("organization_id")
     hashes = []
     leaf_rows = []
@@ -272,8 +274,11 @@ def _write(
     leaf_rows: list[dict[str, Any]],
     salt_rows: list[dict[str, Any]],
 ) -> None:
-    for start in range(0, len(leaf_rows), _INSERT_CHUNK):
-        conn.execute(insert(t.seal_leaves), leaf_rows[start : start + _INSERT_CHUNK])
-    for start in range(0, len(salt_rows), _INSERT_CHUNK):
-        conn.execute(insert(t.seal_salts), salt_rows[start : start + _INSERT_CHUNK])
+    _insert_many(conn, t.seal_leaves, leaf_rows)
+    _insert_many(conn, t.seal_salts, salt_rows)
     conn.execute(insert(t.seals), header)
+
+
+def _insert_many(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
+    for start in range(0, len(rows), _INSERT_CHUNK):
+        conn.execute(insert(table), rows[start : start + _INSERT_CHUNK])

@@ -175,7 +175,9 @@ class _Check:
             )
             .order_by(leaves.c.seal_seq, leaves.c.position)
         )
-        columns = [c.name for c in audit.columns]
+        columns = [
+            str(c.name) for c in audit.columns
+        ]  # plain str: quoted_name takes the slow JSON path
         with self.conn.execute(query) as result:
             self._check_leaves(result, seals, purged_through, columns)
 
@@ -199,29 +201,25 @@ class _Check:
             hashes.append(row[3])
             if self.organization is not None and row[4] != self.organization:
                 continue
-            record_id = str(row[2])
             if row[7] is None:
                 if seq <= purged_through:
                     self.purged_records += 1
                 else:
                     self.findings.append(
-                        Finding("deleted", record_id, seq, "sealed, now missing (not purged)")
+                        Finding("deleted", str(row[2]), seq, "sealed, now missing (not purged)")
                     )
                 continue
             self.checked += 1
             record = row[7:]
             leaf = leaf_of(record_fields(record, columns), row[6], row[5])
-            if leaf.problem:
-                self.findings.append(Finding("modified", record_id, seq, leaf.problem))
-            elif leaf.hash != row[3]:
-                self.findings.append(
-                    Finding("modified", record_id, seq, "its contents differ from what was sealed")
-                )
+            if leaf.problem or leaf.hash != row[3]:
+                problem = leaf.problem or "its contents differ from what was sealed"
+                self.findings.append(Finding("modified", str(row[2]), seq, problem))
             elif leaf.erased:
-                self.erased[record_id] = leaf.erased
+                self.erased[str(row[2])] = leaf.erased
             before = seals.get(seq - 1)
             if before is not None and record[at] < before["sealed_at"] - self.grace:
-                self.late.append(record_id)
+                self.late.append(str(row[2]))
         self._close_seal(seals, seq, hashes)
         for number in seals:
             if number not in self._closed:  # a seal without leaves: empty, or they were deleted

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from obs_sdk._canonical import canonical, canonical_number
+from obs_sdk._leaf import leaf_bytes
 from obs_sdk._merkle import leaf_hash, levels, node_hash, path, root, root_from_path
 
 # RFC 8785 appendix B: IEEE 754 bit patterns and their ECMAScript text.
@@ -163,3 +164,29 @@ def test_import_obs_sdk_leaves_cryptography_alone() -> None:
     code = "import sys, obs_sdk; print('cryptography' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+class TestLeaf:
+    """The leaf's fast encoding is exactly RFC 8785 of the leaf object."""
+
+    @given(
+        st.dictionaries(
+            st.sampled_from(["id", "action", "metadata", "ip", "organization_id"]),
+            st.none()
+            | st.integers()
+            | st.text()
+            | st.floats(allow_nan=False, allow_infinity=False)
+            | st.dictionaries(
+                st.text(), st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+            ),
+        ),
+        st.dictionaries(st.sampled_from(["actor_email", "ip"]), st.text("0123456789abcdef")),
+    )
+    def test_leaf_bytes_is_canonical(
+        self, public: dict[str, object], commitments: dict[str, str]
+    ) -> None:
+        """leaf_bytes(record, commitments) == canonical({"commitments", "record", "v": 1})."""
+        body: dict[str, object] = {"v": 1, "record": public}
+        if commitments:
+            body["commitments"] = commitments
+        assert leaf_bytes(public, commitments) == canonical(body)
