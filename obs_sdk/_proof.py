@@ -8,9 +8,10 @@ needs the public key and nothing else: no database, no obs_sdk configuration.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
@@ -23,7 +24,15 @@ from obs_sdk._signing import public_keys, signature_ok
 from obs_sdk._tables import Tables
 from obs_sdk._verify import check_seals
 
-__all__ = ["ProofResult", "export_bundle", "prove", "verify_bundle", "verify_proof"]
+__all__ = [
+    "ProofResult",
+    "export_bundle",
+    "iter_proofs",
+    "prove",
+    "verify_bundle",
+    "verify_proof",
+    "write_bundle",
+]
 
 PROOF_FORMAT = "obs-sdk-proof/1"
 BUNDLE_FORMAT = "obs-sdk-bundle/1"
@@ -91,43 +100,49 @@ def _uuid(value: object) -> Any:
 
 
 def _proofs(conn: Connection, t: Tables, which: Any) -> list[dict[str, Any]]:
-    """Build the proofs of the sealed, present records that *which* selects, in seal order."""
+    return list(iter_proofs(conn, t, which))
+
+
+def iter_proofs(conn: Connection, t: Tables, which: Any) -> Iterator[dict[str, Any]]:
+    """Yield the proofs of the sealed, present records *which* selects, in seal order.
+
+    One seal at a time: memory holds one seal's tree and its selected records, never
+    the whole trail (for streamed exports).
+    """
     leaves, audit, salts = t.seal_leaves, t.audit, t.seal_salts
-    rows = conn.execute(
-        select(
-            leaves.c.seal_seq, leaves.c.position, leaves.c.commitments, salts.c.salt, *audit.columns
+    # Plain str names: SQLAlchemy's quoted_name would send every record down the slow path.
+    columns = [str(c.name) for c in audit.columns]
+    seqs = (
+        conn.execute(select(leaves.c.seal_seq).where(which).distinct().order_by(leaves.c.seal_seq))
+        .scalars()
+        .all()
+    )
+    for seq in seqs:
+        seal = _seal_json(
+            dict(conn.execute(select(t.seals).where(t.seals.c.seq == seq)).mappings().one())
         )
-        .select_from(
-            leaves.join(audit, audit.c.id == leaves.c.record_id).outerjoin(
-                salts, salts.c.record_id == leaves.c.record_id
+        hashes = (
+            conn.execute(
+                select(leaves.c.leaf_hash)
+                .where(leaves.c.seal_seq == seq)
+                .order_by(leaves.c.position)
             )
+            .scalars()
+            .all()
         )
-        .where(which)
-        .order_by(leaves.c.seal_seq, leaves.c.position)
-    ).all()
-    columns = [
-        str(c.name) for c in audit.columns
-    ]  # plain str: quoted_name takes the slow JSON path
-    out = []
-    trees: dict[int, tuple[dict[str, Any], list[list[bytes]]]] = {}
-    for seq, position, commitments, salt, *record in rows:
-        if seq not in trees:
-            seal = conn.execute(select(t.seals).where(t.seals.c.seq == seq)).mappings().one()
-            hashes = (
-                conn.execute(
-                    select(leaves.c.leaf_hash)
-                    .where(leaves.c.seal_seq == seq)
-                    .order_by(leaves.c.position)
+        tree = _merkle.levels(list(hashes))
+        rows = conn.execute(
+            select(leaves.c.position, leaves.c.commitments, salts.c.salt, *audit.columns)
+            .select_from(
+                leaves.join(audit, audit.c.id == leaves.c.record_id).outerjoin(
+                    salts, salts.c.record_id == leaves.c.record_id
                 )
-                .scalars()
-                .all()
             )
-            trees = {
-                seq: (_seal_json(dict(seal)), _merkle.levels(list(hashes)))
-            }  # one seal at a time
-        seal_json, tree = trees[seq]
-        out.append(
-            {
+            .where(which, leaves.c.seal_seq == seq)
+            .order_by(leaves.c.position)
+        ).all()
+        for position, commitments, salt, *record in rows:
+            yield {
                 "format": PROOF_FORMAT,
                 "record": record_fields(record, columns),
                 "salt": salt.hex() if salt is not None else None,
@@ -135,10 +150,8 @@ def _proofs(conn: Connection, t: Tables, which: Any) -> list[dict[str, Any]]:
                 "leaf_index": position,
                 "tree_size": len(tree[0]),
                 "path": [h.hex() for h in _merkle.path(tree, position)],
-                "seal": seal_json,
+                "seal": seal,
             }
-        )
-    return out
 
 
 def verify_proof(proof: Mapping[str, Any], public_key: object) -> ProofResult:
@@ -208,6 +221,27 @@ def export_bundle(bind: Engine | str | None = None, *, organization: str) -> dic
         "seals": [_seal_json(dict(s)) for s in seals],
         "proofs": proofs,
     }
+
+
+def write_bundle(out: TextIO, bind: Engine | str | None = None, *, organization: str) -> int:
+    """Write :func:`export_bundle`'s JSON to *out* one proof at a time; return the proofs.
+
+    The same bundle, in constant memory (one seal's tree at a time): for large exports.
+    """
+    count = 0
+    with ledger_engine(bind, "write_bundle()") as ledger, ledger.engine.connect() as conn:
+        t = ledger.t
+        seals = conn.execute(select(t.seals).order_by(t.seals.c.seq)).mappings().all()
+        head = {"format": BUNDLE_FORMAT, "organization": organization}
+        out.write(json.dumps(head)[:-1] + ', "seals": ')
+        out.write(json.dumps([_seal_json(dict(s)) for s in seals]))
+        out.write(', "proofs": [')
+        for proof in iter_proofs(conn, t, t.seal_leaves.c.organization_id == organization):
+            proof["seal"] = proof["seal"]["seq"]
+            out.write((",\n" if count else "\n") + json.dumps(proof))
+            count += 1
+        out.write("\n]}\n")
+    return count
 
 
 def verify_bundle(bundle: Mapping[str, Any], public_key: object) -> VerifyReport:

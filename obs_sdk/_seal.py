@@ -14,8 +14,9 @@ import contextlib
 import datetime
 import os
 import threading
+import uuid
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ __all__ = [
     "ledger_engine",
     "seal",
     "seal_pending",
+    "seal_status",
     "sealing",
 ]
 
@@ -177,6 +179,24 @@ def seal(bind: Engine | str | None = None, *, key: object) -> int:
     signer = private_key(key)
     with ledger_engine(bind, "seal()") as ledger:
         return seal_pending(ledger, signer, wait=True)
+
+
+def seal_status(
+    record_ids: Iterable[object], bind: Engine | str | None = None
+) -> dict[uuid.UUID, int]:
+    """Return the seal number of each of *record_ids* that is sealed (others are absent).
+
+    For a page of records (e.g. the viewer's): one query. Thread-safe.
+    """
+    wanted = [r if isinstance(r, uuid.UUID) else uuid.UUID(str(r)) for r in record_ids]
+    if not wanted:
+        return {}
+    with ledger_engine(bind, "seal_status()") as ledger, ledger.engine.connect() as conn:
+        leaves = ledger.t.seal_leaves
+        found = conn.execute(
+            select(leaves.c.record_id, leaves.c.seal_seq).where(leaves.c.record_id.in_(wanted))
+        ).all()
+    return {record_id: seq for record_id, seq in found}
 
 
 def seal_pending(ledger: Ledger, signer: Ed25519PrivateKey, *, wait: bool) -> int:
