@@ -29,6 +29,7 @@ from obs_sdk._dispatch import (
 )
 from obs_sdk._records import DEFAULT_MAX_CHANGES_BYTES, DEFAULT_MAX_METADATA_BYTES, uuid7
 from obs_sdk._redact import Redactor
+from obs_sdk._sealer import BackgroundSealer, check_seal_settings
 from obs_sdk._sinks import SQLITE_BUSY_MS, DatabaseSink, PostHogSink, Sink
 from obs_sdk._tables import DEFAULT_PREFIX, check_schema, create_tables, tables
 from obs_sdk.exceptions import ConfigurationError
@@ -253,6 +254,8 @@ def configure(
     keep_keys: Iterable[str] = (),
     redact: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     person_properties: bool = False,
+    seal_key: Any = None,
+    seal_every: float | datetime.timedelta | None = None,
     clock: Callable[[], int] | None = None,
     id_factory: Callable[[int], Any] | None = None,
     max_changes_bytes: int = DEFAULT_MAX_CHANGES_BYTES,
@@ -295,6 +298,10 @@ def configure(
     metadata: long strings are cut with the same marker, then the last rows are left out
     and counted; the record is always kept.
 
+    ``seal_key`` (an Ed25519 private key) with ``seal_every`` (seconds or a timedelta)
+    seals the audit trail in the background on a thread of obs_sdk's own, one process at
+    a time (see ``obs.seal``); needs ``cryptography`` (``obs-sdk[seal]``).
+
     ``person_properties=True`` adds the actor's name and email as ``$set`` to analytics
     events. ``clock`` (ns since the epoch) and ``id_factory`` are for deterministic tests
     (``obs_sdk.testing.SteppingClock`` and ``IncrementingIds``).
@@ -312,6 +319,7 @@ def configure(
     _check_bool("require_actor", require_actor)
     _check_bool("handle_signals", handle_signals)
     _check_bool("person_properties", person_properties)
+    sealing = check_seal_settings(seal_key, seal_every)
     if scope_provider is not None and not callable(scope_provider):
         raise ConfigurationError("configure(scope_provider=...) takes a callable returning a dict")
     if not isinstance(idempotency_retention, datetime.timedelta) or (
@@ -347,6 +355,7 @@ def configure(
 
         sinks.append(OtelLogSink(otel_logs))
 
+    _stop_sealer(SHUTDOWN_TIMEOUT_SECONDS)
     if dispatcher.sinks:
         dispatcher.shutdown(SHUTDOWN_TIMEOUT_SECONDS)  # deliver what the previous one queued
     _guard.reset()
@@ -374,10 +383,28 @@ def configure(
     )
     _swap(config)
     dispatcher.install(sinks, limits, fast_lane=scope_provider is None)
+    _start_sealer(engine, table_prefix, sealing)
     _register_atexit()
     _lifecycle.uninstall_signal_handlers()
     if handle_signals:
         _lifecycle.install_signal_handlers(flush, SHUTDOWN_TIMEOUT_SECONDS)
+
+
+_sealer: BackgroundSealer | None = None
+
+
+def _start_sealer(engine: Engine, prefix: str, sealing: tuple[Any, float] | None) -> None:
+    global _sealer
+    if sealing is not None:
+        _sealer = BackgroundSealer(engine, prefix, *sealing)
+        _sealer.start()
+
+
+def _stop_sealer(timeout: float) -> None:
+    global _sealer
+    if _sealer is not None:
+        _sealer.stop(timeout)
+        _sealer = None
 
 
 def _prepare(engine: Engine, prefix: str, *, create: bool) -> None:
@@ -435,7 +462,9 @@ def shutdown(timeout: float = 5.0) -> bool:
     the defaults and removes the SIGTERM handler. After it, records wait in the queue again
     until the next configure(). Returns True when everything was delivered.
     """
+    started = time.monotonic()
     done = dispatcher.shutdown(timeout)
+    _stop_sealer(max(0.0, timeout - (time.monotonic() - started)))
     if _current.handle_signals:
         _lifecycle.uninstall_signal_handlers()
     _swap(Config())
