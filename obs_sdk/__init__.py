@@ -6,17 +6,12 @@ OpenTelemetry context; see ``obs.scope``. The public API is listed in ``__all__`
 
 from obs_sdk import propagation
 from obs_sdk._analytics import identify_group, track, tracked
-from obs_sdk._audit import (
-    arecord_audit_now,
-    audit_log,
-    audited,
-    record_audit,
-    record_audit_now,
-)
+from obs_sdk._audit import arecord_audit_now, audited, record_audit, record_audit_now
 from obs_sdk._config import configure, flush, posthog_on_error, shutdown, stats
 from obs_sdk._context import current_scope, scope, set_actor, suppressed, with_scope
 from obs_sdk._idempotency import idempotent, once, purge_idempotency_keys
 from obs_sdk._instrument import instrument, uninstrument
+from obs_sdk._query import aaudit_log, audit_log
 from obs_sdk._records import AnalyticsEvent, AuditRecord
 from obs_sdk._scope import Actor, Resource, Scope
 from obs_sdk._storage import (
@@ -47,6 +42,7 @@ __all__ = [
     "Resource",
     "Scope",
     "StorageDrift",
+    "aaudit_log",
     "after_commit",
     "arecord_audit_now",
     "audit_log",

@@ -120,13 +120,16 @@ def tables(prefix: str = DEFAULT_PREFIX) -> Tables:
         Column("metadata", _JSON, nullable=False),
         Column("error_type", String(255)),
     )
-    # What people ask an audit log: an organization's or workspace's trail, one actor's
-    # actions, one resource's history; each over time. Ids are time-ordered (UUIDv7), so
-    # (key, id) serves both "since/until" and keyset pagination with one index.
-    Index(f"{prefix}audit_org_idx", audit.c.organization_id, audit.c.id)
-    Index(f"{prefix}audit_ws_idx", audit.c.workspace_id, audit.c.id)
-    Index(f"{prefix}audit_actor_idx", audit.c.actor_id, audit.c.id)
-    Index(f"{prefix}audit_resource_idx", audit.c.resource_type, audit.c.resource_id, audit.c.id)
+    # What people ask an audit log: the whole trail, an organization's or workspace's, one
+    # actor's actions, one resource's history; each over time. audit_log orders by
+    # (occurred_at, id), so (key, occurred_at, id) serves "since/until", the order (either
+    # way) and keyset pagination with one index, without a sort.
+    at = (audit.c.occurred_at, audit.c.id)
+    Index(f"{prefix}audit_time_idx", *at)
+    Index(f"{prefix}audit_org_idx", audit.c.organization_id, *at)
+    Index(f"{prefix}audit_ws_idx", audit.c.workspace_id, *at)
+    Index(f"{prefix}audit_actor_idx", audit.c.actor_id, *at)
+    Index(f"{prefix}audit_resource_idx", audit.c.resource_type, audit.c.resource_id, *at)
     usage = Table(
         f"{prefix}storage_usage",
         md,
