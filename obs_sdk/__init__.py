@@ -4,6 +4,8 @@ Who did it, and on which workspace and organization, is read from a scope carrie
 OpenTelemetry context; see ``obs.scope``. The public API is listed in ``__all__``.
 """
 
+import importlib.metadata as _metadata
+
 from obs_sdk import propagation
 from obs_sdk._analytics import identify_group, track, tracked
 from obs_sdk._audit import arecord_audit_now, audited, record_audit, record_audit_now
@@ -14,6 +16,7 @@ from obs_sdk._instrument import instrument, uninstrument
 from obs_sdk._query import aaudit_log, audit_log
 from obs_sdk._records import AnalyticsEvent, AuditRecord
 from obs_sdk._scope import Actor, Resource, Scope
+from obs_sdk._stats import Stats
 from obs_sdk._storage import (
     StorageDrift,
     metered_storage,
@@ -21,6 +24,7 @@ from obs_sdk._storage import (
     storage_usage,
 )
 from obs_sdk._tables import create_tables, metadata
+from obs_sdk._templates import Call
 from obs_sdk._tx import after_commit
 from obs_sdk.exceptions import (
     AuditWriteError,
@@ -35,12 +39,14 @@ __all__ = [
     "AnalyticsEvent",
     "AuditRecord",
     "AuditWriteError",
+    "Call",
     "ConfigurationError",
     "MissingDependencyError",
     "ObsError",
     "QuotaExceeded",
     "Resource",
     "Scope",
+    "Stats",
     "StorageDrift",
     "aaudit_log",
     "after_commit",
@@ -74,3 +80,8 @@ __all__ = [
     "uninstrument",
     "with_scope",
 ]
+
+try:
+    __version__ = _metadata.version("obs-sdk")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0+unknown"

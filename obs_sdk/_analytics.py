@@ -15,7 +15,7 @@ from obs_sdk._records import (
     add_tenant,
 )
 from obs_sdk._templates import ARGS, Call, Plan, freeze
-from obs_sdk._wrapping import build_plan, instrument, params_of
+from obs_sdk._wrapping import When, build_plan, instrument, params_of
 from obs_sdk.exceptions import ConfigurationError
 
 __all__ = ["identify_group", "track", "tracked"]
@@ -36,7 +36,7 @@ def tracked(
     event: str,
     *,
     properties: Mapping[str, Any] | Callable[[Call], Mapping[str, Any]] | None = None,
-    when: str = "success",
+    when: When = "success",
     allow_anonymous: bool = False,
     allow_system: bool = False,
     emit_if: Callable[[Call], bool] | None = None,

@@ -30,7 +30,7 @@ from obs_sdk._records import (
 from obs_sdk._scope import Resource
 from obs_sdk._tables import insert_ignoring_duplicates, tables
 from obs_sdk._templates import Call, Plan, freeze
-from obs_sdk._wrapping import build_plan, instrument, params_of
+from obs_sdk._wrapping import When, build_plan, instrument, params_of
 from obs_sdk.exceptions import AuditWriteError, ConfigurationError
 
 __all__ = ["arecord_audit_now", "audited", "record_audit", "record_audit_now"]
@@ -58,7 +58,7 @@ def audited(
     *,
     resource: Resource | None = None,
     metadata: Mapping[str, Any] | Callable[[Call], Mapping[str, Any]] | None = None,
-    when: str = "success",
+    when: When = "success",
     emit_if: Callable[[Call], bool] | None = None,
     organization: str | Callable[[Call], Any] | None = None,
     workspace: str | Callable[[Call], Any] | None = None,

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
@@ -30,6 +30,7 @@ from obs_sdk._dispatch import (
 from obs_sdk._records import DEFAULT_MAX_METADATA_BYTES, uuid7
 from obs_sdk._redact import Redactor
 from obs_sdk._sinks import SQLITE_BUSY_MS, DatabaseSink, PostHogSink, Sink
+from obs_sdk._stats import Stats
 from obs_sdk._tables import DEFAULT_PREFIX, check_schema, create_tables, tables
 from obs_sdk.exceptions import ConfigurationError
 
@@ -434,23 +435,24 @@ def shutdown(timeout: float = 5.0) -> bool:
     return done
 
 
-def stats() -> dict[str, Any]:
-    """Return the counters since the last configure().
+def stats() -> Stats:
+    """Return the counters since the last configure(), as an ``obs.Stats`` dict.
 
     Keys: submitted, queued, delivered, dropped, failed, retried, internal_errors, by_sink,
     and the outcomes that are not errors but must not pass unseen, among them
     ``no_actor`` (records filed anonymous because no actor was in scope) and ``sanitized``
-    (records whose values were changed so that every database stores them). Invariant:
+    (records whose values were changed so that every database stores them); ``obs.Stats``
+    says what each key counts. Invariant:
     submitted == queued + delivered + dropped + failed; ``submitted`` is counted as
     records enter, the others where they are now.
 
     The top-level counts follow each record to its primary sink: the audit log for audit
-    records, PostHog for analytics events (OpenTelemetry logs when it is the only one).
+    records, PostHog for analytics events (else OpenTelemetry logs, else the console).
     Records stored by their own transaction's commit (or ``record_audit_now``) count as
     submitted and delivered at once. ``by_sink[name]`` has each sink's own submitted,
     queued, delivered, dropped, failed, retried and upload_failed, mirrors included.
     """
-    return dispatcher.stats()
+    return cast(Stats, dispatcher.stats())
 
 
 def posthog_on_error(error: Exception, batch: list[Any]) -> None:

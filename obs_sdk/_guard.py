@@ -49,7 +49,9 @@ _errors = {"internal_errors": 0}
 #         written on their own; duplicate_unread: repeated once() keys whose flag was never read;
 #   set_actor_outside_scope: set_actor() calls with no scope to change (nothing was set);
 #   unloaded: template fields left NULL because an ORM attribute was not loaded;
-#   sanitized: records whose values were changed so that every database can store them.
+#   sanitized: records whose values were changed so that every database can store them;
+#   unsent_events: analytics events not sent (no PostHog client, or no actor in scope).
+# Each is a key of obs.Stats (_stats.py) too.
 COUNTERS = (
     "no_actor",
     "rolled_back",
@@ -58,6 +60,7 @@ COUNTERS = (
     "set_actor_outside_scope",
     "unloaded",
     "sanitized",
+    "unsent_events",
 )
 _counts = dict.fromkeys(COUNTERS, 0)
 _warned: set[object] = set()

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any
+from typing import Any, Literal, get_args
 
 from obs_sdk._lane import ASYNC_GENERATOR, COROUTINE, FUNCTION, GENERATOR, generate
 from obs_sdk._records import Instrumentation
 from obs_sdk._templates import Params, Plan
 from obs_sdk.exceptions import ConfigurationError
 
-__all__ = ["WHEN", "build_plan", "instrument", "params_of"]
+__all__ = ["WHEN", "When", "build_plan", "instrument", "params_of"]
 
-WHEN = ("success", "failure", "always", "start")
+When = Literal["success", "failure", "always", "start"]  # when= of @audited and @tracked
+WHEN: tuple[str, ...] = get_args(When)
 
 
 def params_of(func: Any, decorator: str) -> Params:

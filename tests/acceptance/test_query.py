@@ -121,7 +121,9 @@ class TestOrder:
 class TestCursor:
     """after= continues a listing in its own order, and stays exact across equal times."""
 
-    @pytest.mark.parametrize("clock", [SteppingClock, PairedClock, lambda: SteppingClock(step_ns=0)])
+    @pytest.mark.parametrize(
+        "clock", [SteppingClock, PairedClock, lambda: SteppingClock(step_ns=0)], ids=str
+    )
     @pytest.mark.parametrize("page_size", [1, 2, 5])
     def test_pages_cover_every_record_once_in_both_orders(
         self, database_url: str, clock: Any, page_size: int
@@ -227,13 +229,13 @@ class TestMistakes:
         obs.configure(database_url)
         naive = datetime.datetime(2026, 1, 1)
         for kwargs in ({"since": naive}, {"until": naive}):
-            with pytest.raises(obs.ConfigurationError, match="naive.*aware"):
+            with pytest.raises(obs.ConfigurationError, match=r"naive.*aware"):
                 obs.audit_log(**kwargs)
 
     def test_bad_order_and_cursor(self, database_url: str) -> None:
         """order is "desc" or "asc"; after= is a record id."""
         obs.configure(database_url)
-        with pytest.raises(obs.ConfigurationError, match='"desc".*"asc"'):
+        with pytest.raises(obs.ConfigurationError, match=r'"desc".*"asc"'):
             obs.audit_log(order="newest")  # type: ignore[arg-type]
         with pytest.raises(obs.ConfigurationError, match="record id"):
             obs.audit_log(after="not-an-id")
@@ -283,9 +285,7 @@ class TestPostgresIndexes:
                 # order (a sort still appears when no path avoids it).
                 for setting in ("seqscan", "bitmapscan", "sort"):
                     conn.exec_driver_sql(f"SET enable_{setting} = off")
-                plan = "\n".join(
-                    conn.exec_driver_sql(f"EXPLAIN {statement}", parameters).scalars()
-                )
+                plan = "\n".join(conn.exec_driver_sql(f"EXPLAIN {statement}", parameters).scalars())
         finally:
             engine.dispose()
         assert "Index" in plan, plan
