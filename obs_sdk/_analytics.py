@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
 from obs_sdk._emit import emit
+from obs_sdk._guard import count, warn_once
 from obs_sdk._records import (
     EVENT,
     GROUP,
@@ -18,12 +19,32 @@ from obs_sdk._templates import ARGS, Call, Plan, freeze
 from obs_sdk._wrapping import When, build_plan, instrument, params_of
 from obs_sdk.exceptions import ConfigurationError
 
-__all__ = ["identify_group", "track", "tracked"]
+__all__ = ["NO_ACTOR", "NO_CLIENT", "identify_group", "not_sent", "track", "tracked"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 GROUP_KINDS = ("workspace", "organization")
+
+# Why an analytics event was not sent (not_sent()), and what to do about it.
+NO_CLIENT = (
+    "obs_sdk: analytics event %r was not sent: no PostHog client is configured. Pass "
+    "configure(posthog=posthog.Posthog(project_api_key, host=...)) to send analytics events "
+    "(or otel_logs= to mirror them as OpenTelemetry logs). Each one is counted in "
+    "obs.stats()['unsent_events']; this is said once."
+)
+NO_ACTOR = (
+    "obs_sdk: analytics event %r was not sent: no actor in scope (track() or a @tracked "
+    "function called outside obs.scope(actor=...), or before obs.set_actor()). Open a scope "
+    "with an actor, or pass allow_anonymous=True to send it anonymously. Each one is counted "
+    "in obs.stats()['unsent_events']; this is said once."
+)
+
+
+def not_sent(event: str, why: str) -> None:
+    """Count an analytics event that was not sent (``unsent_events``); say *why* once."""
+    count("unsent_events")
+    warn_once(("unsent_events", why), why, event)
 
 
 def _check_event(event: object, where: str) -> str:

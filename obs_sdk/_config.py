@@ -7,6 +7,7 @@ import datetime
 import inspect
 import logging
 import math
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -73,12 +74,18 @@ class Config:
     clock: Callable[[], int] = time.time_ns
     id_factory: Callable[[int], uuid.UUID] = uuid7
     otel_logs: bool = False
+    console: bool = False
     handle_signals: bool = False
     limits: Limits = field(default_factory=Limits)
 
     @property
     def events_wanted(self) -> bool:
-        """Whether analytics events have somewhere to go (PostHog or OTel logs)."""
+        """Whether analytics events have somewhere to go (PostHog, OTel logs, the console)."""
+        return self.events_sent or self.console
+
+    @property
+    def events_sent(self) -> bool:
+        """Whether analytics events leave the process (PostHog or OTel logs)."""
         return self.posthog is not None or self.otel_logs
 
 
@@ -231,6 +238,23 @@ def _check_bool(name: str, value: object) -> bool:
     return value
 
 
+CONSOLE_ENV = "OBS_SDK_CONSOLE"
+_ENV_TRUE = ("1", "true", "yes", "on")
+_ENV_FALSE = ("", "0", "false", "no", "off")
+
+
+def _console_wanted(console: object) -> bool:
+    """configure(console=True), or OBS_SDK_CONSOLE=1 in the environment."""
+    _check_bool("console", console)
+    value = os.environ.get(CONSOLE_ENV, "").strip().lower()
+    if value not in _ENV_TRUE + _ENV_FALSE:
+        raise ConfigurationError(
+            f"{CONSOLE_ENV}={os.environ[CONSOLE_ENV]!r}: set it to 1 to print every record "
+            "and event on stderr, or 0 (or unset it) for no console view"
+        )
+    return bool(console) or value in _ENV_TRUE
+
+
 def configure(
     database: str | Engine | AsyncEngine = DEFAULT_DATABASE,
     posthog: Any = None,
@@ -254,6 +278,7 @@ def configure(
     keep_keys: Iterable[str] = (),
     redact: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     person_properties: bool = False,
+    console: bool = False,
     clock: Callable[[], int] | None = None,
     id_factory: Callable[[int], Any] | None = None,
 ) -> None:
@@ -290,6 +315,11 @@ def configure(
     never redacted, and ``redact`` (a function taking the cleaned metadata or properties
     dict and returning the dict to send) runs last, on the dispatcher thread.
 
+    ``console=True`` (or ``OBS_SDK_CONSOLE=1`` in the environment) prints every audit record
+    and analytics event on stderr as it is delivered, one line each, coloured when rich is
+    installed (the ``console`` extra): for development. It has its own queue, so a slow
+    terminal never delays the database or PostHog.
+
     ``person_properties=True`` adds the actor's name and email as ``$set`` to analytics
     events. ``clock`` (ns since the epoch) and ``id_factory`` are for deterministic tests
     (``obs_sdk.testing.SteppingClock`` and ``IncrementingIds``).
@@ -306,6 +336,7 @@ def configure(
     _check_bool("require_actor", require_actor)
     _check_bool("handle_signals", handle_signals)
     _check_bool("person_properties", person_properties)
+    console = _console_wanted(console)
     if scope_provider is not None and not callable(scope_provider):
         raise ConfigurationError("configure(scope_provider=...) takes a callable returning a dict")
     if not isinstance(idempotency_retention, datetime.timedelta) or (
@@ -340,6 +371,11 @@ def configure(
         from obs_sdk._otel import OtelLogSink
 
         sinks.append(OtelLogSink(otel_logs))
+    if console:
+        from obs_sdk._console import ConsoleSink
+
+        events_elsewhere = posthog is not None or otel_logs is not None
+        sinks.append(ConsoleSink(unsent_events=not events_elsewhere))
 
     if dispatcher.sinks:
         dispatcher.shutdown(SHUTDOWN_TIMEOUT_SECONDS)  # deliver what the previous one queued
@@ -362,6 +398,7 @@ def configure(
         clock=clock or time.time_ns,
         id_factory=id_factory or uuid7,
         otel_logs=otel_logs is not None,
+        console=console,
         handle_signals=handle_signals,
         limits=limits,
     )

@@ -128,18 +128,28 @@ def _prepare(
             count_error("scope_provider", exc)
     if spec.kind in _ANALYTICS_KINDS:
         if not (events_wanted or dispatcher.capture is not None):
+            _unsent(spec.name, no_client=True)  # no sink takes them: counted, said once
             return None
         actor = fields[0]
         # Users and services always send; only the others need the rule (and its opt-ins).
         if (actor is None or actor.type not in _USER_TYPES) and not analytics_identity(spec, actor)[
             0
         ]:
+            if actor is None:  # nobody in scope at all: counted, said once (an explicit
+                _unsent(spec.name, no_client=False)  # anonymous or system actor is a choice)
             return None  # anonymous or system caller without the opt-in: nothing is sent
     if spec.emit_if is not None and not _wanted(spec, args, kwargs, result, exception):
         return None
     plan = spec.plan
     values = plan.resolve(args, kwargs, result, exception) if plan.resolvers else ()
     return fields, values
+
+
+def _unsent(event: str, *, no_client: bool) -> None:
+    """Count an analytics event that is not sent, and say why once (``_analytics.not_sent``)."""
+    from obs_sdk import _analytics  # it imports this module
+
+    _analytics.not_sent(event, _analytics.NO_CLIENT if no_client else _analytics.NO_ACTOR)
 
 
 def _wanted(
