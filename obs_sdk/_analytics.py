@@ -16,7 +16,7 @@ from obs_sdk._records import (
     add_tenant,
 )
 from obs_sdk._templates import ARGS, Call, Plan, freeze
-from obs_sdk._wrapping import When, build_plan, instrument, params_of
+from obs_sdk._wrapping import When, build_plan, defined_at, instrument, params_of
 from obs_sdk.exceptions import ConfigurationError
 
 __all__ = ["NO_ACTOR", "NO_CLIENT", "identify_group", "not_sent", "track", "tracked"]
@@ -81,7 +81,8 @@ def tracked(
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
         params = params_of(func, "@tracked")
-        plan = build_plan(f"@tracked({event!r}) on {params.qualname}", params, when)
+        owner = f"@tracked({event!r}) on {defined_at(func, params.qualname)}"
+        plan = build_plan(owner, params, when)
         plan.add_mapping("properties", properties)
         add_tenant(plan, workspace, organization)
         spec = Instrumentation(

@@ -30,7 +30,7 @@ from obs_sdk._records import (
 from obs_sdk._scope import Resource
 from obs_sdk._tables import insert_ignoring_duplicates, tables
 from obs_sdk._templates import Call, Plan, freeze
-from obs_sdk._wrapping import When, build_plan, instrument, params_of
+from obs_sdk._wrapping import When, build_plan, defined_at, instrument, params_of
 from obs_sdk.exceptions import AuditWriteError, ConfigurationError
 
 __all__ = ["arecord_audit_now", "audited", "record_audit", "record_audit_now"]
@@ -92,7 +92,7 @@ def audited(
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
         params = params_of(func, "@audited")
-        owner = f"@audited({action!r}) on {params.qualname}"
+        owner = f"@audited({action!r}) on {defined_at(func, params.qualname)}"
         plan = build_plan(owner, params, when)
         if resource is not None:
             plan.add("resource.type", resource.type)

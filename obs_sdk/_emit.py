@@ -106,7 +106,7 @@ def emit(
             return
         dispatcher.submit(raw)  # full queue, capture, or no worker yet
     except Exception as exc:
-        count_error("emit", exc)
+        count_error("emit", exc, spec.plan.owner)
 
 
 def _prepare(
@@ -163,5 +163,5 @@ def _wanted(
     try:
         return bool(spec.emit_if(spec.plan.call(args, kwargs, result, exception)))  # type: ignore[misc]
     except Exception as exc:
-        count_error("emit_if", exc)
+        count_error("emit_if", exc, f"{spec.plan.owner}: emit_if")
         return True

@@ -64,7 +64,7 @@ _LANE = """\
                     _o_dispatcher.wake()
                 return _o_r
     except _o_Exception as _o_exc:
-        _o_count_error("emit", _o_exc)
+        _o_count_error("emit", _o_exc, _o_about)
         return _o_r
     _o_emit(_o_spec, _o_SUCCESS, {args}, {kwargs}, _o_r, None)
     return _o_r
@@ -265,6 +265,7 @@ def _lane(
         _o_WAKE_AT=_emit._WAKE_AT,
         _o_len=len,
         _o_count_error=count_error,
+        _o_about=spec.plan.owner,  # who failed, for the log line
     )
     is_event = spec.kind == EVENT
     return _LANE.format(
