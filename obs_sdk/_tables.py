@@ -155,13 +155,16 @@ def tables(prefix: str = DEFAULT_PREFIX) -> Tables:
         Column("error_type", String(255)),
         Column("changes", JSONValue(none_as_null=True)),  # schema version 2
     )
-    # What people ask an audit log: an organization's or workspace's trail, one actor's
-    # actions, one resource's history; each over time. Ids are time-ordered (UUIDv7), so
-    # (key, id) serves both "since/until" and keyset pagination with one index.
-    Index(f"{prefix}audit_org_idx", audit.c.organization_id, audit.c.id)
-    Index(f"{prefix}audit_ws_idx", audit.c.workspace_id, audit.c.id)
-    Index(f"{prefix}audit_actor_idx", audit.c.actor_id, audit.c.id)
-    Index(f"{prefix}audit_resource_idx", audit.c.resource_type, audit.c.resource_id, audit.c.id)
+    # What people ask an audit log: the whole trail, an organization's or workspace's, one
+    # actor's actions, one resource's history; each over time. audit_log orders by
+    # (occurred_at, id), so (key, occurred_at, id) serves "since/until", the order (either
+    # way) and keyset pagination with one index, without a sort.
+    at = (audit.c.occurred_at, audit.c.id)
+    Index(f"{prefix}audit_time_idx", *at)
+    Index(f"{prefix}audit_org_idx", audit.c.organization_id, *at)
+    Index(f"{prefix}audit_ws_idx", audit.c.workspace_id, *at)
+    Index(f"{prefix}audit_actor_idx", audit.c.actor_id, *at)
+    Index(f"{prefix}audit_resource_idx", audit.c.resource_type, audit.c.resource_id, *at)
     usage = Table(
         f"{prefix}storage_usage",
         md,
@@ -221,7 +224,7 @@ def _ledger_tables(md: MetaData, prefix: str) -> tuple[Table, Table, Table, Tabl
         Column("leaf_hash", LargeBinary(32), nullable=False),
         Column("organization_id", String(255)),
         # The personal fields' commitments, kept here once erase_actor() removed the values.
-        Column("commitments", _JSON),
+        Column("commitments", JSONValue()),
     )
     Index(f"{prefix}seal_leaves_seal_idx", leaves.c.seal_seq, leaves.c.position, unique=True)
     Index(f"{prefix}seal_leaves_org_idx", leaves.c.organization_id, leaves.c.record_id)

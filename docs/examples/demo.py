@@ -323,8 +323,8 @@ def run(workdir: Path) -> None:
     stripe_story(engine)
 
     obs.flush()
-    section("the audit trail, oldest first, read back with obs.audit_log(engine)")
-    print_trail(obs.audit_log(engine, limit=100))
+    section('the audit trail, oldest first: obs.audit_log(engine, order="asc")')
+    print_trail(obs.audit_log(engine, limit=100, order="asc"))
     section("obs.stats()")
     stats = obs.stats()
     print("  " + ", ".join(f"{k}={v}" for k, v in stats.items() if k != "by_sink"))

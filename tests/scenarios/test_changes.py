@@ -696,7 +696,7 @@ class TestSchemaVersion2:
     def test_a_version_1_database_is_migrated(
         self, database_url: str, app_engine: sa.Engine, how: str
     ) -> None:
-        """The column is added, the version moved to the current one, old rows read back with None."""
+        """The column is added, the version moved to the current one, old rows read None."""
         obs.shutdown()
         with app_engine.begin() as conn:
             conn.execute(sa.text("DROP TABLE obs_audit_log"))
