@@ -132,19 +132,19 @@ class TestLines:
     def test_a_field_added_later_is_printed_generically(
         self, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """A record with a field this view does not know (e.g. changes) prints it as name=value."""
+        """A record with a field this view does not know prints it as name=value."""
         obs.configure("sqlite://", clock=SteppingClock())
         with capture() as cap, obs.scope(actor=ADA):
             obs.record_audit("doc.updated")
         (record,) = cap.records
-        later = collections.namedtuple("Later", [*record._fields, "changes"])  # type: ignore[misc]
+        later = collections.namedtuple("Later", [*record._fields, "reviewer"])  # type: ignore[misc]
         newer = later(*record, {"title": ["a", "b"]})
         ConsoleSink().export([newer, record])
         lines = capsys.readouterr().err.splitlines()
         assert lines[0] == f"{at(0)} audit doc.updated success user:u_1 'Ada Lovelace' " + (
-            "changes={title=['a', 'b']}"
+            "reviewer={title=['a', 'b']}"
         )
-        assert lines[1] == lines[0].removesuffix(" changes={title=['a', 'b']}")
+        assert lines[1] == lines[0].removesuffix(" reviewer={title=['a', 'b']}")
 
 
 class TestSwitches:
