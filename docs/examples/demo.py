@@ -149,13 +149,17 @@ def purge(session: Session, file_id: str) -> bool:
 WEBHOOK_SECRET = "whsec_demo"
 
 
-@obs.tracked("invoice_paid", properties={"amount": "{amount}"})
+# A webhook has no request scope: the organization arrives in the event, so a template names it.
+@obs.tracked("invoice_paid", properties={"amount": "{amount}"}, organization="{organization}")
 @obs.audited(
     "invoice.paid",
     resource=obs.Resource("invoice", "{invoice_id}"),
     metadata={"amount": "{amount}"},
+    organization="{organization}",
 )
-def record_payment(session: Session, invoice_id: str, customer: str, amount: int) -> None:
+def record_payment(
+    session: Session, invoice_id: str, customer: str, amount: int, organization: str | None
+) -> None:
     session.add(Payment(invoice_id=invoice_id, customer=customer, amount=amount))
 
 
@@ -171,24 +175,21 @@ def stripe_delivery(
     return body, f"t={stamp},v1={digest}"
 
 
-# --- analytics: a real PostHog client when configured, else a printer ------------------------
+# --- analytics: a real PostHog client when configured, else a stand-in ------------------------
 
 
-class PrintingPostHog:
-    """Stands in for posthog.Posthog when no API key is set: prints each message instead."""
+class StandInPostHog:
+    """Stands in for posthog.Posthog when no API key is set: accepts every event.
+
+    configure(console=True) prints each event as it is delivered, so nothing is printed here.
+    """
 
     def capture(self, event: str, **kwargs: Any) -> str | None:
-        groups = kwargs.get("groups") or {}
-        props = {k: v for k, v in (kwargs.get("properties") or {}).items()}
-        print(f"  posthog.capture({event!r}, distinct_id={kwargs.get('distinct_id')!r}, "
-              f"properties={props}, groups={groups})")  # fmt: skip
         # posthog's capture() returns the event's uuid, None when its queue refused it.
         return str(kwargs.get("uuid") or event)
 
     def group_identify(self, group_type: str, group_key: str, **kwargs: Any) -> None:
-        print(
-            f"  posthog.group_identify({group_type!r}, {group_key!r}, {kwargs.get('properties')})"
-        )
+        return None
 
     def flush(self, timeout_seconds: float | None = None) -> None:
         return None
@@ -197,7 +198,7 @@ class PrintingPostHog:
 def posthog_client() -> Any:
     key = os.environ.get("POSTHOG_API_KEY")
     if not key:
-        return PrintingPostHog()
+        return StandInPostHog()
     import posthog
 
     return posthog.Posthog(key, host=os.environ.get("POSTHOG_HOST"), on_error=obs.posthog_on_error)
@@ -234,12 +235,15 @@ def run(workdir: Path) -> None:
     print(f"database: {workdir / 'obs.db'} (app tables and obs_ tables together)")
     print(
         "analytics:",
-        "PostHog" if os.environ.get("POSTHOG_API_KEY") else "printed below (no POSTHOG_API_KEY)",
+        "PostHog" if os.environ.get("POSTHOG_API_KEY") else "a stand-in (no POSTHOG_API_KEY)",
     )
-    # TODO(#16): add console=True here once configure() has it; it then shows every record
-    # and event as delivered, and PrintingPostHog can stop printing.
+    # console=True prints every record and event on stderr as it is delivered, one line each.
     obs.configure(
-        database=engine, posthog=posthog_client(), service="files-api", storage_quota=QUOTA
+        database=engine,
+        posthog=posthog_client(),
+        service="files-api",
+        storage_quota=QUOTA,
+        console=True,
     )
 
     with Session(engine) as session, session.begin():
@@ -378,16 +382,25 @@ def stripe_story(engine: Any) -> None:
     def invoice_paid(event: Any, session: Session) -> None:
         invoice = event["data"]["object"]
         obs.set_actor(obs.Actor.user(invoice["customer_owner"]))  # the customer's owner
-        record_payment(session, invoice["id"], invoice["customer"], invoice["amount_paid"])
+        organization = invoice["metadata"]["organization"]
+        record_payment(
+            session, invoice["id"], invoice["customer"], invoice["amount_paid"], organization
+        )
 
     @hooks.on("invoice.payment_failed")
     def payment_failed(event: Any, session: Session) -> None:
         failures["count"] += 1
         if failures["count"] == 1:
             raise ConnectionError("the billing service timed out")
-        record_payment(session, event["data"]["object"]["id"], "cus_2", 0)
+        record_payment(session, event["data"]["object"]["id"], "cus_2", 0, None)
 
-    invoice = {"id": "in_1", "customer": "cus_1", "customer_owner": "u_ada", "amount_paid": 4900}
+    invoice = {
+        "id": "in_1",
+        "customer": "cus_1",
+        "customer_owner": "u_ada",
+        "amount_paid": 4900,
+        "metadata": {"organization": "org_acme"},
+    }
     section("Stripe delivers one invoice.paid three times: one payment, one audit row, one event")
     body, signature = stripe_delivery("evt_1", "invoice.paid", invoice)
     for attempt in range(1, 4):
