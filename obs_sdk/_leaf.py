@@ -13,12 +13,17 @@ from __future__ import annotations
 import datetime
 import hashlib
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import String, Uuid
+from sqlalchemy.engine import Dialect
+from sqlalchemy.schema import Column
+
 from obs_sdk._canonical import canonical, dumps_plain, encode_string, is_plain
 from obs_sdk._merkle import leaf_hash
+from obs_sdk._tables import UTCDateTime
 
 __all__ = [
     "LEAF_VERSION",
@@ -30,6 +35,7 @@ __all__ = [
     "leaf_bytes",
     "leaf_of",
     "record_fields",
+    "row_reader",
 ]
 
 LEAF_VERSION = 1  # leaf_bytes() writes it
@@ -38,6 +44,9 @@ PERSONAL = ("actor_name", "actor_email", "ip", "user_agent")
 _PERSONAL = frozenset(PERSONAL)
 _UTC = datetime.timezone.utc
 _sha256 = hashlib.sha256
+# What a commitment hashes after the salt: the field's name and a 0x00.
+_NAMED = {name: name.encode() + b"\x00" for name in PERSONAL}
+_HEX = "0123456789abcdef"
 
 
 def json_value(value: Any) -> Any:
@@ -64,10 +73,80 @@ def record_fields(row: Sequence[Any], columns: Sequence[str]) -> dict[str, Any]:
     }
 
 
+def row_reader(
+    dialect: Dialect, columns: Sequence[Column[Any]]
+) -> Callable[[Sequence[Any]], dict[str, Any]]:
+    """Return ``row -> record_fields(...)`` for rows as the driver returns them.
+
+    The same fields as :func:`record_fields` of the SQLAlchemy row, without SQLAlchemy's
+    result processing (a fifth of a seal): each column that needs it goes through its
+    type's own result processor, except the stored forms SQLite holds for ids and times,
+    which are rewritten as text directly (anything else there takes the processor too).
+    """
+    names = [str(c.name) for c in columns]  # plain str: quoted_name takes the slow JSON path
+    converters = []
+    for column in columns:
+        process = column.type.dialect_impl(dialect).result_processor(dialect, None)
+        kind = column.type
+        if dialect.name == "sqlite" and isinstance(kind, Uuid) and process is not None:
+            convert = _sqlite_uuid(process)
+        elif dialect.name == "sqlite" and isinstance(kind, UTCDateTime) and process is not None:
+            convert = _sqlite_time(process)
+        elif process is not None:
+            convert = _processed(process)
+        elif isinstance(kind, String):
+            continue  # text as the driver gives it
+        else:
+            convert = json_value
+        converters.append((str(column.name), convert))
+
+    def fields(row: Sequence[Any]) -> dict[str, Any]:
+        out = {name: value for name, value in zip(names, row, strict=True) if value is not None}
+        for name, convert in converters:
+            value = out.get(name)
+            if value is not None:
+                out[name] = convert(value)
+        return out
+
+    return fields
+
+
+def _processed(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: json_value(process(value))
+
+
+def _sqlite_uuid(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    # Stored as 32 lower-case hex digits: the text of the UUID is those with 4 dashes.
+    def convert(value: Any) -> Any:
+        if type(value) is str and len(value) == 32 and not value.strip(_HEX):
+            return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
+        return json_value(process(value))
+
+    return convert
+
+
+def _sqlite_time(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    # Stored as naive UTC "YYYY-MM-DD HH:MM:SS.ffffff": as ISO 8601 UTC, a "T" and "+00:00".
+    def convert(value: Any) -> Any:
+        if (
+            type(value) is str
+            and len(value) == 26
+            and value[4] == value[7] == "-"
+            and value[10] == " "
+            and value[13] == value[16] == ":"
+            and value[19] == "."
+        ):
+            return f"{value[:10]}T{value[11:]}+00:00"
+        return json_value(process(value))
+
+    return convert
+
+
 def commitment(salt: bytes, name: str, value: Any) -> str:
     """Return the hex commitment to one personal field's value."""
     encoded = encode_string(value).encode() if type(value) is str else canonical(value)
-    return _sha256(salt + name.encode() + b"\x00" + encoded).hexdigest()
+    named = _NAMED.get(name) or name.encode() + b"\x00"
+    return _sha256(salt + named + encoded).hexdigest()
 
 
 def leaf_bytes(public: Mapping[str, Any], commitments: Mapping[str, str]) -> bytes:
