@@ -29,9 +29,23 @@ encode_string: Any = getattr(json.encoder, "c_encode_basestring", None) or (
 # json.dumps in C writes the same bytes as RFC 8785 for values without floats (Python's
 # repr differs from ECMAScript's there: "2.0", "1e-05") and with ASCII keys only (sorted
 # by code point, which is UTF-16 order for them); ~10x faster than the writer below.
-dumps_plain = json.JSONEncoder(
+_plain_encoder = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
-).encode
+)
+# The C encoder that JSONEncoder.encode makes anew on each call, made once: a seal calls
+# this twice per record. No circular-reference markers: JSON read back has no cycles.
+_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+if _make_encoder is not None and encode_string is getattr(json.encoder, "c_encode_basestring", 0):
+    _chunks = _make_encoder(
+        None, _plain_encoder.default, encode_string, None, ":", ",", True, False, False
+    )
+
+    def dumps_plain(value: Any) -> str:
+        """``json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))``."""
+        return "".join(_chunks(value, 0))
+
+else:  # pragma: no cover - CPython without its _json accelerator
+    dumps_plain = _plain_encoder.encode
 _PLAIN = (str, int, bool, type(None))
 # ECMAScript writes 1e21 and up, and below 1e-6, with an exponent.
 _MAX_PLAIN, _MIN_PLAIN = 21, -6

@@ -36,6 +36,7 @@ __all__ = [
     "leaf_of",
     "record_fields",
     "row_reader",
+    "sealed_leaf_hash",
 ]
 
 LEAF_VERSION = 1  # leaf_bytes() writes it
@@ -173,6 +174,25 @@ def _canonical_record(public: Mapping[str, Any]) -> bytes:
     return dumps_plain(public).encode()
 
 
+def sealed_leaf_hash(fields: Mapping[str, Any], salt: bytes | None) -> bytes:
+    """Return the hash of the leaf a seal signs: :func:`leaf_of` ``(fields, salt).hash``.
+
+    For a record as written (every personal field with its *salt*, None when it has no
+    personal field), without what verification also reports; the seal's hot path.
+    """
+    if _PERSONAL.isdisjoint(fields):
+        return leaf_hash(leaf_bytes(fields, {}))
+    if salt is None:
+        return leaf_of(fields, salt).hash
+    public = {name: value for name, value in fields.items() if name not in _PERSONAL}
+    commitments = {}
+    for name in PERSONAL:
+        value = fields.get(name)
+        if value is not None:
+            commitments[name] = commitment(salt, name, value)
+    return leaf_hash(leaf_bytes(public, commitments))
+
+
 @dataclass(frozen=True, slots=True)
 class Leaf:
     """One record's leaf, rebuilt from what is stored now, and what that showed."""
@@ -194,17 +214,20 @@ def leaf_of(
     whose commitment is stored was erased; with its salt still there, it was removed by
     something else, and that is a *problem*.
     """
-    public = {}
+    # Most records hold no personal field, or all of them with their salt: no per-field loop.
+    if _PERSONAL.isdisjoint(fields):
+        public, present = fields, []
+    else:
+        public = {name: value for name, value in fields.items() if name not in _PERSONAL}
+        present = [name for name in fields if name in _PERSONAL]
     commitments: dict[str, str] = {}
     erased = []
     problem = None
-    for name, value in fields.items():
-        if name not in _PERSONAL:
-            public[name] = value
-        elif salt is not None:
-            commitments[name] = commitment(salt, name, value)
-        else:
-            problem = f"{name} has a value but its salt is missing"
+    if salt is not None:
+        for name in present:
+            commitments[name] = commitment(salt, name, fields[name])
+    elif present:
+        problem = f"{present[-1]} has a value but its salt is missing"
     if stored:
         for name, kept in stored.items():
             if name in fields:

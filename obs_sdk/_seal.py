@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine
 
 from obs_sdk import _config, _merkle
 from obs_sdk._canonical import canonical
-from obs_sdk._leaf import has_personal, leaf_of, row_reader
+from obs_sdk._leaf import has_personal, row_reader, sealed_leaf_hash
 from obs_sdk._signing import key_id, private_key, sign
 from obs_sdk._tables import Tables, tables
 from obs_sdk.exceptions import ConfigurationError
@@ -279,7 +279,7 @@ def _build(
         if has_personal(fields):
             salt = entropy[position * SALT_BYTES : (position + 1) * SALT_BYTES]
             salt_rows.append((row[id_at], salt))
-        digest = leaf_of(fields, salt).hash
+        digest = sealed_leaf_hash(fields, salt)
         hashes.append(digest)
         # The id as the driver returned it is its stored form (SQLite: 32 hex digits).
         leaf_rows.append((row[id_at], seq, position, digest, row[org_at]))
