@@ -37,6 +37,7 @@ __all__ = [
     "record_fields",
     "row_reader",
     "sealed_leaf_hash",
+    "value_reader",
 ]
 
 LEAF_VERSION = 1  # leaf_bytes() writes it
@@ -80,26 +81,14 @@ def row_reader(
     """Return ``row -> record_fields(...)`` for rows as the driver returns them.
 
     The same fields as :func:`record_fields` of the SQLAlchemy row, without SQLAlchemy's
-    result processing (a fifth of a seal): each column that needs it goes through its
-    type's own result processor, except the stored forms SQLite holds for ids and times,
-    which are rewritten as text directly (anything else there takes the processor too).
+    result processing (a fifth of a seal); see :func:`value_reader`.
     """
     names = [str(c.name) for c in columns]  # plain str: quoted_name takes the slow JSON path
-    converters = []
-    for column in columns:
-        process = column.type.dialect_impl(dialect).result_processor(dialect, None)
-        kind = column.type
-        if dialect.name == "sqlite" and isinstance(kind, Uuid) and process is not None:
-            convert = _sqlite_uuid(process)
-        elif dialect.name == "sqlite" and isinstance(kind, UTCDateTime) and process is not None:
-            convert = _sqlite_time(process)
-        elif process is not None:
-            convert = _processed(process)
-        elif isinstance(kind, String):
-            continue  # text as the driver gives it
-        else:
-            convert = json_value
-        converters.append((str(column.name), convert))
+    converters = [
+        (name, convert)
+        for name, convert in zip(names, (value_reader(dialect, c) for c in columns), strict=True)
+        if convert is not None
+    ]
 
     def fields(row: Sequence[Any]) -> dict[str, Any]:
         out = {name: value for name, value in zip(names, row, strict=True) if value is not None}
@@ -110,6 +99,25 @@ def row_reader(
         return out
 
     return fields
+
+
+def value_reader(dialect: Dialect, column: Column[Any]) -> Callable[[Any], Any] | None:
+    """Return ``driver value -> JSON value`` for *column*, or None where they are the same.
+
+    Each column that needs it goes through its type's own result processor, then
+    :func:`json_value`, except the forms SQLite stores ids and times in, which are
+    rewritten as text directly (any other form there takes the processor too). Call it
+    with non-NULL values only.
+    """
+    process = column.type.dialect_impl(dialect).result_processor(dialect, None)
+    kind = column.type
+    if process is None:
+        return None if isinstance(kind, String) else json_value
+    if dialect.name == "sqlite" and isinstance(kind, Uuid):
+        return _sqlite_uuid(process)
+    if dialect.name == "sqlite" and isinstance(kind, UTCDateTime):
+        return _sqlite_time(process)
+    return _processed(process)
 
 
 def _processed(process: Callable[[Any], Any]) -> Callable[[Any], Any]:

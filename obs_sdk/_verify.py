@@ -10,9 +10,9 @@ from sqlalchemy import and_, select
 from sqlalchemy.engine import Connection, Engine
 
 from obs_sdk import _merkle
-from obs_sdk._leaf import leaf_of, record_fields
+from obs_sdk._leaf import leaf_of, row_reader, value_reader
 from obs_sdk._report import Finding, PurgedRange, VerifyReport
-from obs_sdk._seal import GENESIS_ROOT, Ledger, header_bytes, ledger_engine, sealing
+from obs_sdk._seal import GENESIS_ROOT, Ledger, driver_rows, header_bytes, ledger_engine, sealing
 from obs_sdk._signing import public_keys, signature_ok
 
 if TYPE_CHECKING:
@@ -96,6 +96,10 @@ def check_seals(
             )
         expected, prev_root = seq + 1, seal["root"]
     return findings, purged_through
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 class _Check:
@@ -182,20 +186,29 @@ class _Check:
             )
             .order_by(leaves.c.seal_seq, leaves.c.position)
         )
-        columns = [
-            str(c.name) for c in audit.columns
-        ]  # plain str: quoted_name takes the slow JSON path
-        with self.conn.execute(query) as result:
-            self._check_leaves(result, seals, purged_through, columns)
+        with driver_rows(self.conn, query) as result:
+            self._check_leaves(result, seals, purged_through)
 
     def _check_leaves(
         self,
         result: Any,
         seals: dict[int, Mapping[str, Any]],
         purged_through: int,
-        columns: list[str],
     ) -> None:
-        at = columns.index("occurred_at")
+        # Rows as the driver returns them, read as the seal read them (see _leaf.row_reader).
+        dialect = self.conn.dialect
+        leaves = self.t.seal_leaves.c
+        fields_of = row_reader(dialect, list(self.t.audit.columns))
+        id_text = value_reader(dialect, leaves.record_id) or str
+        stored_of = value_reader(dialect, leaves.commitments) or _same
+        # "Late": occurred before the seal before its own, by more than the grace; compared
+        # as ISO 8601 UTC text, as the leaf holds the time.
+        late_before = {
+            number + 1: (seal["sealed_at"] - self.grace)
+            .astimezone(_UTC)
+            .isoformat(timespec="microseconds")
+            for number, seal in seals.items()
+        }
         seq, hashes, read = 0, list[bytes](), 0
         for read, row in enumerate(result, 1):
             if self.progress is not None and read % _PROGRESS_EVERY == 0:
@@ -215,20 +228,22 @@ class _Check:
                     self.purged_records += 1
                 else:
                     self.findings.append(
-                        Finding("deleted", str(row[2]), seq, "sealed, now missing (not purged)")
+                        Finding("deleted", id_text(row[2]), seq, "sealed, now missing (not purged)")
                     )
                 continue
             self.checked += 1
-            record = row[7:]
-            leaf = leaf_of(record_fields(record, columns), row[6], row[5])
+            fields = fields_of(row[7:])
+            stored = row[5]
+            leaf = leaf_of(fields, row[6], None if stored is None else stored_of(stored))
             if leaf.problem or leaf.hash != row[3]:
                 problem = leaf.problem or "its contents differ from what was sealed"
-                self.findings.append(Finding("modified", str(row[2]), seq, problem))
+                self.findings.append(Finding("modified", id_text(row[2]), seq, problem))
             elif leaf.erased:
-                self.erased[str(row[2])] = leaf.erased
-            before = seals.get(seq - 1)
-            if before is not None and record[at] < before["sealed_at"] - self.grace:
-                self.late.append(str(row[2]))
+                self.erased[id_text(row[2])] = leaf.erased
+            before = late_before.get(seq)
+            occurred = fields.get("occurred_at")
+            if before is not None and occurred is not None and occurred < before:
+                self.late.append(id_text(row[2]))
         self._close_seal(seals, seq, hashes)
         if self.progress is not None:
             self.progress(read)
