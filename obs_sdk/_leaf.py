@@ -182,23 +182,22 @@ def _canonical_record(public: Mapping[str, Any]) -> bytes:
     return dumps_plain(public).encode()
 
 
-def sealed_leaf_hash(fields: Mapping[str, Any], salt: bytes | None) -> bytes:
+def sealed_leaf_hash(fields: dict[str, Any], salt: bytes | None) -> bytes:
     """Return the hash of the leaf a seal signs: :func:`leaf_of` ``(fields, salt).hash``.
 
     For a record as written (every personal field with its *salt*, None when it has no
-    personal field), without what verification also reports; the seal's hot path.
+    personal field), without what verification also reports: the seal's hot path, so
+    *fields* is consumed (its personal fields are taken out) rather than copied.
     """
-    if _PERSONAL.isdisjoint(fields):
-        return leaf_hash(leaf_bytes(fields, {}))
     if salt is None:
         return leaf_of(fields, salt).hash
-    public = {name: value for name, value in fields.items() if name not in _PERSONAL}
     commitments = {}
     for name in PERSONAL:
-        value = fields.get(name)
+        value = fields.pop(name, None)
         if value is not None:
-            commitments[name] = commitment(salt, name, value)
-    return leaf_hash(leaf_bytes(public, commitments))
+            encoded = encode_string(value).encode() if type(value) is str else canonical(value)
+            commitments[name] = _sha256(salt + _NAMED[name] + encoded).hexdigest()
+    return leaf_hash(leaf_bytes(fields, commitments))
 
 
 @dataclass(frozen=True, slots=True)
