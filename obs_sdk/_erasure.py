@@ -46,16 +46,12 @@ def erase_actor(actor_id: str, bind: Engine | str | None = None) -> int:
         sqlite = conn.dialect.name == "sqlite"
         if sqlite:
             conn.exec_driver_sql("PRAGMA secure_delete = ON")
-        audit, leaves, salts = t.audit, t.seal_leaves, t.seal_salts
+        audit, leaves = t.audit, t.seal_leaves
         personal = [audit.c[name] for name in PERSONAL]
         has_any = or_(*(column.is_not(None) for column in personal))
         rows = conn.execute(
-            select(audit.c.id, salts.c.salt, leaves.c.commitments, *personal)
-            .select_from(
-                audit.outerjoin(leaves, leaves.c.record_id == audit.c.id).outerjoin(
-                    salts, salts.c.record_id == audit.c.id
-                )
-            )
+            select(audit.c.id, leaves.c.salt, leaves.c.commitments, *personal)
+            .select_from(audit.outerjoin(leaves, leaves.c.record_id == audit.c.id))
             .where(audit.c.actor_id == actor_id, has_any)
         ).all()
         for row in rows:
@@ -66,7 +62,6 @@ def erase_actor(actor_id: str, bind: Engine | str | None = None) -> int:
             conn.execute(
                 update(audit).where(audit.c.id.in_(chunk)).values({name: None for name in PERSONAL})
             )
-            conn.execute(salts.delete().where(salts.c.record_id.in_(chunk)))
         conn.commit()
         if sqlite and conn.engine.url.database not in (None, "", ":memory:"):
             _scrub_sqlite(conn)
@@ -81,7 +76,12 @@ def _keep_commitments(conn: Connection, leaves: Any, row: Any) -> None:
     for name, value in zip(PERSONAL, values, strict=True):
         if value is not None:
             kept[name] = commitment(salt, name, json_value(value))
-    conn.execute(update(leaves).where(leaves.c.record_id == record_id).values(commitments=kept))
+    # The salt goes with the values: without it a commitment gives nothing away.
+    conn.execute(
+        update(leaves)
+        .where(leaves.c.record_id == record_id)
+        .values(commitments=kept, salt=None)
+    )
 
 
 def _scrub_sqlite(conn: Connection) -> None:

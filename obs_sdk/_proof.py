@@ -109,7 +109,7 @@ def iter_proofs(conn: Connection, t: Tables, which: Any) -> Iterator[dict[str, A
     One seal at a time: memory holds one seal's tree and its selected records, never
     the whole trail (for streamed exports).
     """
-    leaves, audit, salts = t.seal_leaves, t.audit, t.seal_salts
+    leaves, audit = t.seal_leaves, t.audit
     # Plain str names: SQLAlchemy's quoted_name would send every record down the slow path.
     columns = [str(c.name) for c in audit.columns]
     seqs = (
@@ -132,12 +132,8 @@ def iter_proofs(conn: Connection, t: Tables, which: Any) -> Iterator[dict[str, A
         )
         tree = _merkle.levels(list(hashes))
         rows = conn.execute(
-            select(leaves.c.position, leaves.c.commitments, salts.c.salt, *audit.columns)
-            .select_from(
-                leaves.join(audit, audit.c.id == leaves.c.record_id).outerjoin(
-                    salts, salts.c.record_id == leaves.c.record_id
-                )
-            )
+            select(leaves.c.position, leaves.c.commitments, leaves.c.salt, *audit.columns)
+            .select_from(leaves.join(audit, audit.c.id == leaves.c.record_id))
             .where(which, leaves.c.seal_seq == seq)
             .order_by(leaves.c.position)
         ).all()

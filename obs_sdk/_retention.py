@@ -63,7 +63,7 @@ def purge_audit(
             .returning(t.seal_purges.c.id)
         ).scalar_one()
         conn.commit()
-        audit, leaves, salts = t.audit, t.seal_leaves, t.seal_salts
+        audit, leaves = t.audit, t.seal_leaves
         total = 0
         while True:
             ids = (
@@ -79,7 +79,7 @@ def purge_audit(
             if not ids:
                 break
             conn.execute(audit.delete().where(audit.c.id.in_(ids)))
-            conn.execute(salts.delete().where(salts.c.record_id.in_(ids)))
+            conn.execute(update(leaves).where(leaves.c.record_id.in_(ids)).values(salt=None))
             total += len(ids)
             conn.execute(
                 update(t.seal_purges).where(t.seal_purges.c.id == purge_id).values(records=total)

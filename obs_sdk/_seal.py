@@ -261,15 +261,14 @@ def _build(
     last: Mapping[str, Any] | None,
     purged_through: int,
     rows: list[Any],
-) -> tuple[dict[str, Any], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """Return the seal's header, and its leaf and salt rows in the driver's stored form."""
+) -> tuple[dict[str, Any], list[tuple[Any, ...]]]:
+    """Return the seal's header and its leaf rows, in the driver's stored form."""
     seq = (last["seq"] if last else 0) + 1
     fields_of = row_reader(dialect, list(t.audit.columns))
     names = [c.name for c in t.audit.columns]
     id_at, org_at = names.index("id"), names.index("organization_id")
     hashes = []
     leaf_rows = []
-    salt_rows = []
     # One read of the OS's random source for the whole seal (one per record costs more
     # than hashing the record).
     entropy = os.urandom(SALT_BYTES * len(rows))
@@ -278,11 +277,10 @@ def _build(
         salt = None
         if has_personal(fields):
             salt = entropy[position * SALT_BYTES : (position + 1) * SALT_BYTES]
-            salt_rows.append((row[id_at], salt))
         digest = sealed_leaf_hash(fields, salt)
         hashes.append(digest)
         # The id as the driver returned it is its stored form (SQLite: 32 hex digits).
-        leaf_rows.append((row[id_at], seq, position, digest, row[org_at]))
+        leaf_rows.append((row[id_at], seq, position, digest, row[org_at], salt))
     header = {
         "seq": seq,
         "sealed_at": datetime.datetime.now(datetime.timezone.utc),
@@ -293,7 +291,7 @@ def _build(
         "purged_through": max(purged_through, last["purged_through"] if last else 0),
     }
     header["signature"] = sign(signer, header_bytes(header))
-    return header, leaf_rows, salt_rows
+    return header, leaf_rows
 
 
 def _write(
@@ -301,16 +299,10 @@ def _write(
     t: Tables,
     header: dict[str, Any],
     leaf_rows: list[tuple[Any, ...]],
-    salt_rows: list[tuple[Any, ...]],
 ) -> None:
-    leaves = t.seal_leaves.c
-    _insert_many(
-        conn,
-        t.seal_leaves,
-        [leaves.record_id, leaves.seal_seq, leaves.position, leaves.leaf_hash, leaves.organization_id],
-        leaf_rows,
-    )
-    _insert_many(conn, t.seal_salts, [t.seal_salts.c.record_id, t.seal_salts.c.salt], salt_rows)
+    c = t.seal_leaves.c
+    columns = [c.record_id, c.seal_seq, c.position, c.leaf_hash, c.organization_id, c.salt]
+    _insert_many(conn, t.seal_leaves, columns, leaf_rows)
     conn.execute(insert(t.seals), header)
 
 

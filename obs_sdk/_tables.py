@@ -117,7 +117,6 @@ class Tables:
     # Ledger integrity (issue 18): see _ledger_tables() below.
     seals: Table
     seal_leaves: Table
-    seal_salts: Table
     seal_purges: Table
 
 
@@ -193,12 +192,12 @@ def tables(prefix: str = DEFAULT_PREFIX) -> Tables:
     return Tables(md, audit, usage, objects, keys, version, *_ledger_tables(md, prefix))
 
 
-# -- Ledger integrity (issue 18): seals, their leaves, salts and purges ------------------------
+# -- Ledger integrity (issue 18): seals, their leaves and purges ------------------------------
 # Additive only: new tables, nothing changed in the others, so writers stay as they are. The
 # sealer fills them after the fact; a record is "unsealed" while it has no leaf row.
 
 
-def _ledger_tables(md: MetaData, prefix: str) -> tuple[Table, Table, Table, Table]:
+def _ledger_tables(md: MetaData, prefix: str) -> tuple[Table, Table, Table]:
     seals = Table(
         f"{prefix}seals",
         md,
@@ -225,16 +224,13 @@ def _ledger_tables(md: MetaData, prefix: str) -> tuple[Table, Table, Table, Tabl
         Column("organization_id", String(255)),
         # The personal fields' commitments, kept here once erase_actor() removed the values.
         Column("commitments", JSONValue()),
+        # The salt of the personal fields' commitments (NULL without personal fields);
+        # erase_actor() sets it NULL with the values. In this row, not a table of its own:
+        # one insert per record, and verify reads it without a join.
+        Column("salt", LargeBinary(32)),
     )
     Index(f"{prefix}seal_leaves_seal_idx", leaves.c.seal_seq, leaves.c.position, unique=True)
     Index(f"{prefix}seal_leaves_org_idx", leaves.c.organization_id, leaves.c.record_id)
-    salts = Table(
-        f"{prefix}seal_salts",
-        md,
-        # Apart from the leaves, so erasing a person deletes their salt and nothing else.
-        Column("record_id", Uuid(as_uuid=True), primary_key=True),
-        Column("salt", LargeBinary(32), nullable=False),
-    )
     purges = Table(
         f"{prefix}seal_purges",
         md,
@@ -246,7 +242,7 @@ def _ledger_tables(md: MetaData, prefix: str) -> tuple[Table, Table, Table, Tabl
         Column("purged_at", UTCDateTime(), nullable=False),
         Column("records", Integer, nullable=False),
     )
-    return seals, leaves, salts, purges
+    return seals, leaves, purges
 
 
 def metadata(prefix: str = DEFAULT_PREFIX) -> MetaData:

@@ -164,7 +164,7 @@ class _Check:
 
     def _leaves(self, seals: dict[int, Mapping[str, Any]], purged_through: int) -> None:
         t = self.t
-        leaves, audit, salts = t.seal_leaves, t.audit, t.seal_salts
+        leaves, audit = t.seal_leaves, t.audit
         joined = audit.c.id == leaves.c.record_id
         if self.organization is not None:  # other organizations' records are never read
             joined = and_(joined, leaves.c.organization_id == self.organization)
@@ -176,14 +176,10 @@ class _Check:
                 leaves.c.leaf_hash,
                 leaves.c.organization_id,
                 leaves.c.commitments,
-                salts.c.salt,
+                leaves.c.salt,
                 *audit.columns,
             )
-            .select_from(
-                leaves.outerjoin(audit, joined).outerjoin(
-                    salts, salts.c.record_id == leaves.c.record_id
-                )
-            )
+            .select_from(leaves.outerjoin(audit, joined))
             .order_by(leaves.c.seal_seq, leaves.c.position)
         )
         with driver_rows(self.conn, query) as result:
