@@ -1,15 +1,21 @@
 """Seal and verify throughput, and a multi-process run with background sealing.
 
-``python -m benchmarks.seal [--database URL] [--processes 8] [--records 100000] [--quick]``
+``python -m benchmarks.seal [--database URL] [--processes 8] [--records 100000] [--quick]
+[--baseline DIR] [--rounds N]``
 
 1. Writers: *processes* processes each write records/processes audit records while
    sealing in the background (``configure(seal_key=..., seal_every=1)``); then one final
    ``seal()`` and ``verify()``: the number of findings must be 0 (no false findings).
 2. Throughput: the same number of records, written unsealed, then ``seal()`` and
    ``verify()`` timed alone: records per second each (the goal on SQLite: 50,000), by
-   the wall clock and per CPU second of this process (on SQLite that includes the
-   database's own work; on PostgreSQL the server's is not in it). The CPU figure stays
-   meaningful on a busy machine; the load average is printed beside it.
+   the wall clock and per CPU second of the process that seals (on SQLite that includes
+   the database's own work; on PostgreSQL the server's is not in it). The CPU figure
+   stays meaningful on a busy machine; the load average is printed beside it.
+   Each timing runs in a fresh process over the same records (the seal tables are
+   dropped and made again first). With ``--baseline DIR`` (a directory holding another
+   version's ``obs_sdk`` package, e.g. ``git archive main obs_sdk | tar -x -C DIR``),
+   that version is timed too, alternating with this one for *rounds* rounds: before and
+   after in one run, on one machine load. The best round of each is printed.
 
 Prints Markdown. Timing varies by machine: compare rows of one run, not across runs.
 """
@@ -17,11 +23,15 @@ Prints Markdown. Timing varies by machine: compare rows of one run, not across r
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -63,13 +73,85 @@ def _run_writers(url: str, processes: int, records: int, key: bytes | None) -> f
     return time.perf_counter() - started
 
 
+# Every version's seal tables (obs_seal_salts: before the salt moved into the leaf row).
+_LEDGER_TABLES = ("obs_seal_leaves", "obs_seal_salts", "obs_seal_purges", "obs_seals")
+_REPO = Path(__file__).resolve().parent.parent
+
+
 def _fresh(url: str | None, directory: str, name: str) -> str:
     if url is None:
         return f"sqlite:///{Path(directory) / name}"
     engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for table in _LEDGER_TABLES:
+            conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{table}"')
     obs.metadata().drop_all(engine)
     engine.dispose()
     return url
+
+
+def _time_one(url: str) -> dict[str, Any]:
+    """In a fresh process: remake the seal tables, then time seal() and verify()."""
+    from obs_sdk._tables import create_tables
+
+    private, public = generate_key()
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for table in _LEDGER_TABLES:
+            conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{table}"')
+        create_tables(conn)  # this version's seal tables
+    started, cpu = time.perf_counter(), time.process_time()
+    sealed = seal(engine, key=private)
+    seal_s, seal_cpu = time.perf_counter() - started, time.process_time() - cpu
+    started, cpu = time.perf_counter(), time.process_time()
+    report = verify(engine, public_key=public)
+    verify_s, verify_cpu = time.perf_counter() - started, time.process_time() - cpu
+    engine.dispose()
+    return {
+        "sealed": sealed,
+        "seal_s": seal_s,
+        "seal_cpu": seal_cpu,
+        "checked": report.records_checked,
+        "verify_s": verify_s,
+        "verify_cpu": verify_cpu,
+        "findings": len(report.findings),
+    }
+
+
+def _timed(url: str, checkout: Path) -> dict[str, Any]:
+    """Run _time_one in a child process that imports obs_sdk from *checkout*."""
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    with tempfile.TemporaryDirectory() as cwd:  # so that no other obs_sdk comes first
+        done = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--time-one", url],
+            env=env,
+            cwd=cwd,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["findings"]:
+        raise SystemExit(f"verify() found {result['findings']} findings in {checkout}")
+    return result
+
+
+def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best round: the least time of each measure."""
+    best = dict(runs[0])
+    for key in ("seal_s", "seal_cpu", "verify_s", "verify_cpu"):
+        best[key] = min(run[key] for run in runs)
+    return best
+
+
+def _throughput_rows(label: str, r: dict[str, Any]) -> list[str]:
+    sealed, checked = r["sealed"], r["checked"]
+    return [
+        f"| seal() {label} | {sealed / r['seal_s']:,.0f} records/s "
+        f"({sealed:,} in {r['seal_s']:.2f} s) | {sealed / r['seal_cpu']:,.0f} records/s |",
+        f"| verify() {label} | {checked / r['verify_s']:,.0f} records/s "
+        f"({checked:,} in {r['verify_s']:.2f} s) | {checked / r['verify_cpu']:,.0f} records/s |",
+    ]
 
 
 def main() -> None:
@@ -81,7 +163,13 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=8)
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--quick", action="store_true", help="3 processes, 3,000 records")
+    parser.add_argument("--baseline", type=Path, help="a directory holding another obs_sdk")
+    parser.add_argument("--rounds", type=int, default=2, help="timings of each version")
+    parser.add_argument("--time-one", help=argparse.SUPPRESS)  # the child of _timed()
     args = parser.parse_args()
+    if args.time_one:
+        print(json.dumps(_time_one(args.time_one)))
+        return
     if args.quick:
         args.processes, args.records = 3, 3_000
     private, public = generate_key()
@@ -97,14 +185,12 @@ def main() -> None:
 
         url = _fresh(args.database, directory, "throughput.db")
         _run_writers(url, args.processes, args.records, None)
-        engine = sa.create_engine(url)
-        started, cpu = time.perf_counter(), time.process_time()
-        sealed = seal(engine, key=private)
-        seal_s, seal_cpu = time.perf_counter() - started, time.process_time() - cpu
-        started, cpu = time.perf_counter(), time.process_time()
-        checked = verify(engine, public_key=public)
-        verify_s, verify_cpu = time.perf_counter() - started, time.process_time() - cpu
-        engine.dispose()
+        this: list[dict[str, Any]] = []
+        before: list[dict[str, Any]] = []
+        for _ in range(args.rounds):
+            if args.baseline:
+                before.append(_timed(url, args.baseline.resolve()))
+            this.append(_timed(url, _REPO))
 
     backend = "PostgreSQL" if args.database else "SQLite"
     print(f"## Seal and verify ({backend}, {args.processes} writer processes)\n")
@@ -115,17 +201,23 @@ def main() -> None:
     )
     print(f"| seals made (background rounds + final) | {seals:,} (final seal took {final:,}) |")
     print(f"| findings after the run (must be 0) | {len(report.findings):,} |")
-    print(
-        f"| seal() throughput | {sealed / seal_s:,.0f} records/s ({sealed:,} in {seal_s:.2f} s) |"
-    )
-    print(f"| seal() per CPU second of this process | {sealed / seal_cpu:,.0f} records/s |")
-    checked_n = checked.records_checked
-    print(
-        f"| verify() throughput | {checked_n / verify_s:,.0f} records/s "
-        f"({checked_n:,} in {verify_s:.2f} s) |"
-    )
-    print(f"| verify() per CPU second of this process | {checked_n / verify_cpu:,.0f} records/s |")
-    print(f"| load average during the run | {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs |")
+    print(f"| load average at the end | {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs |")
+    rounds = f"best of {args.rounds} rounds, alternating" if args.baseline else "best round"
+    print(f"\n### Throughput ({args.records:,} records; {rounds})\n")
+    print("| measure | wall clock | per CPU second |")
+    print("| --- | --- | --- |")
+    if before:
+        for row in _throughput_rows("baseline", _best(before)):
+            print(row)
+    for row in _throughput_rows("this checkout", _best(this)):
+        print(row)
+    if before:
+        old, new = _best(before), _best(this)
+        print(
+            f"\nCPU time per record, this checkout / baseline: seal "
+            f"{new['seal_cpu'] / old['seal_cpu']:.2f}, verify "
+            f"{new['verify_cpu'] / old['verify_cpu']:.2f}"
+        )
     if report.findings:
         print("\n" + report.summary())
         raise SystemExit(1)
