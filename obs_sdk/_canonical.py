@@ -45,7 +45,12 @@ if _make_encoder is not None and encode_string is getattr(json.encoder, "c_encod
         return "".join(_chunks(value, 0))
 
 else:  # pragma: no cover - CPython without its _json accelerator
-    dumps_plain = _plain_encoder.encode
+
+    def dumps_plain(value: Any) -> str:
+        """``json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))``."""
+        return _plain_encoder.encode(value)
+
+
 _PLAIN = (str, int, bool, type(None))
 # ECMAScript writes 1e21 and up, and below 1e-6, with an exponent.
 _MAX_PLAIN, _MIN_PLAIN = 21, -6

@@ -78,9 +78,7 @@ def _keep_commitments(conn: Connection, leaves: Any, row: Any) -> None:
             kept[name] = commitment(salt, name, json_value(value))
     # The salt goes with the values: without it a commitment gives nothing away.
     conn.execute(
-        update(leaves)
-        .where(leaves.c.record_id == record_id)
-        .values(commitments=kept, salt=None)
+        update(leaves).where(leaves.c.record_id == record_id).values(commitments=kept, salt=None)
     )
 
 

@@ -49,6 +49,8 @@ _sha256 = hashlib.sha256
 # What a commitment hashes after the salt: the field's name and a 0x00.
 _NAMED = {name: name.encode() + b"\x00" for name in PERSONAL}
 _HEX = "0123456789abcdef"
+# The stored forms on SQLite: a UUID as 32 hex digits, a time as "YYYY-MM-DD HH:MM:SS.ffffff".
+_SQLITE_UUID_LEN, _SQLITE_TIME_LEN = 32, 26
 
 
 def json_value(value: Any) -> Any:
@@ -127,7 +129,7 @@ def _processed(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
 def _sqlite_uuid(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
     # Stored as 32 lower-case hex digits: the text of the UUID is those with 4 dashes.
     def convert(value: Any) -> Any:
-        if type(value) is str and len(value) == 32 and not value.strip(_HEX):
+        if type(value) is str and len(value) == _SQLITE_UUID_LEN and not value.strip(_HEX):
             return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
         return json_value(process(value))
 
@@ -139,7 +141,7 @@ def _sqlite_time(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def convert(value: Any) -> Any:
         if (
             type(value) is str
-            and len(value) == 26
+            and len(value) == _SQLITE_TIME_LEN
             and value[4] == value[7] == "-"
             and value[10] == " "
             and value[13] == value[16] == ":"
