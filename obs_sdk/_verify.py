@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +11,7 @@ from sqlalchemy import and_, select
 from sqlalchemy.engine import Connection, Engine
 
 from obs_sdk import _merkle
-from obs_sdk._leaf import leaf_of, row_reader, value_reader
+from obs_sdk._leaf import leaf_of, row_reader, sealed_leaf_hash, value_reader
 from obs_sdk._report import Finding, PurgedRange, VerifyReport
 from obs_sdk._seal import GENESIS_ROOT, Ledger, driver_rows, header_bytes, ledger_engine, sealing
 from obs_sdk._signing import public_keys, signature_ok
@@ -206,7 +207,9 @@ class _Check:
             for number, seal in seals.items()
         }
         seq, hashes, read = 0, list[bytes](), 0
-        for read, row in enumerate(result, 1):
+        # In batches (fetchmany): row by row, psycopg's fetchone() cost more than the row.
+        rows = itertools.chain.from_iterable(result.partitions(_PROGRESS_EVERY))
+        for read, row in enumerate(rows, 1):
             if self.progress is not None and read % _PROGRESS_EVERY == 0:
                 self.progress(read)
             if row[0] != seq:
@@ -229,15 +232,19 @@ class _Check:
                 continue
             self.checked += 1
             fields = fields_of(row[7:])
-            stored = row[5]
-            leaf = leaf_of(fields, row[6], None if stored is None else stored_of(stored))
-            if leaf.problem or leaf.hash != row[3]:
-                problem = leaf.problem or "its contents differ from what was sealed"
-                self.findings.append(Finding("modified", id_text(row[2]), seq, problem))
-            elif leaf.erased:
-                self.erased[id_text(row[2])] = leaf.erased
-            before = late_before.get(seq)
             occurred = fields.get("occurred_at")
+            salt, stored = row[6], row[5]
+            if salt is not None and stored is None:  # nothing erased: the seal's own path
+                digest, problem, erased = sealed_leaf_hash(fields, salt), None, ()
+            else:
+                leaf = leaf_of(fields, salt, None if stored is None else stored_of(stored))
+                digest, problem, erased = leaf.hash, leaf.problem, leaf.erased
+            if problem or digest != row[3]:
+                problem = problem or "its contents differ from what was sealed"
+                self.findings.append(Finding("modified", id_text(row[2]), seq, problem))
+            elif erased:
+                self.erased[id_text(row[2])] = erased
+            before = late_before.get(seq)
             if before is not None and occurred is not None and occurred < before:
                 self.late.append(id_text(row[2]))
         self._close_seal(seals, seq, hashes)
