@@ -309,12 +309,24 @@ def _write(
 def _insert_many(
     conn: Connection, table: Table, columns: list[Column[Any]], rows: list[tuple[Any, ...]]
 ) -> None:
-    """Insert *rows* (tuples in the driver's stored form) through the driver's executemany.
+    """Insert *rows* (tuples in the driver's stored form) at the driver level.
 
-    SQLAlchemy's per-row parameter processing cost a third of a seal. The statement is
-    SQLAlchemy's, so it is written in the driver's parameter style.
+    SQLAlchemy's per-row parameter processing cost a third of a seal. PostgreSQL takes
+    one statement over one array per column (psycopg's executemany adapts row by row);
+    other databases the driver's executemany of SQLAlchemy's statement.
     """
     names = [c.name for c in columns]
+    if conn.dialect.name == "postgresql":
+        quote = conn.dialect.identifier_preparer
+        arrays = ", ".join(f"CAST(%s AS {c.type.compile(dialect=conn.dialect)}[])" for c in columns)
+        sql = (
+            f"INSERT INTO {quote.format_table(table)} "
+            f"({', '.join(quote.quote(name) for name in names)}) SELECT * FROM unnest({arrays})"
+        )
+        for start in range(0, len(rows), _INSERT_CHUNK):
+            chunk = rows[start : start + _INSERT_CHUNK]
+            conn.exec_driver_sql(sql, tuple(list(column) for column in zip(*chunk, strict=True)))
+        return
     compiled = insert(table).compile(dialect=conn.dialect, column_keys=names)
     if compiled.positional:
         assert list(compiled.positiontup or ()) == names, "rows are in the columns' order"
