@@ -234,8 +234,10 @@ class _Check:
             fields = fields_of(row[7:])
             occurred = fields.get("occurred_at")
             salt, stored = row[6], row[5]
+            erased: tuple[str, ...] = ()
+            problem: str | None = None
             if salt is not None and stored is None:  # nothing erased: the seal's own path
-                digest, problem, erased = sealed_leaf_hash(fields, salt), None, ()
+                digest = sealed_leaf_hash(fields, salt)
             else:
                 leaf = leaf_of(fields, salt, None if stored is None else stored_of(stored))
                 digest, problem, erased = leaf.hash, leaf.problem, leaf.erased
