@@ -94,7 +94,7 @@ class _Span:
     def __init__(self, bind: Any, filters: dict[str, Any]) -> None:
         first = _ledger.oldest_first(bind, filters, after=None, limit=1)
         try:
-            last = _ledger.newest_first(bind, filters, before=None, limit=1)
+            last = _ledger.newest_first(bind, filters, after=None, limit=1)
         except _ledger.NotAvailable:
             last = []
         self.start = first[0].occurred_at if first else None

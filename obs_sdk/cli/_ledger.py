@@ -47,14 +47,12 @@ def oldest_first(bind: Any, filters: dict[str, Any], *, after: str | None, limit
     return list(audit_log(bind, **filters, limit=limit, after=after, **extra))
 
 
-def newest_first(
-    bind: Any, filters: dict[str, Any], *, before: str | None, limit: int
-) -> list[Any]:
-    """One page of ``obs.audit_log(order="desc")``: the newest records older than *before*."""
+def newest_first(bind: Any, filters: dict[str, Any], *, after: str | None, limit: int) -> list[Any]:
+    """One page of ``obs.audit_log(order="desc")``: the newest records, after record *after*."""
     audit_log = function("audit_log")
     if not _accepts(audit_log, "order"):
         raise NotAvailable(
             "this obs_sdk's audit_log has no order='desc' (newest first); upgrade it: "
             "pip install --upgrade 'obs-sdk[cli]'"
         )
-    return list(audit_log(bind, **filters, limit=limit, order="desc", before=before))
+    return list(audit_log(bind, **filters, limit=limit, after=after, order="desc"))

@@ -34,11 +34,17 @@ def _short(value: Any) -> str:
     return text if len(text) <= _METADATA_WIDTH else text[: _METADATA_WIDTH - 1] + "…"
 
 
+def record_time(record: Any) -> str:
+    """The record's time to the second, UTC."""
+    at = record["occurred_at"] if isinstance(record, dict) else record.occurred_at
+    return str(at.strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
 def summary(record: Any) -> list[str]:
     """The columns a person scans: time, action, outcome, actor, resource, tenant, metadata."""
     row = plain(record)
     return [
-        str(row["occurred_at"]).replace("+00:00", "Z"),
+        record_time(record),
         row["action"],
         row["outcome"],
         _who(row),

@@ -31,19 +31,19 @@ _FORMAT = click.option(
 @command()
 @filter_options
 @click.option("--limit", "-n", default=50, show_default=True, type=click.IntRange(1, 10_000))
-@click.option("--before", metavar="ID", help="The next page: records older than this id.")
+@click.option("--after", metavar="ID", help="The next page: the records after this one.")
 @_FORMAT
-def query(limit: int, before: str | None, fmt: str, **params: Any) -> None:
+def query(limit: int, after: str | None, fmt: str, **params: Any) -> None:
     """Print the newest records matching the filters, one page.
 
-    When there are more, the id to pass as --before for the next page is printed on
+    When there are more, the id to pass as --after for the next page is printed on
     stderr.
     """
     bind = state().engine()
-    records = _ledger.newest_first(bind, filters_of(params), before=before, limit=limit)
+    records = _ledger.newest_first(bind, filters_of(params), after=after, limit=limit)
     print_records(records, fmt, sys.stdout)
     if len(records) == limit:
-        click.echo(f"more: next page with --before {records[-1].id}", err=True)
+        click.echo(f"more: next page with --after {records[-1].id}", err=True)
 
 
 @command()
@@ -66,7 +66,7 @@ def tail(lines: int, follow: bool, interval: float, late: float, fmt: str, **par
     """Print the last records, oldest of them first; with -f, keep following."""
     bind = state().engine()
     filters = filters_of(params)
-    records = _ledger.newest_first(bind, filters, before=None, limit=lines) if lines else []
+    records = _ledger.newest_first(bind, filters, after=None, limit=lines) if lines else []
     records.reverse()
     print_records(records, fmt, sys.stdout, lines=True)
     if not follow:
