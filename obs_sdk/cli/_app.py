@@ -100,6 +100,13 @@ class State:
         self._engine = engine
         return engine
 
+    def close(self) -> None:
+        """Stop what engine() started: configure()'s workers, then the connections."""
+        if self._engine is not None:
+            obs.shutdown(timeout=5.0)
+            self._engine.dispose()
+            self._engine = None
+
 
 def _safe_url(url: str) -> str:
     try:
@@ -166,12 +173,7 @@ class _Group(click.Group):
 def cli(ctx: click.Context, database: str | None, table_prefix: str, debug: bool) -> None:
     """Read, export, seal and verify the obs_sdk audit trail."""
     ctx.obj = State(database, table_prefix, debug)
-    ctx.call_on_close(_close)
-
-
-def _close() -> None:
-    # configure() was called for the command: stop its workers before the interpreter goes.
-    obs.shutdown(timeout=5.0)
+    ctx.call_on_close(ctx.obj.close)
 
 
 def command(**kwargs: Any) -> Callable[[F], F]:

@@ -16,6 +16,7 @@ __all__ = ["FORMATS", "print_records", "summary"]
 
 FORMATS = ("table", "jsonl", "csv")
 _METADATA_WIDTH = 60
+_PIPE_WIDTH = 200
 
 
 def _who(row: dict[str, Any]) -> str:
@@ -78,5 +79,8 @@ def print_records(
         table = Table(*_HEADERS, show_header=header, highlight=False)
         for record in records:
             table.add_row(*(escape(cell) for cell in summary(record)))
-        Console(file=out, highlight=False).print(table)
+        console = Console(file=out, highlight=False)
+        if not console.is_terminal:  # a pipe or a file: no terminal width to fit
+            console.width = _PIPE_WIDTH
+        console.print(table)
     out.flush()

@@ -90,14 +90,12 @@ def _follow(
     """
     now = datetime.datetime.now(datetime.timezone.utc)
     newest = max((r.occurred_at for r in shown), default=now)
-    seen = {r.id: r.occurred_at for r in shown}
+    # What was there at the start counts as seen, printed or not (-n limits the printing).
+    seen = {r.id: r.occurred_at for r in _window(bind, _since(filters, newest - late))}
     try:
         while True:
             time.sleep(interval)
-            since = newest - late
-            if filters["since"] is not None:
-                since = max(since, filters["since"])
-            fresh = [r for r in _window(bind, {**filters, "since": since}) if r.id not in seen]
+            fresh = [r for r in _window(bind, _since(filters, newest - late)) if r.id not in seen]
             if fresh:
                 print_records(fresh, fmt, sys.stdout, header=False, lines=True)
                 newest = max(newest, *(r.occurred_at for r in fresh))
@@ -106,6 +104,13 @@ def _follow(
             seen = {rid: at for rid, at in seen.items() if at >= horizon}
     except KeyboardInterrupt:
         return
+
+
+def _since(filters: dict[str, Any], since: datetime.datetime) -> dict[str, Any]:
+    """*filters* reading from *since* on (or from the user's --since, if later)."""
+    if filters["since"] is not None:
+        since = max(since, filters["since"])
+    return {**filters, "since": since}
 
 
 def _window(bind: Any, filters: dict[str, Any]) -> list[Any]:
