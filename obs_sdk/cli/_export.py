@@ -194,14 +194,24 @@ def export(
 
 
 def _bundle(filters: dict[str, Any], output: Path | None) -> None:
-    """The one-organization bundle with proofs (the seals' export)."""
+    """One organization's bundle: its records with inclusion proofs, and the seals."""
     if not filters["organization"]:
         fail("--with-proofs needs --organization ORG: a bundle holds one organization's trail")
-    bind = state().engine()
-    bundle = _ledger.function("export_bundle")
-    out = open(output, "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
-    try:
-        bundle(bind, organization=filters["organization"], file=out)
-    finally:
-        if out is not sys.stdout:
-            out.close()
+    others = [name for name, value in filters.items() if value and name != "organization"]
+    if others:
+        fail(
+            f"--with-proofs takes --organization only (not {', '.join(others)}): the "
+            "bundle is the organization's whole sealed trail"
+        )
+    export_bundle = _ledger.function("export_bundle")
+    bundle = export_bundle(state().engine(), organization=filters["organization"])
+    text = json.dumps(bundle, sort_keys=True, default=str) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+    click.echo(
+        f"bundle of {len(bundle['proofs']):,} records of {filters['organization']}; "
+        "they check it with: obs-sdk verify --bundle FILE --public-key KEY.pub",
+        err=True,
+    )

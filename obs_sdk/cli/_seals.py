@@ -29,8 +29,10 @@ _PUBLIC_KEY = click.option(
     "public_key_file",
     envvar="OBS_SEAL_PUBLIC_KEY_FILE",
     required=True,
+    multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="The public seal key (PEM) [env: OBS_SEAL_PUBLIC_KEY_FILE].",
+    help="The public seal key (PEM); repeat it for every key in use after a rotation "
+    "[env: OBS_SEAL_PUBLIC_KEY_FILE].",
 )
 
 
@@ -42,20 +44,9 @@ def _crypto() -> Any:
     return serialization
 
 
-def _private_key(path: Path) -> Any:
-    serialization = _crypto()
-    try:
-        return serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except ValueError:
-        fail(f"{path} is not a PEM private key; make one with: obs-sdk keygen")
-
-
-def _public_key(path: Path) -> Any:
-    serialization = _crypto()
-    try:
-        return serialization.load_pem_public_key(path.read_bytes())
-    except ValueError:
-        fail(f"{path} is not a PEM public key; it is the .pub file obs-sdk keygen wrote")
+def _keys(paths: tuple[Path, ...]) -> list[bytes]:
+    """The PEM files' bytes: the library reads them (and says what is wrong with one)."""
+    return [path.read_bytes() for path in paths]
 
 
 def _print_json(value: Any) -> None:
@@ -103,10 +94,11 @@ def keygen(out: str, force: bool) -> None:
 @_KEY
 def seal(key_file: Path) -> None:
     """Seal every committed record not yet sealed (obs.seal)."""
-    key = _private_key(key_file)
+    seal_ = _ledger.function("seal")
     bind = state().engine()
-    result = _ledger.function("seal")(bind, key=key)
-    _print_json(_jsonable(result))
+    with _status("sealing"):
+        sealed = seal_(bind, key=key_file.read_bytes())
+    click.echo(f"sealed {sealed:,} records")
 
 
 @command()
@@ -119,25 +111,53 @@ def seal(key_file: Path) -> None:
     help="Check this inclusion proof (from obs-sdk prove) offline: no database.",
 )
 @click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+    "--bundle",
+    "bundle_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Check this organization bundle (from export --with-proofs) offline: no database.",
 )
 def verify(
-    public_key_file: Path, organization: str | None, proof_file: Path | None, fmt: str
+    public_key_file: tuple[Path, ...],
+    organization: str | None,
+    proof_file: Path | None,
+    bundle_file: Path | None,
 ) -> None:
-    """Recompute every seal and report every finding; exit 1 when there is any."""
-    public_key = _public_key(public_key_file)
-    if proof_file is not None:
-        proof = json.loads(proof_file.read_text())
-        import obs_sdk
+    """Recompute every seal and report every finding; exit 1 when there is any.
 
-        ok = _ledger.function("verify_proof", obs_sdk)(proof, public_key)
-        click.echo("proof verified" if ok else "proof does NOT verify")
-        raise SystemExit(0 if ok else EXIT_FOUND)
-    bind = state().engine()
-    report = _ledger.function("verify")(bind, public_key=public_key, organization=organization)
-    _print_json(_jsonable(report)) if fmt == "json" else click.echo(str(report))
-    if not getattr(report, "ok", True):
+    With --proof or --bundle, check that file instead, with the public key alone.
+    """
+    keys = _keys(public_key_file)
+    if proof_file is not None:
+        result = _ledger.function("verify_proof")(_read_json(proof_file), keys)
+        click.echo(
+            f"proof of record {result.record_id}: "
+            + ("OK" if result.ok else f"FAILED: {result.problem}")
+        )
+        raise SystemExit(0 if result.ok else EXIT_FOUND)
+    if bundle_file is not None:
+        report = _ledger.function("verify_bundle")(_read_json(bundle_file), keys)
+    else:
+        verify_ = _ledger.function("verify")
+        bind = state().engine()
+        with _status("verifying seals and records"):
+            report = verify_(bind, public_key=keys, organization=organization)
+    click.echo(report.summary())
+    if not report.ok:
         raise SystemExit(EXIT_FOUND)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        fail(f"{path} is not JSON ({exc}); pass the file obs-sdk wrote")
+
+
+def _status(what: str) -> Any:
+    """A spinner with the elapsed time on stderr while a long call runs."""
+    from rich.console import Console
+
+    return Console(stderr=True).status(f"{what}…")
 
 
 @command()
@@ -170,8 +190,8 @@ def erase_actor(actor_id: str, yes: bool) -> None:
             f"erase the personal fields of actor {actor_id!r}? This cannot be undone", abort=True
         )
     bind = state().engine()
-    result = _ledger.function("erase_actor")(actor_id, bind)
-    click.echo(f"erased actor {actor_id}: {result}")
+    erased = _ledger.function("erase_actor")(actor_id, bind)
+    click.echo(f"erased the personal fields of {erased:,} records of actor {actor_id}")
 
 
 @command()
@@ -191,16 +211,4 @@ def purge(older_than: Any, yes: bool) -> None:
         )
     bind = state().engine()
     deleted = _ledger.function("purge_audit")(bind, older_than=older_than)
-    click.echo(f"purged {deleted} records made before {older_than.isoformat()}")
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "as_dict"):
-        return value.as_dict()
-    if hasattr(value, "_asdict"):
-        return value._asdict()
-    if hasattr(value, "__dataclass_fields__"):
-        import dataclasses
-
-        return dataclasses.asdict(value)
-    return value
+    click.echo(f"purged {deleted:,} records older than {older_than.isoformat()}")
