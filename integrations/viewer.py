@@ -21,7 +21,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from obs_sdk import _config
+from obs_sdk._tables import tables
 from obs_sdk.cli import _ledger
 from obs_sdk.cli._rows import csv_lines
 from obs_sdk.exceptions import ConfigurationError, MissingDependencyError
@@ -38,7 +41,7 @@ except ImportError as exc:
 
 __all__ = ["Authorize", "audit_viewer"]
 
-Authorize = Callable[[Request], "str | None | Awaitable[str | None]"]
+Authorize = Callable[[Request], "str | Awaitable[str | None] | None"]
 """Takes the request; returns the one organization its sender may see, or None (403)."""
 
 PAGE_SIZE = 50
@@ -72,26 +75,28 @@ def _time(name: str, text: str) -> datetime.datetime | None:
     return parsed
 
 
-def _filters(request: Request, organization: str) -> tuple[dict[str, Any], dict[str, str]]:
-    """The audit_log filters from the query string, and the form's values.
+_FORM = ("actor", "action", "resource", "since", "until")
+
+
+def _form(request: Request) -> dict[str, str]:
+    """The filter form's values, as typed (shown back in the form)."""
+    return {name: request.query_params.get(name, "").strip() for name in _FORM}
+
+
+def _filters(form: dict[str, str], organization: str) -> dict[str, Any]:
+    """The audit_log filters of *form*, for *organization*.
 
     The organization is always the authorized one: no query parameter is read for it.
     """
-    q = request.query_params
-    form = {
-        name: q.get(name, "").strip() for name in ("actor", "action", "resource", "since", "until")
-    }
-    resource = form["resource"]
-    rtype, _, rid = resource.partition(":")
-    filters = {
+    rtype, _, rid = form["resource"].partition(":")
+    return {
         "organization": organization,
         "actor_id": form["actor"] or None,
         "action": form["action"] or None,
-        "resource": (rtype, rid or None) if resource else None,
+        "resource": (rtype, rid or None) if rtype else None,
         "since": _time("from", form["since"]),
         "until": _time("until", form["until"]),
     }
-    return filters, form
 
 
 def _cursor(request: Request) -> str | None:
@@ -104,13 +109,46 @@ def _cursor(request: Request) -> str | None:
         raise _BadFilter(f"after: {after!r} is not a record id") from None
 
 
-def _seal_status(bind: Any, records: list[Any]) -> dict[Any, str]:
-    """Each record's seal status by id, or {} when this obs_sdk has no seals."""
+def _seal_status(engine: Any, records: list[Any]) -> dict[Any, str]:
+    """Each record's seal status by id: sealed, unsealed or tampered; {} without seals.
+
+    "sealed": the record, as stored now, hashes to the leaf its seal holds; "tampered":
+    it does not; "unsealed": no seal holds it yet. The seals' signatures and chain are
+    ``obs.verify``'s to check (it needs the public key); this is the per-record half,
+    computed the way verify computes it. {} when this obs_sdk has no seals, or nothing
+    was ever sealed (the column would say "unsealed" on every row).
+    """
     try:
-        status = _ledger.function("seal_status")
-    except _ledger.NotAvailable:
+        from obs_sdk._leaf import leaf_of, record_fields
+    except ImportError:  # an obs_sdk without seals
         return {}
-    return dict(status(bind, [record.id for record in records]))
+    t = tables(_config.current().table_prefix)
+    if not records or not hasattr(t, "seal_leaves"):
+        return {}
+    leaves, salts, audit = t.seal_leaves, t.seal_salts, t.audit
+    query = (
+        select(leaves.c.leaf_hash, leaves.c.commitments, salts.c.salt, *audit.columns)
+        .select_from(
+            audit.outerjoin(leaves, leaves.c.record_id == audit.c.id).outerjoin(
+                salts, salts.c.record_id == audit.c.id
+            )
+        )
+        .where(audit.c.id.in_([record.id for record in records]))
+    )
+    columns = [c.name for c in audit.columns]
+    with engine.connect() as conn:
+        if conn.execute(select(t.seals.c.seq).limit(1)).first() is None:
+            return {}
+        rows = conn.execute(query).all()
+    status = {}
+    for row in rows:
+        record = row[3:]
+        if row[0] is None:
+            status[record[0]] = "unsealed"
+            continue
+        leaf = leaf_of(record_fields(record, columns), row[2], row[1])
+        status[record[0]] = "sealed" if not leaf.problem and leaf.hash == row[0] else "tampered"
+    return status
 
 
 def audit_viewer(*, authorize: Authorize, bind: Any = None) -> Starlette:
@@ -166,62 +204,50 @@ def audit_viewer(*, authorize: Authorize, bind: Any = None) -> Starlette:
             )
         return org or None
 
-    def page(status: int, **context: Any) -> HTMLResponse:
-        html = env.get_template("viewer.html").render(**context)
-        return HTMLResponse(html, status_code=status, headers=_HEADERS)
+    def page(code: int, **context: Any) -> HTMLResponse:
+        values = {
+            "denied": False,
+            "error": None,
+            "organization": None,
+            "records": [],
+            "form": {},
+            "seals": {},
+            "older": None,
+            "newest": None,
+            "csv": None,
+            **context,
+        }
+        html = env.get_template("viewer.html").render(**values)
+        return HTMLResponse(html, status_code=code, headers=_HEADERS)
 
     async def trail(request: Request) -> Response:
         org = await organization_of(request)
         if org is None:
-            return page(
-                403,
-                denied=True,
-                error=None,
-                organization=None,
-                records=[],
-                form={},
-                status={},
-                older=None,
-                newest=None,
-                csv=None,
-            )
+            return page(403, denied=True)
+        form = _form(request)
         try:
-            filters, form = _filters(request, org)
+            filters = _filters(form, org)
             after = _cursor(request)
         except _BadFilter as exc:
-            return page(
-                400,
-                denied=False,
-                error=str(exc),
-                organization=org,
-                records=[],
-                form={},
-                status={},
-                older=None,
-                newest=None,
-                csv=None,
-            )
+            return page(400, error=str(exc), organization=org, form=form)
         bind_ = engine()
 
         def read() -> tuple[list[Any], dict[Any, str]]:
             found = _ledger.newest_first(bind_, filters, after=after, limit=PAGE_SIZE + 1)
             return found, _seal_status(bind_, found[:PAGE_SIZE])
 
-        records, status = await run_in_threadpool(read)
+        records, seals = await run_in_threadpool(read)
         more = len(records) > PAGE_SIZE
         records = records[:PAGE_SIZE]
         kept = {k: v for k, v in form.items() if v}
         base = request.url.remove_query_params(["after"]).include_query_params(**kept)
-        older = str(base.include_query_params(after=str(records[-1].id))) if more else None
         return page(
             200,
-            denied=False,
-            error=None,
             organization=org,
             records=records,
             form=form,
-            status=status,
-            older=older,
+            seals=seals,
+            older=str(base.include_query_params(after=str(records[-1].id))) if more else None,
             newest=str(base) if after else None,
             csv=str(request.url_for("csv").include_query_params(**kept)),
         )
@@ -231,7 +257,7 @@ def audit_viewer(*, authorize: Authorize, bind: Any = None) -> Starlette:
         if org is None:
             return Response("forbidden\n", status_code=403, media_type="text/plain")
         try:
-            filters, _ = _filters(request, org)
+            filters = _filters(_form(request), org)
         except _BadFilter as exc:
             return Response(f"{exc}\n", status_code=400, media_type="text/plain")
         bind_ = engine()
