@@ -32,7 +32,9 @@ def tamper(url: str, record_id: str) -> None:
     engine = sa.create_engine(url)
     audit = tables().audit
     with engine.begin() as conn:
-        conn.execute(audit.update().where(audit.c.id == uuid.UUID(record_id)).values(action="x.edited"))
+        conn.execute(
+            audit.update().where(audit.c.id == uuid.UUID(record_id)).values(action="x.edited")
+        )
     engine.dispose()
 
 
@@ -84,7 +86,8 @@ class TestProofs:
         assert run("-d", database_url, "prove", record, "-O", str(proof)).exit_code == 0
         check = (
             "import json, sys, obs_sdk; "
-            "r = obs_sdk.verify_proof(json.load(open(sys.argv[1])), open(sys.argv[2], 'rb').read()); "
+            "proof = json.load(open(sys.argv[1])); key = open(sys.argv[2], 'rb').read(); "
+            "r = obs_sdk.verify_proof(proof, key); "
             "print(r.ok)"
         )
         env = {"OBS_DATABASE_URL": ""}

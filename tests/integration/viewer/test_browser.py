@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 import obs_sdk as obs
-
 from tests.integration.viewer.support import SCRIPT, app_with_viewer, seed
 from tests.support.web import serve_asgi
 
