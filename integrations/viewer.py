@@ -14,6 +14,7 @@ seal status. No JavaScript, no CDN: one page and its inline style.
 from __future__ import annotations
 
 import datetime
+import importlib
 import inspect
 import json
 import uuid
@@ -118,13 +119,16 @@ def _seal_status(engine: Any, records: list[Any]) -> dict[Any, str]:
     computed the way verify computes it. {} when this obs_sdk has no seals, or nothing
     was ever sealed (the column would say "unsealed" on every row).
     """
+    # Looked up, not imported: the seals (obs_sdk._leaf and the seal tables) came with
+    # issue 18 in parallel with this page, which also runs on an obs_sdk without them.
     try:
-        from obs_sdk._leaf import leaf_of, record_fields
-    except ImportError:  # an obs_sdk without seals
+        leaf_module: Any = importlib.import_module("obs_sdk._leaf")
+    except ImportError:
         return {}
-    t = tables(_config.current().table_prefix)
-    if not records or not hasattr(t, "seal_leaves"):
+    t: Any = tables(_config.current().table_prefix)
+    if not records or getattr(t, "seal_leaves", None) is None:
         return {}
+    leaf_of, record_fields = leaf_module.leaf_of, leaf_module.record_fields
     leaves, salts, audit = t.seal_leaves, t.seal_salts, t.audit
     query = (
         select(leaves.c.leaf_hash, leaves.c.commitments, salts.c.salt, *audit.columns)
