@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 
 import obs_sdk as obs
-from obs_sdk._tables import DEFAULT_PREFIX, check_schema
+from obs_sdk._tables import DEFAULT_PREFIX, check_schema, tables
 
 __all__ = ["EXIT_ERROR", "EXIT_FOUND", "Failure", "State", "cli", "fail", "state"]
 
@@ -65,6 +65,10 @@ class State:
             return self._engine
         if not self.url:
             fail("no database: pass --database URL or set OBS_DATABASE_URL")
+        try:
+            tables(self.prefix)
+        except obs.ConfigurationError as exc:
+            fail(f"--table-prefix: {exc}")
         from obs_sdk._config import _engine_for_url
 
         where = _safe_url(self.url)

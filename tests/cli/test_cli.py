@@ -57,6 +57,21 @@ class TestErrors:
         assert result.exit_code == 2
         assert result.stderr.endswith("create them with: obs-sdk migrate\n")
 
+    def test_bad_table_prefix(self, sqlite_url: str) -> None:
+        """A prefix configure() would refuse: the same reason, before connecting."""
+        result = run("-d", sqlite_url, "--table-prefix", "obs-", "query")
+        assert result.exit_code == 2
+        assert result.stderr.startswith("obs-sdk: --table-prefix: table_prefix='obs-': use ")
+
+    def test_other_table_prefix(self, sqlite_url: str) -> None:
+        """--table-prefix reaches the tables configure(table_prefix=...) made."""
+        assert run("-d", sqlite_url, "--table-prefix", "audit_", "migrate").exit_code == 0
+        result = run("-d", sqlite_url, "query")
+        assert "create them with: obs-sdk migrate" in result.stderr
+        env = {"OBS_TABLE_PREFIX": "audit_"}
+        result = run("-d", sqlite_url, "query", "--format", "jsonl", env=env)
+        assert (result.exit_code, result.stdout) == (0, "")
+
     def test_bad_cursor_is_one_line(self, sqlite_url: str) -> None:
         """An error the library raises (an unknown cursor) is its message, no traceback."""
         seed(sqlite_url, 2)
