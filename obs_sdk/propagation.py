@@ -154,8 +154,13 @@ class _ScopePropagator(TextMapPropagator):
         trust_actor: bool = False,
         trust_tenant: bool = False,
         max_age: float = DEFAULT_MAX_AGE_SECONDS,
+        issued_at: float | None = None,
     ) -> None:
         self._keys = tuple(keys)
+        # Signed in place of the present time: a queued task's is the time it is due to run.
+        self._issued_at = issued_at
+        # Why the last extract applied nothing carried (signed carriers), for integrations.
+        self.rejected: str | None = None
         self._trust_actor = trust_actor
         # A verified signature proves the tenant came from a holder of the secret.
         self._trust_tenant = trust_tenant or bool(self._keys)
@@ -183,7 +188,7 @@ class _ScopePropagator(TextMapPropagator):
         if not raw:
             return
         if self._keys:
-            issued_at = str(int(time.time()))
+            issued_at = str(int(time.time() if self._issued_at is None else self._issued_at))
             raw[ISSUED_AT] = issued_at
             raw[SIGNATURE] = _sign(self._keys[0], raw, issued_at)
         for name, value in raw.items():
@@ -220,6 +225,7 @@ class _ScopePropagator(TextMapPropagator):
         if self._keys:
             reason = problems[0] if problems else self._verify(raw)
             if reason is not None:
+                self.rejected = reason
                 _reject(f"inbound scope ignored: {reason}")
                 return EMPTY_SCOPE
         elif problems:

@@ -11,7 +11,8 @@ deliveries: one signed ``invoice.paid`` delivered three times, a forged one, and
 handler that Stripe retries.
 
 Set POSTHOG_API_KEY (and POSTHOG_HOST) to send the analytics events to PostHog; without
-them the demo prints what would be sent.
+them the demo prints what would be sent. Log messages print as one line each, the way a
+newcomer reads them; an application keeps its tracebacks.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -166,11 +168,13 @@ def stripe_delivery(
 class PrintingPostHog:
     """Stands in for posthog.Posthog when no API key is set: prints each message instead."""
 
-    def capture(self, event: str, **kwargs: Any) -> None:
+    def capture(self, event: str, **kwargs: Any) -> str | None:
         groups = kwargs.get("groups") or {}
         props = {k: v for k, v in (kwargs.get("properties") or {}).items()}
         print(f"  posthog.capture({event!r}, distinct_id={kwargs.get('distinct_id')!r}, "
               f"properties={props}, groups={groups})")  # fmt: skip
+        # posthog's capture() returns the event's uuid, None when its queue refused it.
+        return str(kwargs.get("uuid") or event)
 
     def group_identify(self, group_type: str, group_key: str, **kwargs: Any) -> None:
         print(
@@ -193,6 +197,23 @@ def posthog_client() -> Any:
 # --- the story ------------------------------------------------------------------------------------
 
 
+class OneLineFormatter(logging.Formatter):
+    """A log record as one line: the message, then the exception's type and text, no traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"  log {record.levelname.lower()}: {record.getMessage()}"
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            line += f" ({type(error).__name__}: {error})"
+        return line
+
+
+def show_logs_as_one_line() -> None:
+    handler = logging.StreamHandler(sys.stdout)  # in order with the story's own lines
+    handler.setFormatter(OneLineFormatter())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+
+
 def section(title: str) -> None:
     print(f"\n== {title}")
 
@@ -206,6 +227,8 @@ def run(workdir: Path) -> None:
         "analytics:",
         "PostHog" if os.environ.get("POSTHOG_API_KEY") else "printed below (no POSTHOG_API_KEY)",
     )
+    # TODO(#16): add console=True here once configure() has it; it then shows every record
+    # and event as delivered, and PrintingPostHog can stop printing.
     obs.configure(
         database=engine, posthog=posthog_client(), service="files-api", storage_quota=QUOTA
     )
@@ -280,7 +303,7 @@ def run(workdir: Path) -> None:
     stripe_story(engine)
 
     obs.flush()
-    section("the audit trail, read back with obs.audit_log(engine)")
+    section("the audit trail, oldest first, read back with obs.audit_log(engine)")
     print_trail(obs.audit_log(engine, limit=100))
     section("obs.stats()")
     stats = obs.stats()
@@ -301,7 +324,11 @@ def storage_story(engine: Any) -> None:
                 print(f"  {file_id}: {size:,} bytes charged")
             except obs.QuotaExceeded as exc:
                 session.rollback()
-                print(f"  {file_id}: refused before anything was stored: {exc}")
+                # In the unit the quota was configured in (the message itself rounds to KiB).
+                print(
+                    f"  {file_id}: refused before anything was stored: {exc.used:,} bytes used"
+                    f" of {exc.limit:,} bytes, {exc.requested:,} bytes more requested"
+                )
     with Session(engine) as session, obs.scope(**scope):
         sync_from_connector(session, "sync_1", "from-drive.docx", 25_000)
         session.commit()
@@ -364,6 +391,8 @@ def stripe_story(engine: Any) -> None:
 
 
 def print_trail(records: list[obs.AuditRecord]) -> None:
+    # Sorted here, so the story reads in time order whichever order audit_log returns.
+    records = sorted(records, key=lambda r: (r.occurred_at, str(r.id)))
     columns = [
         ("time", lambda r: r.occurred_at.strftime("%H:%M:%S.%f")[:-3]),
         ("action", lambda r: r.action),
@@ -389,6 +418,7 @@ def main() -> int:
     workdir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="obs-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "obs.db").unlink(missing_ok=True)
+    show_logs_as_one_line()
     run(workdir)
     return 0
 
