@@ -139,8 +139,16 @@ def verify(
     else:
         verify_ = _ledger.function("verify")
         bind = state().engine()
-        with _status("verifying seals and records"):
-            report = verify_(bind, public_key=keys, organization=organization)
+        total = _sealed_count(bind, organization)
+        with _verify_progress() as bar:
+            task = bar.add_task("verify", total=total or None)
+            report = verify_(
+                bind,
+                public_key=keys,
+                organization=organization,
+                progress=lambda read: bar.update(task, completed=read),
+            )
+            bar.update(task, completed=total)
     click.echo(report.summary())
     if not report.ok:
         raise SystemExit(EXIT_FOUND)
@@ -158,6 +166,34 @@ def _status(what: str) -> Any:
     from rich.console import Console
 
     return Console(stderr=True).status(f"{what}…")
+
+
+def _sealed_count(bind: Any, organization: str | None) -> int:
+    """How many sealed records verify() will read: the progress bar's total (one count)."""
+    import sqlalchemy as sa
+
+    from obs_sdk._tables import tables
+
+    leaves = tables(state().prefix).seal_leaves
+    query = sa.select(sa.func.count()).select_from(leaves)
+    if organization is not None:
+        query = query.where(leaves.c.organization_id == organization)
+    with bind.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def _verify_progress() -> Any:
+    """A bar on stderr: sealed records read against the count of sealed records."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("verifying seals and records"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    )
 
 
 @command()

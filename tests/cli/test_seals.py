@@ -47,6 +47,7 @@ class TestSealAndVerify:
         result = run("-d", database_url, "verify", "--public-key", keys[1])
         assert result.exit_code == 0, result.stdout + result.stderr
         assert result.stdout.startswith("OK: 5 sealed records checked in 1 seals")
+        assert "100%" in result.stderr  # the progress bar: records read of those sealed
 
     def test_verify_names_a_modified_record_and_exits_1(
         self, database_url: str, keys: tuple[str, str]
