@@ -13,33 +13,13 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from obs_sdk._records import AuditRecord
+
 __all__ = ["FIELDS", "csv_lines", "json_line", "plain"]
 
 # The columns of obs_audit_log in table order; a record may carry more (a newer schema),
 # which plain() keeps and CSV appends after these.
-FIELDS = (
-    "id",
-    "occurred_at",
-    "action",
-    "outcome",
-    "actor_type",
-    "actor_id",
-    "actor_name",
-    "actor_email",
-    "resource_type",
-    "resource_id",
-    "resource_name",
-    "workspace_id",
-    "organization_id",
-    "ip",
-    "user_agent",
-    "request_id",
-    "trace_id",
-    "span_id",
-    "service",
-    "metadata",
-    "error_type",
-)
+FIELDS = AuditRecord._fields
 
 # A cell starting with one of these is a formula to a spreadsheet (CSV injection, OWASP):
 # a customer opening their export in Excel must not run what an actor typed.
