@@ -219,7 +219,7 @@ class _DriverInsert:
             size = min(self._most, n - start)
             params = tuple(chain.from_iterable(rows[start : start + size]))
             result = conn.exec_driver_sql(self._statement(size, " RETURNING id"), params)
-            written.update(result.scalars())
+            written.update(row[0] for row in result.fetchall())
             start += size
 
 

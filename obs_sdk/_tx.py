@@ -409,7 +409,8 @@ def _insert(conn: Connection, records: list[AuditRecord], stored: dict[int, Audi
     statement must leave the caller's transaction as it was: on SQLite each statement is
     atomic and an error leaves the transaction usable, so none is wrapped; on PostgreSQL
     an error aborts the whole transaction, so the insert runs in a savepoint (sent as
-    driver SQL: SQLAlchemy's nested transaction cost more than the insert). On SQLite a
+    driver SQL: SQLAlchemy's nested transaction cost more than the insert; an INSERT can
+    fail there on a value PostgreSQL refuses, a NUL character). On SQLite a
     failure after some statements (a batch of many rows, a new id) leaves their records
     in *stored*; on PostgreSQL the savepoint takes them back, so none are.
     """
@@ -426,6 +427,9 @@ def _insert(conn: Connection, records: list[AuditRecord], stored: dict[int, Audi
     if name == "sqlite":
         _insert_rows(conn, driver, records, stored)
         return
+    # Not released: the commit that follows releases it, and a RELEASE would cost another
+    # round trip (the caller's final flush runs inside it, and any failure of that flush
+    # rolls the whole transaction back, as it would have).
     inside: dict[int, AuditRecord] = {}
     conn.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
     try:
@@ -433,7 +437,6 @@ def _insert(conn: Connection, records: list[AuditRecord], stored: dict[int, Audi
     except BaseException:
         conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
         raise
-    conn.exec_driver_sql(f"RELEASE SAVEPOINT {_SAVEPOINT}")
     stored.update(inside)
 
 
@@ -473,14 +476,15 @@ def _with_new_id(record: AuditRecord) -> AuditRecord:
 
 
 def _begin_sqlite(conn: Any) -> None:
-    # SQLite's default driver mode sends BEGIN only before the caller's first DML: a
-    # SAVEPOINT sent first would open the transaction itself and its RELEASE would commit
-    # the records on their own, before the caller's flush (which may still fail and roll
-    # back). Begin the real transaction first, as the driver would have.
+    # SQLite's default driver mode sends BEGIN only before the caller's first DML, and
+    # before the records' INSERT when that comes first: the transaction holds both. A
+    # driver in autocommit mode (isolation_level None) would commit the records on their
+    # own, before the caller's flush (which may still fail): begin the transaction, as the
+    # driver in its default mode would have.
     if conn.dialect.name != "sqlite":
         return
     driver = conn.connection.driver_connection
-    if getattr(driver, "in_transaction", True) is False:
+    if getattr(driver, "in_transaction", True) is False and driver.isolation_level is None:
         conn.exec_driver_sql("BEGIN")
 
 
