@@ -409,8 +409,7 @@ def _insert(conn: Connection, records: list[AuditRecord], stored: dict[int, Audi
     statement must leave the caller's transaction as it was: on SQLite each statement is
     atomic and an error leaves the transaction usable, so none is wrapped; on PostgreSQL
     an error aborts the whole transaction, so the insert runs in a savepoint (sent as
-    driver SQL: SQLAlchemy's nested transaction cost more than the insert; an INSERT can
-    fail there on a value PostgreSQL refuses, a NUL character). On SQLite a
+    driver SQL: SQLAlchemy's nested transaction cost more than the insert). On SQLite a
     failure after some statements (a batch of many rows, a new id) leaves their records
     in *stored*; on PostgreSQL the savepoint takes them back, so none are.
     """
