@@ -23,7 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from obs_sdk._context import scope
 from obs_sdk._idempotency import MAX_KEY_LENGTH, once
@@ -112,6 +113,32 @@ def _check_secrets(secret: object) -> tuple[str, ...]:
     return tuple(secrets)
 
 
+_SESSIONMAKER_FIX = (
+    "pass a factory that opens a new session per delivery, bound to your database: "
+    "sessionmaker(bind=engine) (from sqlalchemy.orm import sessionmaker), or "
+    "async_sessionmaker(engine) for ahandle()"
+)
+
+
+def _check_sessionmaker(factory: object) -> None:
+    """Refuse what would fail every delivery (a 500 on each of Stripe's retries)."""
+    if isinstance(factory, type) and issubclass(factory, (Session, AsyncSession)):
+        raise ConfigurationError(
+            f"WebhookHandler(sessionmaker=...) got the {factory.__name__} class, whose "
+            f"sessions are bound to no database, so every webhook would fail; {_SESSIONMAKER_FIX}"
+        )
+    if isinstance(factory, (Session, AsyncSession)):
+        raise ConfigurationError(
+            f"WebhookHandler(sessionmaker=...) got a Session instance ({type(factory).__name__}),"
+            " but each delivery needs a session and transaction of its own; "
+            f"{_SESSIONMAKER_FIX}"
+        )
+    if not callable(factory):
+        raise ConfigurationError(
+            f"WebhookHandler(sessionmaker=...) got {type(factory).__name__}; {_SESSIONMAKER_FIX}"
+        )
+
+
 class WebhookHandler:
     """Verify Stripe webhook deliveries and run their handlers exactly once.
 
@@ -142,11 +169,7 @@ class WebhookHandler:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self._secrets = _check_secrets(secret)
-        if not callable(sessionmaker):
-            raise ConfigurationError(
-                "WebhookHandler(sessionmaker=...) takes a SQLAlchemy sessionmaker "
-                "(or async_sessionmaker for ahandle())"
-            )
+        _check_sessionmaker(sessionmaker)
         if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance <= 0:
             raise ConfigurationError(
                 "WebhookHandler(tolerance=...) takes a positive number of seconds, "

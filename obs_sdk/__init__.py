@@ -4,21 +4,24 @@ Who did it, and on which workspace and organization, is read from a scope carrie
 OpenTelemetry context; see ``obs.scope``. The public API is listed in ``__all__``.
 """
 
+import importlib.metadata as _metadata
+
 from obs_sdk import propagation
 from obs_sdk._analytics import identify_group, track, tracked
-from obs_sdk._audit import (
-    arecord_audit_now,
-    audit_log,
-    audited,
-    record_audit,
-    record_audit_now,
-)
+from obs_sdk._audit import arecord_audit_now, audited, record_audit, record_audit_now
 from obs_sdk._config import configure, flush, posthog_on_error, shutdown, stats
 from obs_sdk._context import current_scope, scope, set_actor, suppressed, with_scope
+from obs_sdk._erasure import erase_actor
 from obs_sdk._idempotency import idempotent, once, purge_idempotency_keys
 from obs_sdk._instrument import instrument, uninstrument
+from obs_sdk._proof import ProofResult, prove, verify_proof
+from obs_sdk._query import aaudit_log, audit_log
 from obs_sdk._records import AnalyticsEvent, AuditRecord
+from obs_sdk._report import VerifyReport
+from obs_sdk._retention import purge_audit
 from obs_sdk._scope import Actor, Resource, Scope
+from obs_sdk._seal import seal
+from obs_sdk._stats import Stats
 from obs_sdk._storage import (
     StorageDrift,
     metered_storage,
@@ -26,7 +29,9 @@ from obs_sdk._storage import (
     storage_usage,
 )
 from obs_sdk._tables import create_tables, metadata
+from obs_sdk._templates import Call
 from obs_sdk._tx import after_commit
+from obs_sdk._verify import verify
 from obs_sdk.exceptions import (
     AuditWriteError,
     ConfigurationError,
@@ -40,13 +45,18 @@ __all__ = [
     "AnalyticsEvent",
     "AuditRecord",
     "AuditWriteError",
+    "Call",
     "ConfigurationError",
     "MissingDependencyError",
     "ObsError",
+    "ProofResult",
     "QuotaExceeded",
     "Resource",
     "Scope",
+    "Stats",
     "StorageDrift",
+    "VerifyReport",
+    "aaudit_log",
     "after_commit",
     "arecord_audit_now",
     "audit_log",
@@ -54,6 +64,7 @@ __all__ = [
     "configure",
     "create_tables",
     "current_scope",
+    "erase_actor",
     "flush",
     "idempotent",
     "identify_group",
@@ -63,11 +74,14 @@ __all__ = [
     "once",
     "posthog_on_error",
     "propagation",
+    "prove",
+    "purge_audit",
     "purge_idempotency_keys",
     "reconcile_storage",
     "record_audit",
     "record_audit_now",
     "scope",
+    "seal",
     "set_actor",
     "shutdown",
     "stats",
@@ -76,5 +90,12 @@ __all__ = [
     "track",
     "tracked",
     "uninstrument",
+    "verify",
+    "verify_proof",
     "with_scope",
 ]
+
+try:
+    __version__ = _metadata.version("obs-sdk")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0+unknown"

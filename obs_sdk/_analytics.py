@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
 from obs_sdk._emit import emit
+from obs_sdk._guard import count, warn_once
 from obs_sdk._records import (
     EVENT,
     GROUP,
@@ -15,15 +16,35 @@ from obs_sdk._records import (
     add_tenant,
 )
 from obs_sdk._templates import ARGS, Call, Plan, freeze
-from obs_sdk._wrapping import build_plan, instrument, params_of
+from obs_sdk._wrapping import When, build_plan, defined_at, instrument, params_of
 from obs_sdk.exceptions import ConfigurationError
 
-__all__ = ["identify_group", "track", "tracked"]
+__all__ = ["NO_ACTOR", "NO_CLIENT", "identify_group", "not_sent", "track", "tracked"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 GROUP_KINDS = ("workspace", "organization")
+
+# Why an analytics event was not sent (not_sent()), and what to do about it.
+NO_CLIENT = (
+    "obs_sdk: analytics event %r was not sent: no PostHog client is configured. Pass "
+    "configure(posthog=posthog.Posthog(project_api_key, host=...)) to send analytics events "
+    "(or otel_logs= to mirror them as OpenTelemetry logs). Each one is counted in "
+    "obs.stats()['unsent_events']; this is said once."
+)
+NO_ACTOR = (
+    "obs_sdk: analytics event %r was not sent: no actor in scope (track() or a @tracked "
+    "function called outside obs.scope(actor=...), or before obs.set_actor()). Open a scope "
+    "with an actor, or pass allow_anonymous=True to send it anonymously. Each one is counted "
+    "in obs.stats()['unsent_events']; this is said once."
+)
+
+
+def not_sent(event: str, why: str) -> None:
+    """Count an analytics event that was not sent (``unsent_events``); say *why* once."""
+    count("unsent_events")
+    warn_once(("unsent_events", why), why, event)
 
 
 def _check_event(event: object, where: str) -> str:
@@ -36,7 +57,7 @@ def tracked(
     event: str,
     *,
     properties: Mapping[str, Any] | Callable[[Call], Mapping[str, Any]] | None = None,
-    when: str = "success",
+    when: When = "success",
     allow_anonymous: bool = False,
     allow_system: bool = False,
     emit_if: Callable[[Call], bool] | None = None,
@@ -60,7 +81,8 @@ def tracked(
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
         params = params_of(func, "@tracked")
-        plan = build_plan(f"@tracked({event!r}) on {params.qualname}", params, when)
+        owner = f"@tracked({event!r}) on {defined_at(func, params.qualname)}"
+        plan = build_plan(owner, params, when)
         plan.add_mapping("properties", properties)
         add_tenant(plan, workspace, organization)
         spec = Instrumentation(

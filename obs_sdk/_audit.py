@@ -1,16 +1,13 @@
-"""@audited, record_audit, record_audit_now, arecord_audit_now and audit_log."""
+"""@audited, record_audit, record_audit_now and arecord_audit_now (audit_log: see _query)."""
 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import inspect
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import and_, select
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from obs_sdk import _config
@@ -35,12 +32,11 @@ from obs_sdk._records import (
 from obs_sdk._scope import Resource
 from obs_sdk._tables import insert_ignoring_duplicates, tables
 from obs_sdk._templates import Call, Plan, freeze
-from obs_sdk._wrapping import build_plan, instrument, params_of
+from obs_sdk._wrapping import When, build_plan, defined_at, instrument, params_of
 from obs_sdk.exceptions import AuditWriteError, ConfigurationError
 
-__all__ = ["arecord_audit_now", "audit_log", "audited", "record_audit", "record_audit_now"]
+__all__ = ["arecord_audit_now", "audited", "record_audit", "record_audit_now"]
 
-MAX_PAGE = 10_000
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -64,7 +60,7 @@ def audited(
     *,
     resource: Resource | None = None,
     metadata: Mapping[str, Any] | Callable[[Call], Mapping[str, Any]] | None = None,
-    when: str = "success",
+    when: When = "success",
     emit_if: Callable[[Call], bool] | None = None,
     organization: str | Callable[[Call], Any] | None = None,
     workspace: str | Callable[[Call], Any] | None = None,
@@ -113,7 +109,7 @@ def audited(
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
         params = params_of(func, "@audited")
-        owner = f"@audited({action!r}) on {params.qualname}"
+        owner = f"@audited({action!r}) on {defined_at(func, params.qualname)}"
         target = func.__func__ if isinstance(func, (classmethod, staticmethod)) else func
         if wanted and (inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target)):
             raise ConfigurationError(
@@ -323,57 +319,3 @@ def _insert_for(engine: Any) -> Any:
     return insert_ignoring_duplicates(
         tables(_config.current().table_prefix).audit, engine.dialect.name
     )
-
-
-def audit_log(
-    bind: Any,
-    *,
-    organization: str | None = None,
-    workspace: str | None = None,
-    actor_id: str | None = None,
-    resource: Resource | tuple[str, str] | None = None,
-    action: str | None = None,
-    since: datetime.datetime | None = None,
-    until: datetime.datetime | None = None,
-    limit: int = 100,
-    after: uuid.UUID | str | None = None,
-) -> list[AuditRecord]:
-    """Read audit records, oldest first, filtered; page with ``after=records[-1].id``.
-
-    *bind* is an Engine, a Connection or a Session (which sees its own uncommitted rows).
-    *since* is inclusive, *until* exclusive; timestamps come back as aware UTC datetimes.
-    """
-    t = tables(_config.current().table_prefix).audit
-    conditions = []
-    if organization is not None:
-        conditions.append(t.c.organization_id == organization)
-    if workspace is not None:
-        conditions.append(t.c.workspace_id == workspace)
-    if actor_id is not None:
-        conditions.append(t.c.actor_id == actor_id)
-    if resource is not None:
-        rtype, rid = (resource.type, resource.id) if isinstance(resource, Resource) else resource
-        conditions.append(t.c.resource_type == rtype)
-        if rid is not None:
-            conditions.append(t.c.resource_id == str(rid))
-    if action is not None:
-        conditions.append(t.c.action == action)
-    if since is not None:
-        conditions.append(t.c.occurred_at >= since)
-    if until is not None:
-        conditions.append(t.c.occurred_at < until)
-    if after is not None:
-        conditions.append(
-            t.c.id > (after if isinstance(after, uuid.UUID) else uuid.UUID(str(after)))
-        )
-    if not 1 <= limit <= MAX_PAGE:
-        raise ConfigurationError(f"audit_log(limit={limit}): use 1 to 10000, and page with after=")
-    query = select(t).where(and_(True, *conditions)).order_by(t.c.id).limit(limit)
-    if isinstance(bind, (Engine,)):
-        with bind.connect() as conn:
-            rows = conn.execute(query).mappings().all()
-    elif isinstance(bind, Connection):
-        rows = bind.execute(query).mappings().all()
-    else:  # a Session
-        rows = bind.execute(query).mappings().all()
-    return [AuditRecord(**dict(row)) for row in rows]

@@ -7,11 +7,12 @@ import datetime
 import inspect
 import logging
 import math
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
@@ -29,7 +30,9 @@ from obs_sdk._dispatch import (
 )
 from obs_sdk._records import DEFAULT_MAX_CHANGES_BYTES, DEFAULT_MAX_METADATA_BYTES, uuid7
 from obs_sdk._redact import Redactor
+from obs_sdk._sealer import BackgroundSealer, check_seal_settings
 from obs_sdk._sinks import SQLITE_BUSY_MS, DatabaseSink, PostHogSink, Sink
+from obs_sdk._stats import Stats
 from obs_sdk._tables import DEFAULT_PREFIX, check_schema, create_tables, tables
 from obs_sdk.exceptions import ConfigurationError
 
@@ -73,12 +76,18 @@ class Config:
     clock: Callable[[], int] = time.time_ns
     id_factory: Callable[[int], uuid.UUID] = uuid7
     otel_logs: bool = False
+    console: bool = False
     handle_signals: bool = False
     limits: Limits = field(default_factory=Limits)
 
     @property
     def events_wanted(self) -> bool:
-        """Whether analytics events have somewhere to go (PostHog or OTel logs)."""
+        """Whether analytics events have somewhere to go (PostHog, OTel logs, the console)."""
+        return self.events_sent or self.console
+
+    @property
+    def events_sent(self) -> bool:
+        """Whether analytics events leave the process (PostHog or OTel logs)."""
         return self.posthog is not None or self.otel_logs
 
 
@@ -230,6 +239,23 @@ def _check_bool(name: str, value: object) -> bool:
     return value
 
 
+CONSOLE_ENV = "OBS_SDK_CONSOLE"
+_ENV_TRUE = ("1", "true", "yes", "on")
+_ENV_FALSE = ("", "0", "false", "no", "off")
+
+
+def _console_wanted(console: object) -> bool:
+    """configure(console=True), or OBS_SDK_CONSOLE=1 in the environment."""
+    _check_bool("console", console)
+    value = os.environ.get(CONSOLE_ENV, "").strip().lower()
+    if value not in _ENV_TRUE + _ENV_FALSE:
+        raise ConfigurationError(
+            f"{CONSOLE_ENV}={os.environ[CONSOLE_ENV]!r}: set it to 1 to print every record "
+            "and event on stderr, or 0 (or unset it) for no console view"
+        )
+    return bool(console) or value in _ENV_TRUE
+
+
 def configure(
     database: str | Engine | AsyncEngine = DEFAULT_DATABASE,
     posthog: Any = None,
@@ -253,6 +279,9 @@ def configure(
     keep_keys: Iterable[str] = (),
     redact: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     person_properties: bool = False,
+    seal_key: Any = None,
+    seal_every: float | datetime.timedelta | None = None,
+    console: bool = False,
     clock: Callable[[], int] | None = None,
     id_factory: Callable[[int], Any] | None = None,
     max_changes_bytes: int = DEFAULT_MAX_CHANGES_BYTES,
@@ -295,6 +324,15 @@ def configure(
     metadata: long strings are cut with the same marker, then the last rows are left out
     and counted; the record is always kept.
 
+    ``seal_key`` (an Ed25519 private key) with ``seal_every`` (seconds or a timedelta)
+    seals the audit trail in the background on a thread of obs_sdk's own, one process at
+    a time (see ``obs.seal``); needs ``cryptography`` (``obs-sdk[seal]``).
+
+    ``console=True`` (or ``OBS_SDK_CONSOLE=1`` in the environment) prints every audit record
+    and analytics event on stderr as it is delivered, one line each, coloured when rich is
+    installed (the ``console`` extra): for development. It has its own queue, so a slow
+    terminal never delays the database or PostHog.
+
     ``person_properties=True`` adds the actor's name and email as ``$set`` to analytics
     events. ``clock`` (ns since the epoch) and ``id_factory`` are for deterministic tests
     (``obs_sdk.testing.SteppingClock`` and ``IncrementingIds``).
@@ -312,6 +350,8 @@ def configure(
     _check_bool("require_actor", require_actor)
     _check_bool("handle_signals", handle_signals)
     _check_bool("person_properties", person_properties)
+    sealing = check_seal_settings(seal_key, seal_every)
+    console = _console_wanted(console)
     if scope_provider is not None and not callable(scope_provider):
         raise ConfigurationError("configure(scope_provider=...) takes a callable returning a dict")
     if not isinstance(idempotency_retention, datetime.timedelta) or (
@@ -346,7 +386,13 @@ def configure(
         from obs_sdk._otel import OtelLogSink
 
         sinks.append(OtelLogSink(otel_logs))
+    if console:
+        from obs_sdk._console import ConsoleSink
 
+        events_elsewhere = posthog is not None or otel_logs is not None
+        sinks.append(ConsoleSink(unsent_events=not events_elsewhere))
+
+    _stop_sealer(SHUTDOWN_TIMEOUT_SECONDS)
     if dispatcher.sinks:
         dispatcher.shutdown(SHUTDOWN_TIMEOUT_SECONDS)  # deliver what the previous one queued
     _guard.reset()
@@ -369,15 +415,34 @@ def configure(
         clock=clock or time.time_ns,
         id_factory=id_factory or uuid7,
         otel_logs=otel_logs is not None,
+        console=console,
         handle_signals=handle_signals,
         limits=limits,
     )
     _swap(config)
     dispatcher.install(sinks, limits, fast_lane=scope_provider is None)
+    _start_sealer(engine, table_prefix, sealing)
     _register_atexit()
     _lifecycle.uninstall_signal_handlers()
     if handle_signals:
         _lifecycle.install_signal_handlers(flush, SHUTDOWN_TIMEOUT_SECONDS)
+
+
+_sealer: BackgroundSealer | None = None
+
+
+def _start_sealer(engine: Engine, prefix: str, sealing: tuple[Any, float] | None) -> None:
+    global _sealer
+    if sealing is not None:
+        _sealer = BackgroundSealer(engine, prefix, *sealing)
+        _sealer.start()
+
+
+def _stop_sealer(timeout: float) -> None:
+    global _sealer
+    if _sealer is not None:
+        _sealer.stop(timeout)
+        _sealer = None
 
 
 def _prepare(engine: Engine, prefix: str, *, create: bool) -> None:
@@ -435,30 +500,33 @@ def shutdown(timeout: float = 5.0) -> bool:
     the defaults and removes the SIGTERM handler. After it, records wait in the queue again
     until the next configure(). Returns True when everything was delivered.
     """
+    started = time.monotonic()
     done = dispatcher.shutdown(timeout)
+    _stop_sealer(max(0.0, timeout - (time.monotonic() - started)))
     if _current.handle_signals:
         _lifecycle.uninstall_signal_handlers()
     _swap(Config())
     return done
 
 
-def stats() -> dict[str, Any]:
-    """Return the counters since the last configure().
+def stats() -> Stats:
+    """Return the counters since the last configure(), as an ``obs.Stats`` dict.
 
     Keys: submitted, queued, delivered, dropped, failed, retried, internal_errors, by_sink,
     and the outcomes that are not errors but must not pass unseen, among them
     ``no_actor`` (records filed anonymous because no actor was in scope) and ``sanitized``
-    (records whose values were changed so that every database stores them). Invariant:
+    (records whose values were changed so that every database stores them); ``obs.Stats``
+    says what each key counts. Invariant:
     submitted == queued + delivered + dropped + failed; ``submitted`` is counted as
     records enter, the others where they are now.
 
     The top-level counts follow each record to its primary sink: the audit log for audit
-    records, PostHog for analytics events (OpenTelemetry logs when it is the only one).
+    records, PostHog for analytics events (else OpenTelemetry logs, else the console).
     Records stored by their own transaction's commit (or ``record_audit_now``) count as
     submitted and delivered at once. ``by_sink[name]`` has each sink's own submitted,
     queued, delivered, dropped, failed, retried and upload_failed, mirrors included.
     """
-    return dispatcher.stats()
+    return cast(Stats, dispatcher.stats())
 
 
 def posthog_on_error(error: Exception, batch: list[Any]) -> None:

@@ -117,7 +117,7 @@ def emit(
             return
         dispatcher.submit(raw)  # full queue, capture, or no worker yet
     except Exception as exc:
-        count_error("emit", exc)
+        count_error("emit", exc, spec.plan.owner)
 
 
 def _prepare(
@@ -139,18 +139,28 @@ def _prepare(
             count_error("scope_provider", exc)
     if spec.kind in _ANALYTICS_KINDS:
         if not (events_wanted or dispatcher.capture is not None):
+            _unsent(spec.name, no_client=True)  # no sink takes them: counted, said once
             return None
         actor = fields[0]
         # Users and services always send; only the others need the rule (and its opt-ins).
         if (actor is None or actor.type not in _USER_TYPES) and not analytics_identity(spec, actor)[
             0
         ]:
+            if actor is None:  # nobody in scope at all: counted, said once (an explicit
+                _unsent(spec.name, no_client=False)  # anonymous or system actor is a choice)
             return None  # anonymous or system caller without the opt-in: nothing is sent
     if spec.emit_if is not None and not _wanted(spec, args, kwargs, result, exception):
         return None
     plan = spec.plan
     values = plan.resolve(args, kwargs, result, exception) if plan.resolvers else ()
     return fields, values
+
+
+def _unsent(event: str, *, no_client: bool) -> None:
+    """Count an analytics event that is not sent, and say why once (``_analytics.not_sent``)."""
+    from obs_sdk import _analytics  # it imports this module
+
+    _analytics.not_sent(event, _analytics.NO_CLIENT if no_client else _analytics.NO_ACTOR)
 
 
 def _wanted(
@@ -164,5 +174,5 @@ def _wanted(
     try:
         return bool(spec.emit_if(spec.plan.call(args, kwargs, result, exception)))  # type: ignore[misc]
     except Exception as exc:
-        count_error("emit_if", exc)
+        count_error("emit_if", exc, f"{spec.plan.owner}: emit_if")
         return True

@@ -65,7 +65,7 @@ _LANE = """\
                 _o_count_drop()
                 return _o_r
     except _o_Exception as _o_exc:
-        _o_count_error("emit", _o_exc)
+        _o_count_error("emit", _o_exc, _o_about)
         return _o_r
     _o_emit(_o_spec, _o_SUCCESS, {args}, {kwargs}, _o_r, None)
     return _o_r
@@ -273,6 +273,7 @@ def _lane(
         _o_len=len,
         _o_count_error=count_error,
         _o_count_drop=dispatcher.count_drop,
+        _o_about=spec.plan.owner,  # who failed, for the log line
     )
     is_event = spec.kind == EVENT
     return _LANE.format(

@@ -401,7 +401,7 @@ def _slot(plan: Plan, name: str, values: tuple[Any, ...]) -> Any:
     try:
         return plan.render(name, values)
     except Exception as exc:  # e.g. a format spec that does not fit the value
-        count_error("render", exc)
+        count_error("render", exc, f"{plan.owner}: field {name}")
         return None
 
 
@@ -415,7 +415,7 @@ def _rendered(plan: Plan, texts: tuple[str, ...], mapping: str, values: tuple[An
     try:
         data = plan.render_mapping(mapping, values)
     except Exception as exc:
-        count_error("render", exc)
+        count_error("render", exc, f"{plan.owner}: field {mapping}")
         data = {}
     return (*(optional_text(_slot(plan, name, values)) for name in texts), data)
 

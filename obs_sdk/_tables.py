@@ -18,6 +18,7 @@ from sqlalchemy import (
     Dialect,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -43,7 +44,7 @@ from obs_sdk.exceptions import ConfigurationError
 __all__ = ["SCHEMA_VERSION", "Tables", "create_tables", "metadata", "tables"]
 
 # 1: the first tables. 2: obs_audit_log.changes (what a call wrote, issue 17).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_PREFIX = "obs_"
 
 
@@ -113,6 +114,11 @@ class Tables:
     storage_objects: Table
     idempotency_keys: Table
     schema_version: Table
+    # Ledger integrity (issue 18): see _ledger_tables() below.
+    seals: Table
+    seal_leaves: Table
+    seal_salts: Table
+    seal_purges: Table
 
 
 @functools.cache
@@ -149,13 +155,16 @@ def tables(prefix: str = DEFAULT_PREFIX) -> Tables:
         Column("error_type", String(255)),
         Column("changes", JSONValue(none_as_null=True)),  # schema version 2
     )
-    # What people ask an audit log: an organization's or workspace's trail, one actor's
-    # actions, one resource's history; each over time. Ids are time-ordered (UUIDv7), so
-    # (key, id) serves both "since/until" and keyset pagination with one index.
-    Index(f"{prefix}audit_org_idx", audit.c.organization_id, audit.c.id)
-    Index(f"{prefix}audit_ws_idx", audit.c.workspace_id, audit.c.id)
-    Index(f"{prefix}audit_actor_idx", audit.c.actor_id, audit.c.id)
-    Index(f"{prefix}audit_resource_idx", audit.c.resource_type, audit.c.resource_id, audit.c.id)
+    # What people ask an audit log: the whole trail, an organization's or workspace's, one
+    # actor's actions, one resource's history; each over time. audit_log orders by
+    # (occurred_at, id), so (key, occurred_at, id) serves "since/until", the order (either
+    # way) and keyset pagination with one index, without a sort.
+    at = (audit.c.occurred_at, audit.c.id)
+    Index(f"{prefix}audit_time_idx", *at)
+    Index(f"{prefix}audit_org_idx", audit.c.organization_id, *at)
+    Index(f"{prefix}audit_ws_idx", audit.c.workspace_id, *at)
+    Index(f"{prefix}audit_actor_idx", audit.c.actor_id, *at)
+    Index(f"{prefix}audit_resource_idx", audit.c.resource_type, audit.c.resource_id, *at)
     usage = Table(
         f"{prefix}storage_usage",
         md,
@@ -181,7 +190,63 @@ def tables(prefix: str = DEFAULT_PREFIX) -> Tables:
         md,
         Column("version", Integer, primary_key=True),
     )
-    return Tables(md, audit, usage, objects, keys, version)
+    return Tables(md, audit, usage, objects, keys, version, *_ledger_tables(md, prefix))
+
+
+# -- Ledger integrity (issue 18): seals, their leaves, salts and purges ------------------------
+# Additive only: new tables, nothing changed in the others, so writers stay as they are. The
+# sealer fills them after the fact; a record is "unsealed" while it has no leaf row.
+
+
+def _ledger_tables(md: MetaData, prefix: str) -> tuple[Table, Table, Table, Table]:
+    seals = Table(
+        f"{prefix}seals",
+        md,
+        # One signed Merkle root per seal, chained: prev_root is the previous seal's root.
+        Column("seq", Integer, primary_key=True, autoincrement=False),
+        Column("sealed_at", UTCDateTime(), nullable=False),
+        Column("key_id", String(64), nullable=False),
+        Column("prev_root", String(64), nullable=False),
+        Column("root", String(64), nullable=False),
+        Column("size", Integer, nullable=False),
+        Column("purged_through", Integer, nullable=False),
+        Column("signature", String(128), nullable=False),
+    )
+    leaves = Table(
+        f"{prefix}seal_leaves",
+        md,
+        # record id -> its seal and place in that seal's tree. The leaf hash is kept, so a
+        # seal's root can be recomputed (and proofs made) after a record is purged, and a
+        # deleted record is told from one never sealed.
+        Column("record_id", Uuid(as_uuid=True), primary_key=True),
+        Column("seal_seq", Integer, nullable=False),
+        Column("position", Integer, nullable=False),
+        Column("leaf_hash", LargeBinary(32), nullable=False),
+        Column("organization_id", String(255)),
+        # The personal fields' commitments, kept here once erase_actor() removed the values.
+        Column("commitments", JSONValue()),
+    )
+    Index(f"{prefix}seal_leaves_seal_idx", leaves.c.seal_seq, leaves.c.position, unique=True)
+    Index(f"{prefix}seal_leaves_org_idx", leaves.c.organization_id, leaves.c.record_id)
+    salts = Table(
+        f"{prefix}seal_salts",
+        md,
+        # Apart from the leaves, so erasing a person deletes their salt and nothing else.
+        Column("record_id", Uuid(as_uuid=True), primary_key=True),
+        Column("salt", LargeBinary(32), nullable=False),
+    )
+    purges = Table(
+        f"{prefix}seal_purges",
+        md,
+        # Each retention run: the seals whose records it deleted (1..through_seal). The next
+        # seal signs the highest through_seal, so a purge is told from a deletion.
+        Column("id", Integer, primary_key=True),
+        Column("through_seal", Integer, nullable=False),
+        Column("cutoff", UTCDateTime(), nullable=False),
+        Column("purged_at", UTCDateTime(), nullable=False),
+        Column("records", Integer, nullable=False),
+    )
+    return seals, leaves, salts, purges
 
 
 def metadata(prefix: str = DEFAULT_PREFIX) -> MetaData:
@@ -207,10 +272,10 @@ def create_tables(engine: Engine | Connection, prefix: str = DEFAULT_PREFIX) -> 
     Otherwise (a fresh database, tables made from ``metadata()`` without a version row, or
     tables of an older version) the missing tables, columns and indexes are created and the
     version is recorded: only what is missing, so existing tables are locked for DDL only
-    when a column must be added (version 1 to 2 adds ``obs_audit_log.changes``). Safe when
-    several processes start at once: PostgreSQL serialises creators with a
-    transaction-scoped advisory lock, SQLite with its write lock, and every statement
-    tolerates what another process already did.
+    when a column must be added (version 1 to 2 adds ``obs_audit_log.changes``; 2 to 3 adds
+    the seal tables, ``obs_seal*``). Safe when several processes start at once: PostgreSQL
+    serialises creators with a transaction-scoped advisory lock, SQLite with its write lock,
+    and every statement tolerates what another process already did.
 
     configure() calls it (unless ``create_tables=False``); call it yourself at deploy
     time to prepare the database for ``configure(create_tables=False)``. Given a

@@ -338,6 +338,20 @@ class Plan:
         self._keys: dict[str, tuple[tuple[str, str], ...]] = {}  # see _mapping_keys
         self._renderers: dict[tuple[Any, ...], Callable[..., tuple[Any, ...]]] = {}
 
+    @property
+    def owner(self) -> str:
+        """What the plan belongs to, as messages name it: ``@audited('x') on f (app.py:3)``."""
+        return self._owner
+
+    def field(self, index: int) -> str:
+        """Resolver *index* as a log names it: ``field metadata.bytes ('{result.size}')``."""
+        label = self._labels[index]
+        if label is not None:
+            return f"field {label[0]} ({label[1]!r})"
+        fn = self.resolvers[index][1]
+        name = next((n for n, s in self.slots.items() if s == ("call", index)), "?")
+        return f"field {name} ({getattr(fn, '__qualname__', None) or type(fn).__name__})"
+
     # -- decoration time ---------------------------------------------------------------
 
     def add(self, name: str, spec: Any) -> None:
@@ -570,7 +584,7 @@ class Plan:
                 self._unloaded(index, unloaded)
                 value = None
             except Exception as exc:
-                count_error("template", exc)
+                count_error("template", exc, f"{self._owner}: {self.field(index)}")
                 value = None
             values.append(value)
         return values
@@ -695,7 +709,7 @@ class Plan:
             try:
                 data[key] = render(slot, values)
             except Exception as exc:  # e.g. "{n:%Y}" on an int: that key alone is lost
-                count_error("render", exc)
+                count_error("render", exc, f"{self._owner}: field {slot}")
                 data[key] = None
         return data
 

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any
+import os
+from typing import Any, Literal, get_args
 
 from obs_sdk._lane import ASYNC_GENERATOR, COROUTINE, FUNCTION, GENERATOR, generate
 from obs_sdk._records import Instrumentation
 from obs_sdk._templates import Params, Plan
 from obs_sdk.exceptions import ConfigurationError
 
-__all__ = ["WHEN", "build_plan", "instrument", "params_of"]
+__all__ = ["WHEN", "When", "build_plan", "defined_at", "instrument", "params_of"]
 
-WHEN = ("success", "failure", "always", "start")
+When = Literal["success", "failure", "always", "start"]  # when= of @audited and @tracked
+WHEN: tuple[str, ...] = get_args(When)
 
 
 def params_of(func: Any, decorator: str) -> Params:
@@ -30,6 +32,23 @@ def params_of(func: Any, decorator: str) -> Params:
     if not callable(target):
         raise ConfigurationError(f"{decorator} decorates functions and methods, not {func!r}")
     return Params(target)
+
+
+def defined_at(func: Any, qualname: str) -> str:
+    """*qualname* with the place *func* is defined, for messages: ``download (app/files.py:12)``.
+
+    The path is relative to the working directory when it lies under it. *qualname* alone
+    for a callable without Python code (a builtin, a partial, a callable object).
+    """
+    target = func.__func__ if isinstance(func, (classmethod, staticmethod)) else func
+    code = getattr(target, "__code__", None)
+    if code is None:
+        return qualname
+    path = code.co_filename
+    cwd = os.getcwd()
+    if path.startswith(os.path.join(cwd, "")):
+        path = os.path.relpath(path, cwd)
+    return f"{qualname} ({path}:{code.co_firstlineno})"
 
 
 def build_plan(owner: str, params: Params, when: str) -> Plan:

@@ -96,6 +96,15 @@ def download_shared(session: Session, file_id: str) -> dict[str, Any]:
     return {"owner_id": row.owner_id, "name": row.name}
 
 
+# changes= puts the rows the call wrote (old and new values) into its record.
+@obs.audited("file.renamed", resource=obs.Resource("file", "{file_id}"), changes=("FileRow",))
+def rename(session: Session, file_id: str, name: str) -> None:
+    row = session.get(FileRow, file_id)
+    if row is None:
+        raise NotFound(file_id)
+    row.name = name
+
+
 @obs.audited("files.exported", when="start", metadata={"organization": "{org_id}"})
 def export_all(session: Session, org_id: str) -> list[str]:
     return [row.name for row in session.scalars(select(FileRow))]
@@ -140,13 +149,17 @@ def purge(session: Session, file_id: str) -> bool:
 WEBHOOK_SECRET = "whsec_demo"
 
 
-@obs.tracked("invoice_paid", properties={"amount": "{amount}"})
+# A webhook has no request scope: the organization arrives in the event, so a template names it.
+@obs.tracked("invoice_paid", properties={"amount": "{amount}"}, organization="{organization}")
 @obs.audited(
     "invoice.paid",
     resource=obs.Resource("invoice", "{invoice_id}"),
     metadata={"amount": "{amount}"},
+    organization="{organization}",
 )
-def record_payment(session: Session, invoice_id: str, customer: str, amount: int) -> None:
+def record_payment(
+    session: Session, invoice_id: str, customer: str, amount: int, organization: str | None
+) -> None:
     session.add(Payment(invoice_id=invoice_id, customer=customer, amount=amount))
 
 
@@ -162,24 +175,21 @@ def stripe_delivery(
     return body, f"t={stamp},v1={digest}"
 
 
-# --- analytics: a real PostHog client when configured, else a printer ------------------------
+# --- analytics: a real PostHog client when configured, else a stand-in ------------------------
 
 
-class PrintingPostHog:
-    """Stands in for posthog.Posthog when no API key is set: prints each message instead."""
+class StandInPostHog:
+    """Stands in for posthog.Posthog when no API key is set: accepts every event.
+
+    configure(console=True) prints each event as it is delivered, so nothing is printed here.
+    """
 
     def capture(self, event: str, **kwargs: Any) -> str | None:
-        groups = kwargs.get("groups") or {}
-        props = {k: v for k, v in (kwargs.get("properties") or {}).items()}
-        print(f"  posthog.capture({event!r}, distinct_id={kwargs.get('distinct_id')!r}, "
-              f"properties={props}, groups={groups})")  # fmt: skip
         # posthog's capture() returns the event's uuid, None when its queue refused it.
         return str(kwargs.get("uuid") or event)
 
     def group_identify(self, group_type: str, group_key: str, **kwargs: Any) -> None:
-        print(
-            f"  posthog.group_identify({group_type!r}, {group_key!r}, {kwargs.get('properties')})"
-        )
+        return None
 
     def flush(self, timeout_seconds: float | None = None) -> None:
         return None
@@ -188,7 +198,7 @@ class PrintingPostHog:
 def posthog_client() -> Any:
     key = os.environ.get("POSTHOG_API_KEY")
     if not key:
-        return PrintingPostHog()
+        return StandInPostHog()
     import posthog
 
     return posthog.Posthog(key, host=os.environ.get("POSTHOG_HOST"), on_error=obs.posthog_on_error)
@@ -225,12 +235,15 @@ def run(workdir: Path) -> None:
     print(f"database: {workdir / 'obs.db'} (app tables and obs_ tables together)")
     print(
         "analytics:",
-        "PostHog" if os.environ.get("POSTHOG_API_KEY") else "printed below (no POSTHOG_API_KEY)",
+        "PostHog" if os.environ.get("POSTHOG_API_KEY") else "a stand-in (no POSTHOG_API_KEY)",
     )
-    # TODO(#16): add console=True here once configure() has it; it then shows every record
-    # and event as delivered, and PrintingPostHog can stop printing.
+    # console=True prints every record and event on stderr as it is delivered, one line each.
     obs.configure(
-        database=engine, posthog=posthog_client(), service="files-api", storage_quota=QUOTA
+        database=engine,
+        posthog=posthog_client(),
+        service="files-api",
+        storage_quota=QUOTA,
+        console=True,
     )
 
     with Session(engine) as session, session.begin():
@@ -299,12 +312,23 @@ def run(workdir: Path) -> None:
         session.commit()
         obs.flush()
 
+    section("Ada renames a file: its record says what changed (changes=)")
+    with (
+        Session(engine) as session,
+        obs.scope(actor=ada, session=session, request_id="req_7", **request),
+    ):
+        rename(session, "f_1", "q3-report-final.pdf")
+        session.commit()
+    obs.flush()
+    (renamed,) = obs.audit_log(engine, action="file.renamed")
+    print(f"  changes: {renamed.changes}")
+
     storage_story(engine)
     stripe_story(engine)
 
     obs.flush()
-    section("the audit trail, oldest first, read back with obs.audit_log(engine)")
-    print_trail(obs.audit_log(engine, limit=100))
+    section('the audit trail, oldest first: obs.audit_log(engine, order="asc")')
+    print_trail(obs.audit_log(engine, limit=100, order="asc"))
     section("obs.stats()")
     stats = obs.stats()
     print("  " + ", ".join(f"{k}={v}" for k, v in stats.items() if k != "by_sink"))
@@ -358,16 +382,25 @@ def stripe_story(engine: Any) -> None:
     def invoice_paid(event: Any, session: Session) -> None:
         invoice = event["data"]["object"]
         obs.set_actor(obs.Actor.user(invoice["customer_owner"]))  # the customer's owner
-        record_payment(session, invoice["id"], invoice["customer"], invoice["amount_paid"])
+        organization = invoice["metadata"]["organization"]
+        record_payment(
+            session, invoice["id"], invoice["customer"], invoice["amount_paid"], organization
+        )
 
     @hooks.on("invoice.payment_failed")
     def payment_failed(event: Any, session: Session) -> None:
         failures["count"] += 1
         if failures["count"] == 1:
             raise ConnectionError("the billing service timed out")
-        record_payment(session, event["data"]["object"]["id"], "cus_2", 0)
+        record_payment(session, event["data"]["object"]["id"], "cus_2", 0, None)
 
-    invoice = {"id": "in_1", "customer": "cus_1", "customer_owner": "u_ada", "amount_paid": 4900}
+    invoice = {
+        "id": "in_1",
+        "customer": "cus_1",
+        "customer_owner": "u_ada",
+        "amount_paid": 4900,
+        "metadata": {"organization": "org_acme"},
+    }
     section("Stripe delivers one invoice.paid three times: one payment, one audit row, one event")
     body, signature = stripe_delivery("evt_1", "invoice.paid", invoice)
     for attempt in range(1, 4):

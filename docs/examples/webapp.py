@@ -196,11 +196,7 @@ def record_payment(
 def latest_audit(engine: Any, limit: int = 50) -> list[obs.AuditRecord]:
     """Return the newest *limit* audit records, newest first."""
     obs.flush(timeout=2.0)  # show what is still queued, e.g. "started" export records
-    # audit_log pages oldest first; a demo database is small enough to walk.
-    records: list[obs.AuditRecord] = []
-    while page := obs.audit_log(engine, limit=500, after=records[-1].id if records else None):
-        records.extend(page)
-    return records[::-1][:limit]
+    return obs.audit_log(engine, limit=limit)
 
 
 # --- the web layer: no obs_sdk call in a route body ------------------------------------------

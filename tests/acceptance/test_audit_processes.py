@@ -290,7 +290,7 @@ class TestConcurrentStartup:
         assert counts_by_action(reader) == {"started": 4}
         with reader.connect() as conn:
             versions = conn.execute(sa.text("SELECT version FROM obs_schema_version")).all()
-        assert versions == [(2,)]
+        assert versions == [(3,)]
         expected = {t.name: {i.name for i in t.indexes} for t in obs.metadata().sorted_tables}
         inspector = sa.inspect(reader)
         assert {

@@ -62,7 +62,7 @@ def async_url(url: str) -> str:
 
 def trail(engine: sa.Engine, **filters: Any) -> list[obs.AuditRecord]:
     """Every audit record visible to a fresh connection, oldest first."""
-    return obs.audit_log(engine, limit=10_000, **filters)
+    return obs.audit_log(engine, limit=10_000, order="asc", **filters)
 
 
 def actions(engine: sa.Engine) -> list[tuple[str, str]]:
@@ -550,7 +550,7 @@ class TestAuditLog:
         after: uuid.UUID | str | None = None
         pages = 0
         while True:
-            page = obs.audit_log(reader, limit=5, after=after)
+            page = obs.audit_log(reader, limit=5, after=after, order="asc")
             if not page:
                 break
             pages += 1

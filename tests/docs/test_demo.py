@@ -54,7 +54,7 @@ class TestDemo:
         assert demo.returncode == 0, demo.stderr
         output = demo.stdout + demo.stderr
         assert "Traceback" not in output
-        assert "obs_sdk dropped" not in output  # the printing stand-in for PostHog takes all
+        assert "obs_sdk dropped" not in output  # the stand-in for PostHog takes all
 
     def test_the_failing_webhook_handler_is_one_line(
         self, demo: subprocess.CompletedProcess[str]
@@ -85,7 +85,7 @@ class TestDemo:
     def test_stats_count_every_event_delivered(
         self, demo: subprocess.CompletedProcess[str]
     ) -> None:
-        """Four analytics events, all handed to the printing client; nothing dropped."""
+        """Four analytics events, all handed to the stand-in client; nothing dropped."""
         stats = section(demo.stdout, "obs.stats()")
         assert "dropped=0" in stats[0]
         assert "posthog: {'submitted': 4, 'queued': 0, 'delivered': 4, 'dropped': 0" in stats[1]

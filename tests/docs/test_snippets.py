@@ -363,7 +363,7 @@ class TestTheChecker:
         failure = check(snippet, snippet_environment("http://127.0.0.1:9"))
         assert failure is not None
         assert failure.startswith(f"{page}:2: ```python block exited with 3")
-        assert "obs_sdk logged: obs_sdk internal error in template" in failure
+        assert "obs_sdk logged: obs_sdk: @audited('file.read') on read" in failure
 
     def test_a_block_marked_warns_may_show_obs_sdk_warnings(self, tmp_path: Path) -> None:
         """``<!-- warns -->`` lets a block show a warning on purpose; the mark is per script."""

@@ -288,7 +288,7 @@ class TestStartupBesideLiveTransactions:
         assert elapsed < CONFIGURE_BOUND
         ddl = [sql for sql in obs_statements(seen) if sql.upper().startswith(("CREATE", "ALTER"))]
         assert ddl == []
-        assert versions(postgres_engine) == [(2,)]
+        assert versions(postgres_engine) == [(3,)]
 
 
 class TestStartupCreates:
@@ -300,7 +300,7 @@ class TestStartupCreates:
         """configure() on an empty database creates the whole schema and records version 2."""
         obs.configure(database_url)
         assert schema_names(reader) == expected_schema()
-        assert versions(reader) == [(2,)]
+        assert versions(reader) == [(3,)]
 
     def test_a_missing_index_is_created_alone(self, database_url: str, reader: sa.Engine) -> None:
         """A database missing one index and the version row gets that index and the row."""
@@ -310,7 +310,7 @@ class TestStartupCreates:
             conn.execute(sa.text("DELETE FROM obs_schema_version"))
         obs.configure(database_url)
         assert schema_names(reader) == expected_schema()
-        assert versions(reader) == [(2,)]
+        assert versions(reader) == [(3,)]
 
     def test_a_current_version_skips_the_create_path(
         self, database_url: str, reader: sa.Engine

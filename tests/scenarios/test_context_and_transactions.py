@@ -62,7 +62,8 @@ def app_engine(database_url: str) -> Iterator[sa.Engine]:
 def trail(engine: sa.Engine) -> list[tuple[str, str | None, str | None]]:
     """(action, resource id, actor id) of every committed record, after a flush."""
     assert obs.flush(timeout=10.0)
-    return [(r.action, r.resource_id, r.actor_id) for r in obs.audit_log(engine, limit=10_000)]
+    records = obs.audit_log(engine, limit=10_000, order="asc")
+    return [(r.action, r.resource_id, r.actor_id) for r in records]
 
 
 @obs.audited("file.downloaded", resource=obs.Resource("file", "{file_id}"))

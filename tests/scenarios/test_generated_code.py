@@ -341,7 +341,7 @@ class TestAnyCallable:
                 assert type(got) is type(expected), label
                 assert isinstance(got, Adder) or got == expected, label
         assert obs.flush(10.0)
-        records = obs.audit_log(audit_db)
+        records = obs.audit_log(audit_db, order="asc")
         assert [r.action for r in records] == [c[0] for c in ANY_CALLABLE]
         assert [r.metadata["result"] for r in records[:-1]] == [c[3] for c in ANY_CALLABLE[:-1]]
         assert records[-1].metadata["result"].startswith("<tests.scenarios.")

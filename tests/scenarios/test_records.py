@@ -66,8 +66,9 @@ def arrived(receiver: PosthogReceiver, count: int) -> list[dict[str, Any]]:
 
 
 def tenants(engine: sa.Engine, action: str) -> list[tuple[str | None, str | None]]:
-    """(organization_id, workspace_id) of the action's records, in id (time) order."""
-    return [(r.organization_id, r.workspace_id) for r in obs.audit_log(engine, action=action)]
+    """(organization_id, workspace_id) of the action's records, oldest first."""
+    records = obs.audit_log(engine, action=action, order="asc")
+    return [(r.organization_id, r.workspace_id) for r in records]
 
 
 class TestTenantFromArguments:

@@ -52,7 +52,7 @@ class App:
 
     def records(self) -> list[obs.AuditRecord]:
         assert obs.flush(10.0)
-        return obs.audit_log(self.engine)
+        return obs.audit_log(self.engine, order="asc")
 
 
 @pytest.fixture

@@ -66,7 +66,7 @@ def app_engine(database_url: str) -> Iterator[sa.Engine]:
 def trail(engine: sa.Engine) -> list[str | None]:
     """The resource ids of every committed record, after a flush, oldest first."""
     assert obs.flush(timeout=10.0)
-    return [r.resource_id for r in obs.audit_log(engine, limit=10_000)]
+    return [r.resource_id for r in obs.audit_log(engine, limit=10_000, order="asc")]
 
 
 def add_item(engine: sa.Engine, item_id: str = "i_1") -> None:

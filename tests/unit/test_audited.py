@@ -672,7 +672,7 @@ class TestConfiguredPath:
             op(File("f_1", "b", 2))
             op(None, n=4)  # None.id fails: that field alone is NULL
         assert obs.flush(5.0)
-        records = obs.audit_log(create_engine(sqlite_url))
+        records = obs.audit_log(create_engine(sqlite_url), order="asc")
         assert [(r.resource_id, r.metadata, r.actor_id) for r in records] == [
             ("f_1", {"n": 3}, "u_1"),
             (None, {"n": 4}, "u_1"),
@@ -812,7 +812,7 @@ class TestOwnSignatureWrapper:
             decorated()
         assert str(wrapped_error.value) == str(bare_error.value)
         assert obs.flush(5.0)
-        records = obs.audit_log(create_engine(sqlite_url))
+        records = obs.audit_log(create_engine(sqlite_url), order="asc")
         assert [r.metadata for r in records] == [{"id": "f_1", "size": 1}, {"id": "f_2", "size": 3}]
 
 

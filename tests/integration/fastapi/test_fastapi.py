@@ -240,7 +240,7 @@ def trail(engine: sa.Engine) -> list[tuple[Any, ...]]:
     assert obs.flush(timeout=10.0)
     return [
         (r.action, r.outcome, r.actor_id, r.organization_id, r.resource_id)
-        for r in obs.audit_log(engine, limit=1000)
+        for r in obs.audit_log(engine, limit=1000, order="asc")
     ]
 
 
@@ -433,7 +433,7 @@ class TestUnderUvicorn:
         assert obs.flush(timeout=10.0)
         got = [
             (r.action, r.actor_id, r.organization_id, r.ip, r.request_id)
-            for r in obs.audit_log(engine)
+            for r in obs.audit_log(engine, order="asc")
         ]
         assert got == [
             ("note.created", "u_ada", "org_acme", "127.0.0.1", "r0"),

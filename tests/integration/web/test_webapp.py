@@ -57,7 +57,7 @@ def trail(url: str) -> list[tuple[Any, ...]]:
     obs.flush()
     return [
         (r.action, r.outcome, r.actor_type, r.actor_id, r.ip, r.request_id)
-        for r in obs.audit_log(create_engine(url))
+        for r in obs.audit_log(create_engine(url), order="asc")
     ]
 
 
