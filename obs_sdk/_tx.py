@@ -390,9 +390,7 @@ def _insert_held_audits(session: Session) -> None:
             return
         stored: dict[int, AuditRecord] = {}  # position in held → the record as written
         try:
-            conn = session.connection()
-            _begin_sqlite(conn)
-            _insert(conn, records, stored)
+            _insert(session.connection(), records, stored)
         except Exception as exc:
             # Nothing of the failed statement was written (see _insert): the caller's
             # commit goes on, and the records it did not write take the queue after it
@@ -419,11 +417,13 @@ def _insert(conn: Connection, records: list[AuditRecord], stored: dict[int, Audi
     name = conn.dialect.name
     driver = driver_insert(table, name)
     if driver is None or not conn.dialect.insert_returning:  # other databases: as before
+        _begin_sqlite(conn, before_savepoint=True)
         with conn.begin_nested():
             conn.execute(insert_ignoring_duplicates(table, name), [r.as_dict() for r in records])
         stored.update(enumerate(records))
         return
     if name == "sqlite":
+        _begin_sqlite(conn, before_savepoint=False)
         _insert_rows(conn, driver, records, stored)
         return
     # Not released: the commit that follows releases it, and a RELEASE would cost another
@@ -474,16 +474,19 @@ def _with_new_id(record: AuditRecord) -> AuditRecord:
     return replaced
 
 
-def _begin_sqlite(conn: Any) -> None:
-    # SQLite's default driver mode sends BEGIN only before the caller's first DML, and
-    # before the records' INSERT when that comes first: the transaction holds both. A
-    # driver in autocommit mode (isolation_level None) would commit the records on their
-    # own, before the caller's flush (which may still fail): begin the transaction, as the
-    # driver in its default mode would have.
+def _begin_sqlite(conn: Any, *, before_savepoint: bool) -> None:
+    # SQLite's default driver mode sends BEGIN only before DML: before the records' INSERT
+    # when that comes before the caller's first, so the transaction holds both. A SAVEPOINT
+    # sent first would open the transaction itself and its RELEASE would commit the records
+    # on their own, before the caller's flush (which may still fail and roll back); so
+    # would an INSERT on a driver in autocommit mode (isolation_level None). Then begin the
+    # real transaction first, as the driver in its default mode would have.
     if conn.dialect.name != "sqlite":
         return
     driver = conn.connection.driver_connection
-    if getattr(driver, "in_transaction", True) is False and driver.isolation_level is None:
+    if getattr(driver, "in_transaction", True) is False and (
+        before_savepoint or driver.isolation_level is None
+    ):
         conn.exec_driver_sql("BEGIN")
 
 
