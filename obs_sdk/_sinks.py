@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import sqlite3
 import threading
@@ -36,7 +37,7 @@ from obs_sdk._tables import Tables, insert_ignoring_duplicates
 if TYPE_CHECKING:
     import posthog
 
-__all__ = ["DatabaseSink", "PostHogSink", "Sink"]
+__all__ = ["DatabaseSink", "PostHogSink", "Sink", "driver_insert"]
 
 Record = Any  # AuditRecord | AnalyticsEvent
 
@@ -167,7 +168,7 @@ class _DriverInsert:
         self._values = f"({values})"
         self.sql = f"{self._head}{self._values} ON CONFLICT (id) DO NOTHING"
         self._most = max(1, min(MAX_ROWS_PER_STATEMENT, max_params // len(columns)))
-        self._by_size: dict[int, str] = {1: self.sql}
+        self._by_size: dict[tuple[int, str], str] = {(1, ""): self.sql}
         # psycopg sends an executemany as one pipeline: a statement of thousands of
         # parameters costs it 4x the CPU per row (measured), so PostgreSQL takes executemany,
         # or one statement over arrays for large batches.
@@ -179,11 +180,12 @@ class _DriverInsert:
             "ON CONFLICT (id) DO NOTHING"
         )
 
-    def _statement(self, rows: int) -> str:
-        sql = self._by_size.get(rows)
+    def _statement(self, rows: int, returning: str = "") -> str:
+        sql = self._by_size.get((rows, returning))
         if sql is None:
-            sql = f"{self._head}{', '.join([self._values] * rows)} ON CONFLICT (id) DO NOTHING"
-            self._by_size[rows] = sql
+            values = ", ".join([self._values] * rows)
+            sql = f"{self._head}{values} ON CONFLICT (id) DO NOTHING{returning}"
+            self._by_size[(rows, returning)] = sql
         return sql
 
     def insert(self, conn: Connection, rows: list[tuple[Any, ...]]) -> int:
@@ -202,6 +204,38 @@ class _DriverInsert:
             start += size
         return written
 
+    def insert_returning(
+        self, conn: Connection, rows: list[tuple[Any, ...]], written: set[Any]
+    ) -> None:
+        """Insert *rows* as multi-row statements, adding to *written* the ids each wrote.
+
+        For the insert at the caller's commit: ``RETURNING id`` names the rows written, so
+        an id found taken (skipped by ``ON CONFLICT DO NOTHING``, no error) is known without
+        a savepoint to roll back to. *written* grows statement by statement: when one
+        fails, it holds what the ones before it wrote. Needs ``conn.dialect.insert_returning``.
+        """
+        start, n = 0, len(rows)
+        while start < n:
+            size = min(self._most, n - start)
+            params = tuple(chain.from_iterable(rows[start : start + size]))
+            result = conn.exec_driver_sql(self._statement(size, " RETURNING id"), params)
+            written.update(row[0] for row in result.fetchall())
+            start += size
+
+
+@functools.cache
+def driver_insert(table: Table, dialect_name: str) -> _DriverInsert | None:
+    """The driver-level INSERT for *table* on *dialect_name* (None: other dialects).
+
+    For connections other than a sink's own (the caller's, at its commit): the parameter
+    limit is SQLite's smallest, which the driver of any version accepts.
+    """
+    if dialect_name == "sqlite":
+        return _DriverInsert(table, dialect_name, _SQLITE_DEFAULT_MAX_PARAMS)
+    if dialect_name == "postgresql":
+        return _DriverInsert(table, dialect_name, _POSTGRES_MAX_PARAMS)
+    return None
+
 
 # Rows per INSERT statement: a batch of 500 takes one, of 5000 four (32766 parameters at most).
 MAX_ROWS_PER_STATEMENT = 1560
@@ -209,12 +243,13 @@ UNNEST_FROM = 1000  # PostgreSQL: rows per batch from which one statement over a
 # The PostgreSQL array type of each column, by its SQLAlchemy type (others: text).
 _ARRAY_CASTS = {"Uuid": "uuid", "UTCDateTime": "timestamptz", "JSONValue": "jsonb"}
 _SQLITE_DEFAULT_MAX_PARAMS = 999  # SQLite before 3.32, when the driver cannot say
+_POSTGRES_MAX_PARAMS = 65_535  # PostgreSQL's protocol limit
 
 
 def _max_params(engine: Engine) -> int:
     """How many parameters one statement may carry on *engine*'s database."""
     if engine.dialect.name != "sqlite":
-        return 65_535  # PostgreSQL's protocol limit
+        return _POSTGRES_MAX_PARAMS
     try:
         with engine.connect() as conn:
             driver = conn.connection.driver_connection

@@ -1,9 +1,10 @@
 """Work that rides on the caller's transaction: held to commit, dropped on rollback.
 
 Success records made while a scope's session is in a transaction are inserted from the
-session's ``before_commit`` event inside a Core savepoint: a failed insert rolls back to the
-savepoint (the caller's commit still succeeds) and the record is queued after the commit
-instead. Analytics events and ``after_commit`` callbacks wait for the commit.
+session's ``before_commit`` event, with one driver-level statement that leaves the caller's
+transaction as it was when it fails (see ``_insert``): the caller's commit still succeeds and
+the record is queued after the commit instead. Analytics events and ``after_commit``
+callbacks wait for the commit.
 
 How the transaction ends decides the fate of what it held: a commit writes it; an explicit
 ``rollback()`` or a failed commit drops it, counted ``rolled_back`` (records the failed
@@ -29,7 +30,7 @@ import re
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
@@ -49,7 +50,11 @@ from obs_sdk._records import (
     render_audit,
     uuid7,
 )
+from obs_sdk._sinks import driver_insert
 from obs_sdk._tables import insert_ignoring_duplicates, tables
+
+if TYPE_CHECKING:
+    from obs_sdk._sinks import _DriverInsert
 
 __all__ = ["after_commit", "hold", "mark_written", "sync_session"]
 
@@ -61,6 +66,7 @@ _COMMITTED = "obs_sdk.committed"  # the root transaction whose commit was handle
 _SCOPED = "obs_sdk.scoped"  # a scope opened a unit of work on this session
 _INSERT_ATTEMPTS = 5  # new ids for records whose id was taken, before giving up on them
 _SHOWN_IDS = 5  # record ids named in a log line, at most
+_SAVEPOINT = "obs_sdk_commit_insert"  # around the insert at commit, on PostgreSQL
 
 # A statement that writes: its first word, or a WITH whose body holds DML (PostgreSQL's
 # data-modifying CTEs, SQLite's WITH … INSERT). Leading comments and parentheses skipped.
@@ -382,41 +388,84 @@ def _insert_held_audits(session: Session) -> None:
             count_error("render", exc)
             pending.queued.extend(held)
             return
+        stored: dict[int, AuditRecord] = {}  # position in held → the record as written
         try:
-            conn = session.connection()
-            _begin_sqlite(conn)
-            from obs_sdk._config import current  # _config imports this module
-
-            table = tables(current().table_prefix).audit
-            statement = insert_ignoring_duplicates(table, conn.dialect.name)
-            with conn.begin_nested():
-                pending.stored.extend(_insert_all(conn, statement, records))
+            _insert(session.connection(), records, stored)
         except Exception as exc:
-            # The savepoint rolled back; the caller's commit goes on and the records take
-            # the queue after it (they keep their resolved values, and get new ids).
+            # Nothing of the failed statement was written (see _insert): the caller's
+            # commit goes on, and the records it did not write take the queue after it
+            # (they keep their resolved values, and get new ids).
             count_error("transaction_insert", CommitInsertFailed(records, exc))
-            pending.queued.extend(held)
+            pending.queued.extend(h for i, h in enumerate(held) if i not in stored)
+        pending.stored.extend(stored.values())
 
 
-def _insert_all(conn: Any, statement: Any, records: list[AuditRecord]) -> list[AuditRecord]:
+def _insert(conn: Connection, records: list[AuditRecord], stored: dict[int, AuditRecord]) -> None:
+    """Insert *records* in the caller's transaction, noting in *stored* each one written.
+
+    One driver-level statement (the delivery sink's, see ``driver_insert``). A failed
+    statement must leave the caller's transaction as it was: on SQLite each statement is
+    atomic and an error leaves the transaction usable, so none is wrapped; on PostgreSQL
+    an error aborts the whole transaction, so the insert runs in a savepoint (sent as
+    driver SQL: SQLAlchemy's nested transaction cost more than the insert). On SQLite a
+    failure after some statements (a batch of many rows, a new id) leaves their records
+    in *stored*; on PostgreSQL the savepoint takes them back, so none are.
+    """
+    from obs_sdk._config import current  # _config imports this module
+
+    table = tables(current().table_prefix).audit
+    name = conn.dialect.name
+    driver = driver_insert(table, name)
+    if driver is None or not conn.dialect.insert_returning:  # other databases: as before
+        _begin_sqlite(conn, before_savepoint=True)
+        with conn.begin_nested():
+            conn.execute(insert_ignoring_duplicates(table, name), [r.as_dict() for r in records])
+        stored.update(enumerate(records))
+        return
+    if name == "sqlite":
+        _begin_sqlite(conn, before_savepoint=False)
+        _insert_rows(conn, driver, records, stored)
+        return
+    # Not released: the commit that follows releases it, and a RELEASE would cost another
+    # round trip (the caller's final flush runs inside it, and any failure of that flush
+    # rolls the whole transaction back, as it would have).
+    inside: dict[int, AuditRecord] = {}
+    conn.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
+    try:
+        _insert_rows(conn, driver, records, inside)
+    except BaseException:
+        conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+        raise
+    stored.update(inside)
+
+
+def _insert_rows(
+    conn: Connection,
+    driver: _DriverInsert,
+    records: list[AuditRecord],
+    stored: dict[int, AuditRecord],
+) -> None:
     """Insert *records*; one whose id is taken is written under a new id (logged, counted).
 
     ``ON CONFLICT DO NOTHING`` would skip it silently: ``RETURNING id`` says which rows were
-    written. Returns the records as stored.
+    written, with no error to roll back.
     """
-    if not conn.dialect.insert_executemany_returning:  # no way to tell: as before
-        conn.execute(statement, [r.as_dict() for r in records])
-        return records
-    returning = statement.returning(statement.table.c.id)
-    stored: list[AuditRecord] = []
-    todo = records
+    todo = list(enumerate(records))
     for _ in range(_INSERT_ATTEMPTS):
-        written = set(conn.execute(returning, [r.as_dict() for r in todo]).scalars())
-        stored += [r for r in todo if r.id in written]
-        todo = [_with_new_id(r) for r in todo if r.id not in written]
+        rows = [driver.row(r) for _, r in todo]
+        written: set[Any] = set()
+        try:
+            driver.insert_returning(conn, rows, written)
+        finally:
+            stored.update(t for t, row in zip(todo, rows, strict=True) if row[0] in written)
+        todo = [
+            (i, _with_new_id(r))
+            for (i, r), row in zip(todo, rows, strict=True)
+            if row[0] not in written
+        ]
         if not todo:
-            break
-    return stored
+            return
+    raise RuntimeError(f"no free audit record id after {_INSERT_ATTEMPTS} attempts")
 
 
 def _with_new_id(record: AuditRecord) -> AuditRecord:
@@ -425,15 +474,19 @@ def _with_new_id(record: AuditRecord) -> AuditRecord:
     return replaced
 
 
-def _begin_sqlite(conn: Any) -> None:
-    # SQLite's default driver mode sends BEGIN only before the caller's first DML: a
-    # SAVEPOINT sent first would open the transaction itself and its RELEASE would commit
-    # the records on their own, before the caller's flush (which may still fail and roll
-    # back). Begin the real transaction first, as the driver would have.
+def _begin_sqlite(conn: Any, *, before_savepoint: bool) -> None:
+    # SQLite's default driver mode sends BEGIN only before DML: before the records' INSERT
+    # when that comes before the caller's first, so the transaction holds both. A SAVEPOINT
+    # sent first would open the transaction itself and its RELEASE would commit the records
+    # on their own, before the caller's flush (which may still fail and roll back); so
+    # would an INSERT on a driver in autocommit mode (isolation_level None). Then begin the
+    # real transaction first, as the driver in its default mode would have.
     if conn.dialect.name != "sqlite":
         return
     driver = conn.connection.driver_connection
-    if getattr(driver, "in_transaction", True) is False:
+    if getattr(driver, "in_transaction", True) is False and (
+        before_savepoint or driver.isolation_level is None
+    ):
         conn.exec_driver_sql("BEGIN")
 
 

@@ -32,7 +32,7 @@ class TestPublicAPI:
             for name, value in vars(obs_sdk).items()
             if not name.startswith("_")
             and getattr(value, "__module__", "obs_sdk").startswith("obs_sdk")
-            and name not in {"exceptions", "testing", "integrations"}
+            and name not in {"exceptions", "testing", "integrations", "cli"}
         }
         assert set(obs_sdk.__all__) == public
 

@@ -58,10 +58,16 @@ class TestWheelContents:
 
     @pytest.mark.parametrize(
         "path",
-        ["obs_sdk/__init__.py", "obs_sdk/py.typed", "obs_sdk/integrations/__init__.py"],
+        [
+            "obs_sdk/__init__.py",
+            "obs_sdk/py.typed",
+            "obs_sdk/integrations/__init__.py",
+            "obs_sdk/cli/__init__.py",
+            "obs_sdk/integrations/viewer_templates/viewer.html",
+        ],
     )
     def test_ships_package_files(self, wheel_names: list[str], path: str) -> None:
-        """The package, its py.typed marker and the integrations are in the wheel."""
+        """The package, its marker, the CLI, the integrations and their templates ship."""
         assert path in wheel_names
 
     def test_integrations_only_under_obs_sdk(self, wheel_names: list[str]) -> None:
