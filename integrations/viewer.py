@@ -129,14 +129,10 @@ def _seal_status(engine: Any, records: list[Any]) -> dict[Any, str]:
     if not records or getattr(t, "seal_leaves", None) is None:
         return {}
     leaf_of, record_fields = leaf_module.leaf_of, leaf_module.record_fields
-    leaves, salts, audit = t.seal_leaves, t.seal_salts, t.audit
+    leaves, audit = t.seal_leaves, t.audit
     query = (
-        select(leaves.c.leaf_hash, leaves.c.commitments, salts.c.salt, *audit.columns)
-        .select_from(
-            audit.outerjoin(leaves, leaves.c.record_id == audit.c.id).outerjoin(
-                salts, salts.c.record_id == audit.c.id
-            )
-        )
+        select(leaves.c.leaf_hash, leaves.c.commitments, leaves.c.salt, *audit.columns)
+        .select_from(audit.outerjoin(leaves, leaves.c.record_id == audit.c.id))
         .where(audit.c.id.in_([record.id for record in records]))
     )
     columns = [c.name for c in audit.columns]
