@@ -26,9 +26,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from obs_sdk._context import scope
-from obs_sdk._idempotency import MAX_KEY_LENGTH, once
-from obs_sdk._scope import Actor
+from obs_sdk import Actor, metadata, once, scope
 from obs_sdk.exceptions import ConfigurationError, MissingDependencyError
 
 try:
@@ -44,7 +42,8 @@ ALL_EVENTS = "*"
 KEY_PREFIX = "stripe:"
 DEFAULT_TOLERANCE = 300  # seconds, as stripe.Webhook.DEFAULT_TOLERANCE
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # Stripe's events are a few KiB; 1 MiB leaves room
-MAX_EVENT_ID_LENGTH = MAX_KEY_LENGTH - len(KEY_PREFIX)  # 248: the key column holds 255
+# 248: the width of the public schema's idempotency key column (255) less the prefix.
+MAX_EVENT_ID_LENGTH = metadata().tables["obs_idempotency_keys"].c.key.type.length - len(KEY_PREFIX)
 
 Handler = Callable[[Any, Any], Any]
 
