@@ -21,8 +21,8 @@ import timeit
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine
 from opentelemetry.context import create_key
+from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 import obs_sdk as obs

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import String
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
@@ -42,8 +43,16 @@ ALL_EVENTS = "*"
 KEY_PREFIX = "stripe:"
 DEFAULT_TOLERANCE = 300  # seconds, as stripe.Webhook.DEFAULT_TOLERANCE
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # Stripe's events are a few KiB; 1 MiB leaves room
-# 248: the width of the public schema's idempotency key column (255) less the prefix.
-MAX_EVENT_ID_LENGTH = metadata().tables["obs_idempotency_keys"].c.key.type.length - len(KEY_PREFIX)
+
+
+def _key_width() -> int:
+    """The width of the idempotency key column, read from the public schema (255)."""
+    key = metadata().tables["obs_idempotency_keys"].c.key.type
+    assert isinstance(key, String) and key.length, "obs_idempotency_keys.key is a String(n)"
+    return key.length
+
+
+MAX_EVENT_ID_LENGTH = _key_width() - len(KEY_PREFIX)  # 248
 
 Handler = Callable[[Any, Any], Any]
 

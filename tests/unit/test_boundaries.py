@@ -12,6 +12,7 @@ every import ("anywhere").
 from __future__ import annotations
 
 import ast
+import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ CORE = ROOT / "obs_sdk"
 INTEGRATIONS = ROOT / "integrations"
 
 # The parts, by module of obs_sdk/ (the CLI package and the public modules are the rest).
-SCOPE = ("_context", "_scope", "propagation", "_vendor_private")
+SCOPE = ("_context", "_scope", "propagation")
 HOT_PATH = ("_analytics", "_audit", "_emit", "_instrument", "_lane", "_records", "_templates")
 HOT_PATH += ("_wrapping",)
 DELIVERY = ("_console", "_dispatch", "_lifecycle", "_otel", "_pipelines", "_posthog_log")
@@ -32,6 +33,8 @@ LEDGER = ("_changes", "_idempotency", "_query", "_storage", "_tables", "_tx")
 LEDGER += ("_canonical", "_erasure", "_leaf", "_merkle", "_proof", "_report", "_retention")
 LEDGER += ("_seal", "_sealer", "_signing", "_verify")
 SHARED = ("_config", "_guard", "_stats", "exceptions", "testing", "__init__")
+# The one home of our dependencies' private names (see VENDOR_PRIVATE_HOME below).
+SHARED += ("_vendor_private",)
 
 # Vendor and framework libraries: optional extras, never pulled in by `import obs_sdk`.
 VENDORS = ("posthog", "stripe", "celery", "fastapi", "starlette", "flask", "rich", "click")
@@ -65,6 +68,11 @@ RULES = (
     Rule("cli", ("cli.*",), ("obs_sdk.integrations",), "anywhere",
          "the CLI reads the ledger through the core, like any app"),
 )  # fmt: skip
+
+# A private name of a dependency (opentelemetry._logs, sqlalchemy.x._y) is imported here only,
+# with why and a test pinning the versions it was checked against: one place to re-read
+# when a dependency changes.
+VENDOR_PRIVATE_HOME = "obs_sdk._vendor_private"
 
 # Private names of the core that integrations/ may still use: (file, name) -> why.
 # A name is private when a dotted component starts with "_" (obs_sdk._guard, or
@@ -167,6 +175,22 @@ def private_core_names(source: str, module: str) -> list[tuple[str, int]]:
     return found
 
 
+def private_vendor_names(source: str, module: str) -> list[tuple[str, int]]:
+    """Each private name of a dependency (not obs_sdk, not the standard library).
+
+    The standard library's private modules ship with the interpreter (``_string`` is how
+    ``string.Formatter`` splits a field name; _templates splits them the same way).
+    """
+    found = []
+    for imported, line, _top in _imports(source, module):
+        parts = imported.split(".")
+        if parts[0] == "obs_sdk" or parts[0] in sys.stdlib_module_names:
+            continue
+        if any(p.startswith("_") for p in parts):
+            found.append((imported, line))
+    return found
+
+
 def _core_sources() -> dict[str, str]:
     sources = {}
     for path in sorted(CORE.rglob("*.py")):
@@ -186,6 +210,24 @@ def test_every_core_module_has_a_part() -> None:
 def test_core_rule_holds(rule: Rule) -> None:
     breaches = rule_breaches(rule, _core_sources())
     assert not breaches, "\n".join(breaches)
+
+
+def test_private_names_of_dependencies_live_in_one_module() -> None:
+    sources = _core_sources()
+    sources |= {
+        f"obs_sdk.integrations.{p.stem}": p.read_text(encoding="utf-8")
+        for p in sorted(INTEGRATIONS.glob("*.py"))
+    }
+    breaches = [
+        f"{module}:{line} imports {name}"
+        for module, source in sorted(sources.items())
+        if module != VENDOR_PRIVATE_HOME
+        for name, line in private_vendor_names(source, module)
+    ]
+    assert not breaches, (
+        f"use the library's public API, or move the use to {VENDOR_PRIVATE_HOME} (with why "
+        "and a version pin in tests/unit/test_vendor_private.py):\n" + "\n".join(breaches)
+    )
 
 
 def test_integrations_use_no_private_core_name_beyond_the_allow_list() -> None:
@@ -259,8 +301,27 @@ class TestTheChecker:
         cli = Rule("cli", ("cli.*",), ("sqlalchemy",), "module", "why")
         sources = {"obs_sdk": self.SOURCE, "obs_sdk._x": self.SOURCE}
         sources |= {"obs_sdk.cli": self.SOURCE, "obs_sdk.cli._app": self.SOURCE}
-        assert [b.split(":")[0] for b in rule_breaches(core, sources)] == ["obs_sdk", "obs_sdk._x"]
-        assert [b.split(":")[0] for b in rule_breaches(cli, sources)] == ["obs_sdk.cli", "obs_sdk.cli._app"]
+        checked = [b.split(":")[0] for b in rule_breaches(core, sources)]
+        assert checked == ["obs_sdk", "obs_sdk._x"]
+        checked = [b.split(":")[0] for b in rule_breaches(cli, sources)]
+        assert checked == ["obs_sdk.cli", "obs_sdk.cli._app"]
+
+    def test_private_names_of_dependencies_are_found(self) -> None:
+        source = textwrap.dedent(
+            """
+            from __future__ import annotations
+            from opentelemetry import _logs, trace
+            from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach
+            import sqlalchemy.orm
+            from obs_sdk import _config
+            from _string import formatter_field_name_split
+            """
+        )
+        found = [name for name, _line in private_vendor_names(source, "obs_sdk._x")]
+        assert found == [
+            "opentelemetry._logs",
+            "opentelemetry.context._SUPPRESS_INSTRUMENTATION_KEY",
+        ]
 
     def test_private_core_names_are_found_and_public_ones_pass(self) -> None:
         source = textwrap.dedent(

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+import inspect
 
 import pytest
 from opentelemetry import context as otel_context
+from sqlalchemy import create_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import base as orm_base
 
-from obs_sdk import _vendor_private
 from obs_sdk._vendor_private import (
     CHECKED_AGAINST,
+    POSTHOG_FLUSH_BUDGET,
+    POSTHOG_UPLOAD_ERROR,
+    SA_CLASS_MANAGER,
+    SA_INSTANCE_STATE,
     SUPPRESS_INSTRUMENTATION_KEY,
     fast_context_getter,
+    otel_logs_api,
 )
 
 
@@ -49,8 +58,43 @@ def test_without_the_runtime_var_the_public_getter_is_used(
 def test_the_suppression_key_is_otels_own() -> None:
     """The key OTel's instrumentations check (absent: the fallback string is used)."""
     assert SUPPRESS_INSTRUMENTATION_KEY == otel_context._SUPPRESS_INSTRUMENTATION_KEY
-    assert _vendor_private.__all__ == [
-        "CHECKED_AGAINST",
-        "SUPPRESS_INSTRUMENTATION_KEY",
-        "fast_context_getter",
-    ]
+
+
+def test_the_logs_api_has_what_the_otel_sink_uses() -> None:
+    logs = otel_logs_api()
+    for name in ("LoggerProvider", "SeverityNumber", "get_logger", "get_logger_provider"):
+        assert hasattr(logs, name), f"opentelemetry._logs has no {name} any more"
+
+
+def test_sqlalchemy_names_its_instrumentation_attributes_so() -> None:
+    """The attribute names, and what they hold on a real mapped class and instance."""
+    assert (SA_CLASS_MANAGER, SA_INSTANCE_STATE) == (
+        orm_base.DEFAULT_MANAGER_ATTR,
+        orm_base.DEFAULT_STATE_ATTR,
+    )
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Item(Base):
+        __tablename__ = "item"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    manager = getattr(Item, SA_CLASS_MANAGER)
+    assert isinstance(manager, dict) and "id" in manager
+    item = Item(id=1)
+    assert getattr(vars(item)[SA_INSTANCE_STATE], "key", "missing") is None  # transient
+    with Session(create_engine("sqlite://")) as session:
+        Base.metadata.create_all(session.bind)  # type: ignore[arg-type]
+        session.add(item)
+        session.flush()
+        assert vars(item)[SA_INSTANCE_STATE].key is not None  # persistent
+
+
+@pytest.mark.parametrize(
+    ("message", "where"),
+    [(POSTHOG_UPLOAD_ERROR, "posthog.consumer"), (POSTHOG_FLUSH_BUDGET, "posthog.client")],
+)
+def test_posthog_still_logs_the_messages_the_sink_recognises(message: str, where: str) -> None:
+    source = inspect.getsource(importlib.import_module(where))
+    assert message in source, f"{where} no longer logs {message!r}: see _posthog_log.py"
