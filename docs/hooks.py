@@ -36,6 +36,7 @@ GUIDES = [
     "celery.md",
     "propagation.md",
     "performance.md",
+    "architecture.md",  # for contributors: the parts and the path of a record
 ]
 API_PAGES = ["api.md", "api-integrations.md"]
 HOME, INTEGRATIONS = "index.md", "api-integrations.md"

@@ -19,8 +19,8 @@ import uuid
 from collections.abc import Iterable, Iterator
 from urllib.parse import unquote
 
+from obs_sdk import Actor
 from obs_sdk._guard import count_error
-from obs_sdk._scope import Actor
 from obs_sdk.exceptions import ConfigurationError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -23,12 +23,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import String
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from obs_sdk._context import scope
-from obs_sdk._idempotency import MAX_KEY_LENGTH, once
-from obs_sdk._scope import Actor
+from obs_sdk import Actor, metadata, once, scope
 from obs_sdk.exceptions import ConfigurationError, MissingDependencyError
 
 try:
@@ -44,7 +43,16 @@ ALL_EVENTS = "*"
 KEY_PREFIX = "stripe:"
 DEFAULT_TOLERANCE = 300  # seconds, as stripe.Webhook.DEFAULT_TOLERANCE
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # Stripe's events are a few KiB; 1 MiB leaves room
-MAX_EVENT_ID_LENGTH = MAX_KEY_LENGTH - len(KEY_PREFIX)  # 248: the key column holds 255
+
+
+def _key_width() -> int:
+    """The width of the idempotency key column, read from the public schema (255)."""
+    key = metadata().tables["obs_idempotency_keys"].c.key.type
+    assert isinstance(key, String) and key.length, "obs_idempotency_keys.key is a String(n)"
+    return key.length
+
+
+MAX_EVENT_ID_LENGTH = _key_width() - len(KEY_PREFIX)  # 248
 
 Handler = Callable[[Any, Any], Any]
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ParamSpec, TypeVar
-
-from sqlalchemy.engine import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from obs_sdk import _config
 from obs_sdk._changes import check_changes, emit_changes, pending_changes
@@ -34,6 +31,11 @@ from obs_sdk._tables import insert_ignoring_duplicates, tables
 from obs_sdk._templates import Call, Plan, freeze
 from obs_sdk._wrapping import When, build_plan, defined_at, instrument, params_of
 from obs_sdk.exceptions import AuditWriteError, ConfigurationError
+
+# Annotations only: the hot path imports no SQLAlchemy (tests/unit/test_boundaries.py).
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = ["arecord_audit_now", "audited", "record_audit", "record_audit_now"]
 

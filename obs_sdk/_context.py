@@ -18,15 +18,13 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from opentelemetry import context as otel_context
-from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
-from opentelemetry.trace.propagation import _SPAN_KEY
 
 from obs_sdk._scope import EMPTY_SCOPE, Actor, Scope
+from obs_sdk._vendor_private import SUPPRESS_INSTRUMENTATION_KEY, fast_context_getter
 from obs_sdk.exceptions import ConfigurationError
 
 __all__ = [
     "SCOPE_KEY",
-    "SPAN_KEY",
     "SUPPRESS_KEY",
     "Frame",
     "current_context",
@@ -45,21 +43,8 @@ SCOPE_KEY = otel_context.create_key("obs_sdk.scope")
 # Set only together with a suppressed frame (see _Suppressed): the hot path takes a context
 # without a frame as not suppressed.
 SUPPRESS_KEY = otel_context.create_key("obs_sdk.suppressed")
-SPAN_KEY = _SPAN_KEY
-
-
-def _fast_context_getter() -> Callable[[], Mapping[str, object]]:
-    # opentelemetry.context.get_current() is two Python calls deep (~100 ns); with the
-    # default contextvars runtime the current Context is one ContextVar.get() away.
-    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
-    var = getattr(runtime, "_current_context", None)
-    getter = getattr(var, "get", None)
-    if callable(getter) and getter() is otel_context.get_current():
-        return getter  # type: ignore[no-any-return]
-    return otel_context.get_current
-
-
-current_context = _fast_context_getter()
+# opentelemetry.context.get_current(), one call deep where OTel's runtime allows (see there).
+current_context = fast_context_getter()
 
 # Set by configure(scope_provider=...): fills fields no scope set, read only when a record is made.
 provider: Callable[[], Mapping[str, Any]] | None = None
@@ -443,7 +428,7 @@ class _Suppressed:
         ctx = otel_context.set_value(SCOPE_KEY, frame)
         ctx = otel_context.set_value(SUPPRESS_KEY, True, ctx)
         # Also OTel's own key, so a sink's HTTP or DB calls are not traced by instrumentations.
-        ctx = otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True, ctx)
+        ctx = otel_context.set_value(SUPPRESS_INSTRUMENTATION_KEY, True, ctx)
         _attach(self, frame, ctx)
 
     def __exit__(self, *exc_info: object) -> None:

@@ -13,7 +13,6 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from opentelemetry import _logs as otel_logs
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
@@ -28,9 +27,12 @@ from obs_sdk._records import (
     AuditRecord,
 )
 from obs_sdk._redact import to_json
+from obs_sdk._vendor_private import otel_logs_api
 from obs_sdk.exceptions import ConfigurationError
 
 __all__ = ["OtelLogSink"]
+
+otel_logs = otel_logs_api()  # opentelemetry._logs: see _vendor_private
 
 LOGGER_NAME = "obs_sdk"
 PREFIX = "obs."

@@ -21,13 +21,14 @@ import time
 from typing import Any
 
 from obs_sdk._guard import logger
+from obs_sdk._vendor_private import POSTHOG_FLUSH_BUDGET, POSTHOG_UPLOAD_ERROR
 
 __all__ = ["flushing", "install", "upload_failed"]
 
 WARNING_SECONDS = 60.0  # at most one warning per interval while uploads keep failing
 
-_UPLOAD_ERROR = "error uploading"  # posthog.consumer.Consumer.upload
-_FLUSH_BUDGET = "flush ran out of budget"  # posthog.client.Client.flush, our own flush calls
+# What posthog's logger says of a failed upload and of a flush out of time (ours, here).
+_UPLOAD_ERROR, _FLUSH_BUDGET = POSTHOG_UPLOAD_ERROR, POSTHOG_FLUSH_BUDGET
 
 
 class _Reporter(logging.Filter):

@@ -16,7 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from obs_sdk._context import SPAN_KEY
+from opentelemetry import trace
+
 from obs_sdk._guard import count, count_error, warn_once
 from obs_sdk._redact import Redactor
 from obs_sdk._sanitize import bound_mapping, safe_text, size_of, size_within
@@ -500,9 +501,8 @@ def _trace_hex(context: Mapping[str, Any] | None) -> tuple[str | None, str | Non
     if context is None:
         return None, None
     try:
-        span = context.get(SPAN_KEY)
-        if span is None:
-            return None, None
+        # OTel's INVALID_SPAN when none: its span context is not valid.
+        span = trace.get_current_span(context)  # type: ignore[arg-type]  # an OTel Context
         sc = span.get_span_context()
         if not sc.is_valid:
             return None, None

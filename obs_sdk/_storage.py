@@ -222,8 +222,12 @@ class _Prepared:
         compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
         assert compiled.positiontup is not None, "a positional (qmark) driver"
         self.sql = compiled.string
-        processors = compiled._bind_processors
-        self.binds = tuple((name, processors.get(name)) for name in compiled.positiontup)
+        # Each parameter's processor as SQLAlchemy's own execution applies it: the type's
+        # dialect implementation's bind_processor (None: the value goes as it is).
+        self.binds = tuple(
+            (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+            for name in compiled.positiontup
+        )
 
     def run(self, conn: Connection, params: dict[str, Any]) -> Any:
         values = tuple(

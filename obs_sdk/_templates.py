@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from obs_sdk._guard import count, count_error, warn_once
+from obs_sdk._vendor_private import SA_CLASS_MANAGER, SA_INSTANCE_STATE
 from obs_sdk.exceptions import ConfigurationError
 
 __all__ = ["Call", "Params", "Plan", "Unloaded", "compile_function", "freeze", "loaded_attribute"]
@@ -162,13 +163,13 @@ def loaded_attribute(obj: Any, key: str) -> Any:
     attributes and methods.
     """
     kind = type(obj)
-    manager = getattr(kind, "_sa_class_manager", None)
+    manager = getattr(kind, SA_CLASS_MANAGER, None)
     if not isinstance(manager, dict):
         if len(_PLAIN_TYPES) < _MAX_PLAIN_TYPES:
             _PLAIN_TYPES.add(kind)
         return getattr(obj, key)
     state = getattr(obj, "__dict__", None)
-    if state is None or getattr(state.get("_sa_instance_state"), "key", None) is None:
+    if state is None or getattr(state.get(SA_INSTANCE_STATE), "key", None) is None:
         return getattr(obj, key)  # transient or pending: nothing to load
     if key in manager:
         if key in state:
