@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 import obs_sdk as obs
 from obs_sdk.testing import SteppingClock
+from tests.support.databases import async_url
 
 pytestmark = pytest.mark.acceptance
 
@@ -51,13 +52,6 @@ def app_engine(database_url: str) -> Iterator[sa.Engine]:
     app_md.create_all(engine)
     yield engine
     engine.dispose()
-
-
-def async_url(url: str) -> str:
-    """The async-driver spelling of a sync test URL (aiosqlite / psycopg async)."""
-    if url.startswith("sqlite"):
-        return url.replace("sqlite://", "sqlite+aiosqlite://", 1)
-    return url.replace("postgresql+psycopg://", "postgresql+psycopg_async://", 1)
 
 
 def trail(engine: sa.Engine, **filters: Any) -> list[obs.AuditRecord]:

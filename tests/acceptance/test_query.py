@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 import obs_sdk as obs
 from obs_sdk.testing import SteppingClock
+from tests.support.databases import async_url
 
 pytestmark = pytest.mark.acceptance
 
@@ -54,12 +55,6 @@ def reader(database_url: str) -> Iterator[sa.Engine]:
     engine = sa.create_engine(database_url, poolclass=sa.NullPool)
     yield engine
     engine.dispose()
-
-
-def async_url(url: str) -> str:
-    if url.startswith("sqlite"):
-        return url.replace("sqlite://", "sqlite+aiosqlite://", 1)
-    return url.replace("postgresql+psycopg://", "postgresql+psycopg_async://", 1)
 
 
 def make(n: int = N) -> None:

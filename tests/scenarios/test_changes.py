@@ -28,6 +28,7 @@ from sqlalchemy.types import TypeDecorator
 
 import obs_sdk as obs
 from obs_sdk.testing import capture
+from tests.support.databases import async_url, configured_app_engine
 
 pytestmark = pytest.mark.acceptance
 
@@ -86,22 +87,10 @@ class Invoice(Base):
     due: Mapped[datetime.datetime] = mapped_column(sa.DateTime)
 
 
-def async_url(url: str) -> str:
-    if url.startswith("sqlite"):
-        return url.replace("sqlite://", "sqlite+aiosqlite://", 1)
-    return url.replace("postgresql+psycopg://", "postgresql+psycopg_async://", 1)
-
-
 @pytest.fixture
 def app_engine(database_url: str) -> Iterator[sa.Engine]:
     """The application's engine: its tables and obs_sdk's on the same database."""
-    engine = sa.create_engine(database_url)
-    Base.metadata.create_all(engine)
-    obs.configure(engine)
-    yield engine
-    obs.shutdown()
-    Base.metadata.drop_all(engine)
-    engine.dispose()
+    yield from configured_app_engine(database_url, Base.metadata)
 
 
 def trail(engine: sa.Engine) -> dict[str, list[Any] | None]:

@@ -20,6 +20,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import obs_sdk as obs
 from obs_sdk.testing import IncrementingIds
+from tests.support.databases import configured_app_engine
 
 pytestmark = pytest.mark.acceptance
 
@@ -40,13 +41,8 @@ class Note(Base):
 
 @pytest.fixture
 def app_engine(database_url: str) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(database_url)
-    Base.metadata.create_all(engine)
-    obs.configure(engine)
-    yield engine
-    obs.shutdown()
-    Base.metadata.drop_all(engine)
-    engine.dispose()
+    """The application's engine, its tables, and obs_sdk configured on the same database."""
+    yield from configured_app_engine(database_url, Base.metadata)
 
 
 @obs.audited("note.written", resource=obs.Resource("note", "{key}"), metadata={"text": "{text}"})

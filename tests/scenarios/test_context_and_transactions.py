@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 import obs_sdk as obs
+from tests.support.databases import async_url, configured_app_engine
 
 pytestmark = pytest.mark.acceptance
 
@@ -40,23 +41,10 @@ class File(Base):
     name: Mapped[str] = mapped_column(sa.String(100))
 
 
-def async_url(url: str) -> str:
-    """The async-driver spelling of a sync test URL (aiosqlite / psycopg async)."""
-    if url.startswith("sqlite"):
-        return url.replace("sqlite://", "sqlite+aiosqlite://", 1)
-    return url.replace("postgresql+psycopg://", "postgresql+psycopg_async://", 1)
-
-
 @pytest.fixture
 def app_engine(database_url: str) -> Iterator[sa.Engine]:
     """The application's engine, with its table and obs_sdk configured on the same database."""
-    engine = sa.create_engine(database_url)
-    Base.metadata.create_all(engine)
-    obs.configure(engine)
-    yield engine
-    obs.shutdown()
-    Base.metadata.drop_all(engine)
-    engine.dispose()
+    yield from configured_app_engine(database_url, Base.metadata)
 
 
 def trail(engine: sa.Engine) -> list[tuple[str, str | None, str | None]]:

@@ -28,6 +28,7 @@ from sqlalchemy.orm import (
 )
 
 import obs_sdk as obs
+from tests.support.databases import configured_app_engine
 
 pytestmark = pytest.mark.acceptance
 
@@ -54,13 +55,7 @@ class Item(Base):
 @pytest.fixture
 def app_engine(database_url: str) -> Iterator[sa.Engine]:
     """The application's engine, its table, and obs_sdk configured on the same database."""
-    engine = sa.create_engine(database_url)
-    Base.metadata.create_all(engine)
-    obs.configure(engine)
-    yield engine
-    obs.shutdown()
-    Base.metadata.drop_all(engine)
-    engine.dispose()
+    yield from configured_app_engine(database_url, Base.metadata)
 
 
 def trail(engine: sa.Engine) -> list[str | None]:

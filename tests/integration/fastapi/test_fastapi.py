@@ -35,6 +35,7 @@ from sqlalchemy.pool import NullPool
 
 import obs_sdk as obs
 from obs_sdk.integrations.fastapi import instrument, session_dependency
+from tests.support.databases import async_url
 from tests.support.web import serve_asgi
 
 QUOTA = 1_000
@@ -59,13 +60,6 @@ class User:
 
 
 USERS = {u.id: u for u in (User("u_ada", "org_acme"), User("u_eve", "org_evil"))}
-
-
-def async_url(url: str) -> str:
-    """The async-driver spelling of a sync test URL (aiosqlite / psycopg async)."""
-    if url.startswith("sqlite"):
-        return url.replace("sqlite://", "sqlite+aiosqlite://", 1)
-    return url.replace("postgresql+psycopg://", "postgresql+psycopg_async://", 1)
 
 
 # --- the service: decorated functions, sync and async --------------------------------------
