@@ -45,6 +45,10 @@ __all__ = ["SCHEMA_VERSION", "Tables", "create_tables", "metadata", "tables"]
 
 # 1: the first tables. 2: obs_audit_log.changes (what a call wrote, issue 17).
 SCHEMA_VERSION = 3
+
+# Indexes of version 1 that a newer one replaced by (key, occurred_at, id): dropped when an
+# older database is migrated (a new database never has them).
+SUPERSEDED_INDEXES = ("audit_org_idx", "audit_ws_idx", "audit_actor_idx", "audit_resource_idx")
 DEFAULT_PREFIX = "obs_"
 
 
@@ -160,10 +164,10 @@ def tables(prefix: str = DEFAULT_PREFIX) -> Tables:
     # way) and keyset pagination with one index, without a sort.
     at = (audit.c.occurred_at, audit.c.id)
     Index(f"{prefix}audit_time_idx", *at)
-    Index(f"{prefix}audit_org_idx", audit.c.organization_id, *at)
-    Index(f"{prefix}audit_ws_idx", audit.c.workspace_id, *at)
-    Index(f"{prefix}audit_actor_idx", audit.c.actor_id, *at)
-    Index(f"{prefix}audit_resource_idx", audit.c.resource_type, audit.c.resource_id, *at)
+    Index(f"{prefix}audit_org_time_idx", audit.c.organization_id, *at)
+    Index(f"{prefix}audit_ws_time_idx", audit.c.workspace_id, *at)
+    Index(f"{prefix}audit_actor_time_idx", audit.c.actor_id, *at)
+    Index(f"{prefix}audit_resource_time_idx", audit.c.resource_type, audit.c.resource_id, *at)
     usage = Table(
         f"{prefix}storage_usage",
         md,
@@ -328,6 +332,8 @@ def _create(conn: Connection, t: Tables, prefix: str) -> None:
                 conn.execute(CreateIndex(index, if_not_exists=True))
     if found:
         if max(found) != SCHEMA_VERSION:  # one row, moved to this version
+            for name in SUPERSEDED_INDEXES:  # every insert paid for them
+                conn.execute(text(f'DROP INDEX IF EXISTS "{prefix}{name}"'))
             conn.execute(t.schema_version.update().values(version=SCHEMA_VERSION))
     else:
         conn.execute(

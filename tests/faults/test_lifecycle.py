@@ -306,7 +306,7 @@ class TestStartupCreates:
         """A database missing one index and the version row gets that index and the row."""
         obs.create_tables(reader)
         with reader.begin() as conn:
-            conn.execute(sa.text("DROP INDEX obs_audit_actor_idx"))
+            conn.execute(sa.text("DROP INDEX obs_audit_actor_time_idx"))
             conn.execute(sa.text("DELETE FROM obs_schema_version"))
         obs.configure(database_url)
         assert schema_names(reader) == expected_schema()
@@ -322,9 +322,9 @@ class TestStartupCreates:
         """
         obs.create_tables(reader)
         with reader.begin() as conn:
-            conn.execute(sa.text("DROP INDEX obs_audit_actor_idx"))
+            conn.execute(sa.text("DROP INDEX obs_audit_actor_time_idx"))
         obs.configure(database_url)
-        assert "obs_audit_actor_idx" not in schema_names(reader)["obs_audit_log"]
+        assert "obs_audit_actor_time_idx" not in schema_names(reader)["obs_audit_log"]
 
 
 # -- SIGTERM -------------------------------------------------------------------------------

@@ -649,6 +649,15 @@ class TestEdges:
         provider.shutdown()
 
 
+# obs_audit_log's indexes at schema version 1, by key: (columns..., id).
+VERSION_1_INDEXES = {
+    "org": "organization_id",
+    "ws": "workspace_id",
+    "actor": "actor_id",
+    "resource": "resource_type, resource_id",
+}
+
+
 class TestSchemaVersion2:
     """A version-1 database (no changes column) is migrated by configure() and create_tables()."""
 
@@ -661,6 +670,13 @@ class TestSchemaVersion2:
         with engine.begin() as conn:
             conn.execute(sa.text("ALTER TABLE obs_audit_log DROP COLUMN changes"))
             conn.execute(sa.text("UPDATE obs_schema_version SET version = 1"))
+            # Version 1's indexes: (key, id), no time index.
+            conn.execute(sa.text("DROP INDEX obs_audit_time_idx"))
+            for key, columns in VERSION_1_INDEXES.items():
+                conn.execute(sa.text(f"DROP INDEX obs_audit_{key}_time_idx"))
+                conn.execute(
+                    sa.text(f"CREATE INDEX obs_audit_{key}_idx ON obs_audit_log ({columns}, id)")
+                )
             conn.execute(
                 sa.text(
                     "INSERT INTO obs_audit_log (id, occurred_at, action, outcome, actor_type, "
@@ -697,6 +713,10 @@ class TestSchemaVersion2:
         else:
             obs.configure(app_engine)
         assert self.versions(app_engine) == [3]
+        indexes = {i["name"] for i in sa.inspect(app_engine).get_indexes("obs_audit_log")}
+        assert {f"obs_audit_{key}_time_idx" for key in VERSION_1_INDEXES} <= indexes
+        assert "obs_audit_time_idx" in indexes
+        assert not {f"obs_audit_{key}_idx" for key in VERSION_1_INDEXES} & indexes  # replaced
         seed(app_engine, Document(id=1, title="a"))
         with Session(app_engine) as session, obs.scope(actor=ADA, session=session):
             edit(session, 1, title="b")
