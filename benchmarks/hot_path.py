@@ -28,10 +28,11 @@ from sqlalchemy.orm import Session
 import obs_sdk as obs
 from benchmarks import contenders
 from benchmarks.contenders import ACTOR, ObsControl, audited_with, f
-from obs_sdk import _context, _emit
-from obs_sdk._context import SCOPE_KEY, SUPPRESS_KEY, current_context
+from obs_sdk import _emit
 from obs_sdk._dispatch import dispatcher
 from obs_sdk._records import SUCCESS, analytics_identity
+from obs_sdk._scope import _context
+from obs_sdk._scope._context import SCOPE_KEY, SUPPRESS_KEY, current_context
 
 # A key made as OTel makes its span key (private there): a third lookup of the same cost.
 SPAN_KEY = create_key("current-span")

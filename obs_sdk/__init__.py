@@ -10,7 +10,6 @@ from obs_sdk import propagation
 from obs_sdk._analytics import identify_group, track, tracked
 from obs_sdk._audit import arecord_audit_now, audited, record_audit, record_audit_now
 from obs_sdk._config import configure, flush, posthog_on_error, shutdown, stats
-from obs_sdk._context import current_scope, scope, set_actor, suppressed, with_scope
 from obs_sdk._erasure import erase_actor
 from obs_sdk._idempotency import idempotent, once, purge_idempotency_keys
 from obs_sdk._instrument import instrument, uninstrument
@@ -19,7 +18,8 @@ from obs_sdk._query import aaudit_log, audit_log
 from obs_sdk._records import AnalyticsEvent, AuditRecord
 from obs_sdk._report import VerifyReport
 from obs_sdk._retention import purge_audit
-from obs_sdk._scope import Actor, Resource, Scope
+from obs_sdk._scope._context import current_scope, scope, set_actor, suppressed, with_scope
+from obs_sdk._scope._values import Actor, Resource, Scope
 from obs_sdk._seal import seal
 from obs_sdk._stats import Stats
 from obs_sdk._storage import (

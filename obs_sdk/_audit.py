@@ -26,7 +26,7 @@ from obs_sdk._records import (
     render_audit,
     uuid7,
 )
-from obs_sdk._scope import Resource
+from obs_sdk._scope._values import Resource
 from obs_sdk._tables import insert_ignoring_duplicates, tables
 from obs_sdk._templates import Call, Plan, freeze
 from obs_sdk._wrapping import When, build_plan, defined_at, instrument, params_of

@@ -44,7 +44,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from obs_sdk._context import suppressed
 from obs_sdk._guard import count_error, counters, internal_errors
 from obs_sdk._pipelines import (
     BATCH_SIZE,
@@ -76,6 +75,7 @@ from obs_sdk._records import (
     raw_size,
     rendered_bound,
 )
+from obs_sdk._scope._context import suppressed
 from obs_sdk._sinks import Sink
 
 __all__ = [

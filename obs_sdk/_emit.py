@@ -14,8 +14,6 @@ from collections.abc import Callable
 from time import time_ns
 from typing import Any
 
-from obs_sdk import _context
-from obs_sdk._context import SCOPE_KEY, SUPPRESS_KEY, Frame, current_context
 from obs_sdk._dispatch import BATCH_SIZE, dispatcher
 from obs_sdk._guard import count_error
 from obs_sdk._records import (
@@ -26,7 +24,9 @@ from obs_sdk._records import (
     RawRecord,
     analytics_identity,
 )
-from obs_sdk._scope import EMPTY_SCOPE
+from obs_sdk._scope import _context
+from obs_sdk._scope._context import SCOPE_KEY, SUPPRESS_KEY, Frame, current_context
+from obs_sdk._scope._values import EMPTY_SCOPE
 from obs_sdk._tx import hold
 
 __all__ = ["clock", "emit", "events_wanted"]

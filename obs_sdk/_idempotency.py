@@ -33,9 +33,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import Executable
 
 from obs_sdk import _config
-from obs_sdk._context import current_scope, frame_with, repeated_key
 from obs_sdk._guard import count, logger
 from obs_sdk._records import EVENT, Instrumentation
+from obs_sdk._scope._context import current_scope, frame_with, repeated_key
 from obs_sdk._tables import tables
 from obs_sdk._templates import ARGS, Call, Params, Plan
 from obs_sdk.exceptions import ConfigurationError

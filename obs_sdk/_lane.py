@@ -28,10 +28,10 @@ from collections.abc import Callable
 from typing import Any
 
 from obs_sdk import _changes, _emit
-from obs_sdk._context import SCOPE_KEY, current_context
 from obs_sdk._dispatch import dispatcher
 from obs_sdk._guard import count_error
 from obs_sdk._records import AUDIT, EVENT, FAILURE, STARTED, SUCCESS, Instrumentation
+from obs_sdk._scope._context import SCOPE_KEY, current_context
 from obs_sdk._templates import compile_function
 
 __all__ = ["ASYNC_GENERATOR", "COROUTINE", "FUNCTION", "GENERATOR", "generate"]

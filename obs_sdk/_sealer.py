@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
 
-from obs_sdk._context import suppressed
 from obs_sdk._guard import guard
+from obs_sdk._scope._context import suppressed
 from obs_sdk._seal import Ledger, seal_pending
 from obs_sdk._signing import private_key
 from obs_sdk._tables import tables

@@ -36,8 +36,6 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
-from obs_sdk import _context
-from obs_sdk._context import Unit, suppressed
 from obs_sdk._dispatch import dispatcher
 from obs_sdk._guard import count, count_error, warn_once
 from obs_sdk._records import (
@@ -50,6 +48,8 @@ from obs_sdk._records import (
     render_audit,
     uuid7,
 )
+from obs_sdk._scope import _context
+from obs_sdk._scope._context import Unit, suppressed
 from obs_sdk._sinks import driver_insert
 from obs_sdk._tables import insert_ignoring_duplicates, tables
 

@@ -44,9 +44,9 @@ from urllib.parse import quote, unquote
 from opentelemetry.context import Context, create_key, set_value
 from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator
 
-from obs_sdk._context import SCOPE_KEY, _ScopeManager, current_scope, scope
 from obs_sdk._guard import count_error, guard
-from obs_sdk._scope import EMPTY_SCOPE, Actor, Scope
+from obs_sdk._scope._context import SCOPE_KEY, _ScopeManager, current_scope, scope
+from obs_sdk._scope._values import EMPTY_SCOPE, Actor, Scope
 from obs_sdk.exceptions import ConfigurationError
 
 __all__ = ["extract", "inject"]

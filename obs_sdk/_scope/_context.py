@@ -19,7 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from opentelemetry import context as otel_context
 
-from obs_sdk._scope import EMPTY_SCOPE, Actor, Scope
+from obs_sdk._scope._values import EMPTY_SCOPE, Actor, Scope
 from obs_sdk._vendor_private import SUPPRESS_INSTRUMENTATION_KEY, fast_context_getter
 from obs_sdk.exceptions import ConfigurationError
 
