@@ -28,9 +28,9 @@ from sqlalchemy.orm import Session
 import obs_sdk as obs
 from benchmarks import contenders
 from benchmarks.contenders import ACTOR, ObsControl, audited_with, f
-from obs_sdk import _emit
 from obs_sdk._dispatch import dispatcher
-from obs_sdk._records import SUCCESS, analytics_identity
+from obs_sdk._hotpath import _emit
+from obs_sdk._hotpath._records import SUCCESS, analytics_identity
 from obs_sdk._scope import _context
 from obs_sdk._scope._context import SCOPE_KEY, SUPPRESS_KEY, current_context
 

@@ -7,15 +7,16 @@ OpenTelemetry context; see ``obs.scope``. The public API is listed in ``__all__`
 import importlib.metadata as _metadata
 
 from obs_sdk import propagation
-from obs_sdk._analytics import identify_group, track, tracked
-from obs_sdk._audit import arecord_audit_now, audited, record_audit, record_audit_now
 from obs_sdk._config import configure, flush, posthog_on_error, shutdown, stats
 from obs_sdk._erasure import erase_actor
+from obs_sdk._hotpath._analytics import identify_group, track, tracked
+from obs_sdk._hotpath._audit import arecord_audit_now, audited, record_audit, record_audit_now
+from obs_sdk._hotpath._instrument import instrument, uninstrument
+from obs_sdk._hotpath._records import AnalyticsEvent, AuditRecord
+from obs_sdk._hotpath._templates import Call
 from obs_sdk._idempotency import idempotent, once, purge_idempotency_keys
-from obs_sdk._instrument import instrument, uninstrument
 from obs_sdk._proof import ProofResult, prove, verify_proof
 from obs_sdk._query import aaudit_log, audit_log
-from obs_sdk._records import AnalyticsEvent, AuditRecord
 from obs_sdk._report import VerifyReport
 from obs_sdk._retention import purge_audit
 from obs_sdk._scope._context import current_scope, scope, set_actor, suppressed, with_scope
@@ -29,7 +30,6 @@ from obs_sdk._storage import (
     storage_usage,
 )
 from obs_sdk._tables import create_tables, metadata
-from obs_sdk._templates import Call
 from obs_sdk._tx import after_commit
 from obs_sdk._verify import verify
 from obs_sdk.exceptions import (

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import StaticPool
 
-from obs_sdk import _emit, _guard, _lifecycle, _posthog_log, _records
+from obs_sdk import _guard, _lifecycle, _posthog_log
 from obs_sdk._dispatch import (
     DEFAULT_BLOCK_TIMEOUT,
     DEFAULT_MAX_QUEUE_BYTES,
@@ -28,7 +28,8 @@ from obs_sdk._dispatch import (
     Limits,
     dispatcher,
 )
-from obs_sdk._records import DEFAULT_MAX_CHANGES_BYTES, DEFAULT_MAX_METADATA_BYTES, uuid7
+from obs_sdk._hotpath import _emit, _records
+from obs_sdk._hotpath._records import DEFAULT_MAX_CHANGES_BYTES, DEFAULT_MAX_METADATA_BYTES, uuid7
 from obs_sdk._redact import Redactor
 from obs_sdk._scope import _context
 from obs_sdk._sealer import BackgroundSealer, check_seal_settings

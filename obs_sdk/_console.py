@@ -24,7 +24,15 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from obs_sdk._records import AUDIT, EVENT, FAILURE, GROUP, STORED_AUDIT, SUCCESS, AnalyticsEvent
+from obs_sdk._hotpath._records import (
+    AUDIT,
+    EVENT,
+    FAILURE,
+    GROUP,
+    STORED_AUDIT,
+    SUCCESS,
+    AnalyticsEvent,
+)
 
 __all__ = ["ConsoleSink"]
 
@@ -191,7 +199,7 @@ class ConsoleSink:
     def export(self, batch: Sequence[Any], /) -> None:
         """Print one line per record, the whole batch in one write."""
         if self._unsent_events:
-            from obs_sdk._analytics import NO_CLIENT, not_sent
+            from obs_sdk._hotpath._analytics import NO_CLIENT, not_sent
 
             for record in batch:
                 if isinstance(record, AnalyticsEvent):

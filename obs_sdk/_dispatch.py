@@ -45,6 +45,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from obs_sdk._guard import count_error, counters, internal_errors
+from obs_sdk._hotpath._records import (
+    EVENT,
+    SPEC,
+    STORED,
+    RawRecord,
+    approx_bytes,
+    raw_size,
+    rendered_bound,
+)
 from obs_sdk._pipelines import (
     BATCH_SIZE,
     DEFAULT_BLOCK_TIMEOUT,
@@ -65,15 +74,6 @@ from obs_sdk._pipelines import (
     export,
     sink_stats,
     take_batch,
-)
-from obs_sdk._records import (
-    EVENT,
-    SPEC,
-    STORED,
-    RawRecord,
-    approx_bytes,
-    raw_size,
-    rendered_bound,
 )
 from obs_sdk._scope._context import suppressed
 from obs_sdk._sinks import Sink

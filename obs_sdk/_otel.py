@@ -17,7 +17,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from obs_sdk._records import (
+from obs_sdk._hotpath._records import (
     AUDIT,
     EVENT,
     FAILURE,

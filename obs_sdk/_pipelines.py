@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from obs_sdk._guard import count_error
-from obs_sdk._records import AUDIT, EVENT, GROUP, STORED_AUDIT, RawRecord, render
+from obs_sdk._hotpath._records import AUDIT, EVENT, GROUP, STORED_AUDIT, RawRecord, render
 from obs_sdk._sinks import Sink
 
 __all__ = [

@@ -17,9 +17,10 @@ from sqlalchemy import Table
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
-from obs_sdk import _posthog_log, _records
+from obs_sdk import _posthog_log
 from obs_sdk._guard import count_error
-from obs_sdk._records import (
+from obs_sdk._hotpath import _records
+from obs_sdk._hotpath._records import (
     AUDIT,
     EVENT,
     GROUP,

@@ -495,8 +495,8 @@ class _Meter:
                 frame.__exit__(None, None, None)
 
     def _record(self) -> None:
-        from obs_sdk._analytics import track
-        from obs_sdk._audit import record_audit
+        from obs_sdk._hotpath._analytics import track
+        from obs_sdk._hotpath._audit import record_audit
 
         assert self._metadata is not None
         verb = "released" if self._release else "charged"

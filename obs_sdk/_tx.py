@@ -38,7 +38,7 @@ from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
 from obs_sdk._dispatch import dispatcher
 from obs_sdk._guard import count, count_error, warn_once
-from obs_sdk._records import (
+from obs_sdk._hotpath._records import (
     AUDIT,
     SPEC,
     STORED,

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from obs_sdk._dispatch import dispatcher
-from obs_sdk._records import AUDIT, STORED, AnalyticsEvent, AuditRecord, RawRecord, render
+from obs_sdk._hotpath._records import AUDIT, STORED, AnalyticsEvent, AuditRecord, RawRecord, render
 
 __all__ = ["CaptureSink", "IncrementingIds", "SteppingClock", "capture"]
 

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from obs_sdk._records import AuditRecord
+from obs_sdk._hotpath._records import AuditRecord
 
 __all__ = ["FIELDS", "csv_lines", "json_line", "plain"]
 

@@ -19,8 +19,8 @@ import pytest
 import sqlalchemy as sa
 
 import obs_sdk as obs
+from obs_sdk._hotpath._records import uuid7
 from obs_sdk._proof import export_bundle, prove, verify_bundle, verify_proof, write_bundle
-from obs_sdk._records import uuid7
 from obs_sdk._seal import Ledger, seal, seal_status, sealing
 from obs_sdk._tables import tables
 from obs_sdk._verify import verify
@@ -190,7 +190,7 @@ class TestOrganization:
 
 CHECK_PROOF = """
 import json, sys
-from obs_sdk._records import uuid7
+from obs_sdk._hotpath._records import uuid7
 from obs_sdk._proof import verify_proof
 proof, public = json.loads(sys.stdin.read())
 result = verify_proof(proof, public.encode())

@@ -26,8 +26,7 @@ INTEGRATIONS = ROOT / "integrations"
 # The parts, by folder or module of obs_sdk/: a name covers that module, or every module in
 # that folder (a folder per part; the CLI package and the public modules are the rest).
 SCOPE = ("_scope", "propagation")
-HOT_PATH = ("_analytics", "_audit", "_emit", "_instrument", "_lane", "_records", "_templates")
-HOT_PATH += ("_wrapping",)
+HOT_PATH = ("_hotpath",)
 DELIVERY = ("_console", "_dispatch", "_lifecycle", "_otel", "_pipelines", "_posthog_log")
 DELIVERY += ("_redact", "_sanitize", "_sinks", "_changes_render")
 LEDGER = ("_changes", "_idempotency", "_query", "_storage", "_tables", "_tx")

@@ -19,7 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 import obs_sdk as obs
 from obs_sdk._dispatch import MAX_BATCH_SIZE, Limits, dispatcher
-from obs_sdk._records import AuditRecord
+from obs_sdk._hotpath._records import AuditRecord
 
 
 class ControlledSink:

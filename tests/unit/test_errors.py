@@ -156,7 +156,8 @@ class TestTracebackAtDebug:
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
         """With no user frame in it (a bug of ours), the traceback is left whole."""
-        from obs_sdk import _guard, _records
+        from obs_sdk import _guard
+        from obs_sdk._hotpath import _records
 
         try:
             _records.uuid7.replacing("not a UUID")  # type: ignore[arg-type]

@@ -16,8 +16,8 @@ Every name the generated code uses starts with ``_o_`` and comes from the namesp
 executed in, built here: no user name (the function's, a parameter's) ever enters it. The
 function is defined as ``_o_wrapper``; ``functools.wraps`` then gives it the function's
 ``__name__``/``__qualname__``, and its code object carries the name too, for tracebacks.
-The hot path's ``clock`` and ``dispatcher`` are read live from ``obs_sdk._emit`` (configure()
-replaces the clock).
+The hot path's ``clock`` and ``dispatcher`` are read live from ``obs_sdk._hotpath._emit``
+(configure() replaces the clock).
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from obs_sdk import _changes, _emit
+from obs_sdk import _changes
 from obs_sdk._dispatch import dispatcher
 from obs_sdk._guard import count_error
-from obs_sdk._records import AUDIT, EVENT, FAILURE, STARTED, SUCCESS, Instrumentation
+from obs_sdk._hotpath import _emit
+from obs_sdk._hotpath._records import AUDIT, EVENT, FAILURE, STARTED, SUCCESS, Instrumentation
+from obs_sdk._hotpath._templates import compile_function
 from obs_sdk._scope._context import SCOPE_KEY, current_context
-from obs_sdk._templates import compile_function
 
 __all__ = ["ASYNC_GENERATOR", "COROUTINE", "FUNCTION", "GENERATOR", "generate"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
-from obs_sdk._emit import emit
 from obs_sdk._guard import count, warn_once
-from obs_sdk._records import (
+from obs_sdk._hotpath._emit import emit
+from obs_sdk._hotpath._records import (
     EVENT,
     GROUP,
     SUCCESS,
@@ -15,8 +15,8 @@ from obs_sdk._records import (
     add_plain_tenant,
     add_tenant,
 )
-from obs_sdk._templates import ARGS, Call, Plan, freeze
-from obs_sdk._wrapping import When, build_plan, defined_at, instrument, params_of
+from obs_sdk._hotpath._templates import ARGS, Call, Plan, freeze
+from obs_sdk._hotpath._wrapping import When, build_plan, defined_at, instrument, params_of
 from obs_sdk.exceptions import ConfigurationError
 
 __all__ = ["NO_ACTOR", "NO_CLIENT", "identify_group", "not_sent", "track", "tracked"]

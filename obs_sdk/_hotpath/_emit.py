@@ -16,7 +16,7 @@ from typing import Any
 
 from obs_sdk._dispatch import BATCH_SIZE, dispatcher
 from obs_sdk._guard import count_error
-from obs_sdk._records import (
+from obs_sdk._hotpath._records import (
     EVENT,
     GROUP,
     SUCCESS,
@@ -158,7 +158,7 @@ def _prepare(
 
 def _unsent(event: str, *, no_client: bool) -> None:
     """Count an analytics event that is not sent, and say why once (``_analytics.not_sent``)."""
-    from obs_sdk import _analytics  # it imports this module
+    from obs_sdk._hotpath import _analytics  # it imports this module
 
     _analytics.not_sent(event, _analytics.NO_CLIENT if no_client else _analytics.NO_ACTOR)
 
