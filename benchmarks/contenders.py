@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 import obs_sdk as obs
 from benchmarks.harness import Entry
-from obs_sdk._dispatch import dispatcher
+from obs_sdk._delivery._dispatch import dispatcher
 
 # Far above what any block queues: a timed block never takes the drop path.
 QUEUE_SIZE = 50_000_000

@@ -24,7 +24,7 @@ from typing import Any
 import obs_sdk as obs
 from benchmarks import contenders, throughput
 from benchmarks.report import TIMES, markdown_table
-from obs_sdk._dispatch import dispatcher
+from obs_sdk._delivery._dispatch import dispatcher
 
 DROP_QUEUE = 100_000  # the intake's bound in the drop-path rows
 DROP_CALLS = 20_000  # calls per timed block there

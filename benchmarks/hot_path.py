@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 import obs_sdk as obs
 from benchmarks import contenders
 from benchmarks.contenders import ACTOR, ObsControl, audited_with, f
-from obs_sdk._dispatch import dispatcher
+from obs_sdk._delivery._dispatch import dispatcher
 from obs_sdk._hotpath import _emit
 from obs_sdk._hotpath._records import SUCCESS, analytics_identity
 from obs_sdk._scope import _context

@@ -27,13 +27,13 @@ from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.orm.attributes import get_state_history, instance_state
 from sqlalchemy.orm.base import PASSIVE_NO_INITIALIZE
 
-from obs_sdk import _changes_render  # noqa: F401  (registers the renderer)
-from obs_sdk._dispatch import dispatcher
+from obs_sdk._delivery import _changes_render  # noqa: F401  (registers the renderer)
+from obs_sdk._delivery._dispatch import dispatcher
+from obs_sdk._delivery._sanitize import TRUNCATED
 from obs_sdk._guard import count_error, warn_once
 from obs_sdk._hotpath._emit import emit
 from obs_sdk._hotpath._records import SUCCESS, Instrumentation, RawRecord
 from obs_sdk._hotpath._templates import freeze
-from obs_sdk._sanitize import TRUNCATED
 from obs_sdk._scope._context import current_frame
 from obs_sdk._tx import hold, sync_session
 from obs_sdk.exceptions import ConfigurationError

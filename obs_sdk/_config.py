@@ -19,8 +19,9 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import StaticPool
 
-from obs_sdk import _guard, _lifecycle, _posthog_log
-from obs_sdk._dispatch import (
+from obs_sdk import _guard
+from obs_sdk._delivery import _lifecycle, _posthog_log
+from obs_sdk._delivery._dispatch import (
     DEFAULT_BLOCK_TIMEOUT,
     DEFAULT_MAX_QUEUE_BYTES,
     DEFAULT_QUEUE_SIZE,
@@ -28,12 +29,12 @@ from obs_sdk._dispatch import (
     Limits,
     dispatcher,
 )
+from obs_sdk._delivery._redact import Redactor
+from obs_sdk._delivery._sinks import SQLITE_BUSY_MS, DatabaseSink, PostHogSink, Sink
 from obs_sdk._hotpath import _emit, _records
 from obs_sdk._hotpath._records import DEFAULT_MAX_CHANGES_BYTES, DEFAULT_MAX_METADATA_BYTES, uuid7
-from obs_sdk._redact import Redactor
 from obs_sdk._scope import _context
 from obs_sdk._sealer import BackgroundSealer, check_seal_settings
-from obs_sdk._sinks import SQLITE_BUSY_MS, DatabaseSink, PostHogSink, Sink
 from obs_sdk._stats import Stats
 from obs_sdk._tables import DEFAULT_PREFIX, check_schema, create_tables, tables
 from obs_sdk.exceptions import ConfigurationError
@@ -385,11 +386,11 @@ def configure(
     if posthog is not None:
         sinks.append(PostHogSink(posthog))
     if otel_logs is not None:
-        from obs_sdk._otel import OtelLogSink
+        from obs_sdk._delivery._otel import OtelLogSink
 
         sinks.append(OtelLogSink(otel_logs))
     if console:
-        from obs_sdk._console import ConsoleSink
+        from obs_sdk._delivery._console import ConsoleSink
 
         events_elsewhere = posthog is not None or otel_logs is not None
         sinks.append(ConsoleSink(unsent_events=not events_elsewhere))

@@ -38,7 +38,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlalchemy.sql.expression import Insert
 from sqlalchemy.types import TypeDecorator
 
-from obs_sdk._redact import to_json
+from obs_sdk._delivery._redact import to_json
 from obs_sdk.exceptions import ConfigurationError
 
 __all__ = ["SCHEMA_VERSION", "Tables", "create_tables", "metadata", "tables"]

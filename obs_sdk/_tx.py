@@ -36,7 +36,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
-from obs_sdk._dispatch import dispatcher
+from obs_sdk._delivery._dispatch import dispatcher
+from obs_sdk._delivery._sinks import driver_insert
 from obs_sdk._guard import count, count_error, warn_once
 from obs_sdk._hotpath._records import (
     AUDIT,
@@ -50,11 +51,10 @@ from obs_sdk._hotpath._records import (
 )
 from obs_sdk._scope import _context
 from obs_sdk._scope._context import Unit, suppressed
-from obs_sdk._sinks import driver_insert
 from obs_sdk._tables import insert_ignoring_duplicates, tables
 
 if TYPE_CHECKING:
-    from obs_sdk._sinks import _DriverInsert
+    from obs_sdk._delivery._sinks import _DriverInsert
 
 __all__ = ["after_commit", "hold", "mark_written", "sync_session"]
 

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from obs_sdk._dispatch import dispatcher
+from obs_sdk._delivery._dispatch import dispatcher
 from obs_sdk._hotpath._records import AUDIT, STORED, AnalyticsEvent, AuditRecord, RawRecord, render
 
 __all__ = ["CaptureSink", "IncrementingIds", "SteppingClock", "capture"]

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 
 import obs_sdk as obs
 from obs_sdk import _guard
-from obs_sdk._dispatch import dispatcher
+from obs_sdk._delivery._dispatch import dispatcher
 from obs_sdk._scope import _context
 from tests._postgres import postgres_engine, postgres_url  # noqa: F401  (fixtures)
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from obs_sdk import _config
 from obs_sdk._changes import check_changes, emit_changes, pending_changes
-from obs_sdk._dispatch import dispatcher
+from obs_sdk._delivery._dispatch import dispatcher
 from obs_sdk._guard import count_error
 from obs_sdk._hotpath._emit import emit
 from obs_sdk._hotpath._records import (

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from time import time_ns
 from typing import Any
 
-from obs_sdk._dispatch import BATCH_SIZE, dispatcher
+from obs_sdk._delivery._dispatch import BATCH_SIZE, dispatcher
 from obs_sdk._guard import count_error
 from obs_sdk._hotpath._records import (
     EVENT,

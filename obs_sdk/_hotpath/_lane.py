@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from obs_sdk import _changes
-from obs_sdk._dispatch import dispatcher
+from obs_sdk._delivery._dispatch import dispatcher
 from obs_sdk._guard import count_error
 from obs_sdk._hotpath import _emit
 from obs_sdk._hotpath._records import AUDIT, EVENT, FAILURE, STARTED, SUCCESS, Instrumentation

@@ -18,10 +18,10 @@ from typing import Any, NamedTuple, Protocol
 
 from opentelemetry import trace
 
+from obs_sdk._delivery._redact import Redactor
+from obs_sdk._delivery._sanitize import bound_mapping, safe_text, size_of, size_within
 from obs_sdk._guard import count, count_error, warn_once
 from obs_sdk._hotpath._templates import Plan, optional_text
-from obs_sdk._redact import Redactor
-from obs_sdk._sanitize import bound_mapping, safe_text, size_of, size_within
 from obs_sdk._scope._values import ANONYMOUS, Actor
 from obs_sdk._tables import tables
 from obs_sdk.exceptions import ConfigurationError

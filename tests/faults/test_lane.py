@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import obs_sdk as obs
-from obs_sdk import _dispatch
-from obs_sdk._dispatch import dispatcher
+from obs_sdk._delivery import _dispatch
+from obs_sdk._delivery._dispatch import dispatcher
 from tests.faults.test_pipelines import audit_table_locked, wait_until
 
 ADA = obs.Actor.user("u_ada", name="Ada")

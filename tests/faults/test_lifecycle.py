@@ -45,13 +45,13 @@ def reader(database_url: str) -> Iterator[sa.Engine]:
 
 @pytest.fixture
 def lifecycle() -> Iterator[ModuleType]:
-    """obs_sdk._lifecycle, with SIGTERM's handler restored after the test.
+    """obs_sdk._delivery._lifecycle, with SIGTERM's handler restored after the test.
 
     Imported here rather than at the top of the file, so that the startup tests still run
     against an obs_sdk without that module.
     """
     before = signal.getsignal(signal.SIGTERM)
-    module = importlib.import_module("obs_sdk._lifecycle")
+    module = importlib.import_module("obs_sdk._delivery._lifecycle")
     try:
         yield module
     finally:
@@ -336,7 +336,7 @@ class TestStartupCreates:
 QUEUE_THEN_WAIT = """
     import json, os, signal, sys
     import obs_sdk as obs
-    from obs_sdk import _lifecycle
+    from obs_sdk._delivery import _lifecycle
 
     flushes = []
 

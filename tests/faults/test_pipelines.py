@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 import obs_sdk as obs
-from obs_sdk import _dispatch
+from obs_sdk._delivery import _dispatch
 from tests.support.posthog_receiver import PosthogReceiver, make_client
 
 pytestmark = pytest.mark.acceptance

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from typing_extensions import assert_type
 
 import obs_sdk as obs
-from obs_sdk._sinks import DatabaseSink, PostHogSink, Sink
+from obs_sdk._delivery._sinks import DatabaseSink, PostHogSink, Sink
 from obs_sdk.testing import CaptureSink
 
 

@@ -27,8 +27,7 @@ INTEGRATIONS = ROOT / "integrations"
 # that folder (a folder per part; the CLI package and the public modules are the rest).
 SCOPE = ("_scope", "propagation")
 HOT_PATH = ("_hotpath",)
-DELIVERY = ("_console", "_dispatch", "_lifecycle", "_otel", "_pipelines", "_posthog_log")
-DELIVERY += ("_redact", "_sanitize", "_sinks", "_changes_render")
+DELIVERY = ("_delivery",)
 LEDGER = ("_changes", "_idempotency", "_query", "_storage", "_tables", "_tx")
 LEDGER += ("_canonical", "_erasure", "_leaf", "_merkle", "_proof", "_report", "_retention")
 LEDGER += ("_seal", "_sealer", "_signing", "_verify")

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 import obs_sdk as obs
-from obs_sdk._console import ConsoleSink
+from obs_sdk._delivery._console import ConsoleSink
 from obs_sdk.testing import SteppingClock, capture
 
 UTC = datetime.timezone.utc

@@ -1,6 +1,6 @@
 """The dispatcher: bounded queue, batches, retries, flush/shutdown, and the stats invariant.
 
-These tests install a hand-written sink with ``obs_sdk._dispatch.dispatcher.install`` (the
+These tests install a hand-written sink with ``obs_sdk._delivery._dispatch.dispatcher.install`` (the
 same call configure() makes): a sink the test can block on an Event, make fail, or make
 fail transiently, which no real database does on demand. Records are made through the
 public API (``obs.record_audit`` and ``@obs.audited``) and counted through ``obs.stats()``.
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 import obs_sdk as obs
-from obs_sdk._dispatch import MAX_BATCH_SIZE, Limits, dispatcher
+from obs_sdk._delivery._dispatch import MAX_BATCH_SIZE, Limits, dispatcher
 from obs_sdk._hotpath._records import AuditRecord
 
 

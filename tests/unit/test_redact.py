@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import obs_sdk as obs
-from obs_sdk._redact import Redactor, _json_bound, key_words, limit_size, to_json
+from obs_sdk._delivery._redact import Redactor, _json_bound, key_words, limit_size, to_json
 from obs_sdk.testing import capture
 
 # Issue 15, item 11: what a key names decides, not the letters it contains.

@@ -24,13 +24,13 @@ from sqlalchemy import create_engine
 
 import obs_sdk as obs
 from obs_sdk import _config
-from obs_sdk._dispatch import dispatcher
+from obs_sdk._delivery._dispatch import dispatcher
+from obs_sdk._delivery._redact import Redactor, limit_size, to_json
+from obs_sdk._delivery._sanitize import bound_mapping
+from obs_sdk._delivery._sinks import _sqlite_row, _sqlite_row_of, _sqlite_time
 from obs_sdk._hotpath import _records
 from obs_sdk._hotpath._records import _Uuid7, render_audit, to_datetime, uuid7
 from obs_sdk._hotpath._templates import Params, Plan, optional_text
-from obs_sdk._redact import Redactor, limit_size, to_json
-from obs_sdk._sanitize import bound_mapping
-from obs_sdk._sinks import _sqlite_row, _sqlite_row_of, _sqlite_time
 from obs_sdk.testing import capture
 
 UTC = datetime.timezone.utc

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import obs_sdk as obs
-from obs_sdk._dispatch import dispatcher
+from obs_sdk._delivery._dispatch import dispatcher
 from obs_sdk.testing import IncrementingIds
 
 SPEC_COLUMNS = [
@@ -326,7 +326,7 @@ class TestLargeBatches:
         self, database_url: str, reader: sa.Engine
     ) -> None:
         """3,000 records queued behind a locked table leave in large batches, each row as made."""
-        from obs_sdk import _sinks
+        from obs_sdk._delivery import _sinks
 
         sizes: list[int] = []
         insert = _sinks._DriverInsert.insert
@@ -373,7 +373,7 @@ class TestLargeBatches:
 
 def test_a_deep_queue_is_taken_in_large_batches() -> None:
     """A sink that fell behind takes half its queue at once (up to MAX_BATCH_SIZE), within bytes."""
-    from obs_sdk._pipelines import BATCH_SIZE, MAX_BATCH_SIZE, take_batch
+    from obs_sdk._delivery._pipelines import BATCH_SIZE, MAX_BATCH_SIZE, take_batch
 
     def queue(n: int) -> deque[tuple[Any, int, bool]]:
         return deque((i, 100, False) for i in range(n))

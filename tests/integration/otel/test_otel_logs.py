@@ -380,7 +380,7 @@ class TestImportCost:
             with obs_sdk.propagation.extract({"obs-workspace": "ws_1"}):
                 pass
             optional = ("opentelemetry.sdk", "opentelemetry.exporter", "contextvars_extras",
-                        "obs_sdk._otel", "obs_sdk.integrations.contextvars_extras")
+                        "obs_sdk._delivery._otel", "obs_sdk.integrations.contextvars_extras")
             print(sorted(m for m in sys.modules if m.startswith(optional)))
             """
         )

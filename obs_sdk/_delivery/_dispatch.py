@@ -44,17 +44,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from obs_sdk._guard import count_error, counters, internal_errors
-from obs_sdk._hotpath._records import (
-    EVENT,
-    SPEC,
-    STORED,
-    RawRecord,
-    approx_bytes,
-    raw_size,
-    rendered_bound,
-)
-from obs_sdk._pipelines import (
+from obs_sdk._delivery._pipelines import (
     BATCH_SIZE,
     DEFAULT_BLOCK_TIMEOUT,
     DEFAULT_MAX_QUEUE_BYTES,
@@ -75,8 +65,18 @@ from obs_sdk._pipelines import (
     sink_stats,
     take_batch,
 )
+from obs_sdk._delivery._sinks import Sink
+from obs_sdk._guard import count_error, counters, internal_errors
+from obs_sdk._hotpath._records import (
+    EVENT,
+    SPEC,
+    STORED,
+    RawRecord,
+    approx_bytes,
+    raw_size,
+    rendered_bound,
+)
 from obs_sdk._scope._context import suppressed
-from obs_sdk._sinks import Sink
 
 __all__ = [
     "BATCH_SIZE",

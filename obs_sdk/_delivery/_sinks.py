@@ -17,7 +17,8 @@ from sqlalchemy import Table
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
-from obs_sdk import _posthog_log
+from obs_sdk._delivery import _posthog_log
+from obs_sdk._delivery._redact import to_json
 from obs_sdk._guard import count_error
 from obs_sdk._hotpath import _records
 from obs_sdk._hotpath._records import (
@@ -32,7 +33,6 @@ from obs_sdk._hotpath._records import (
     audit_columns,
     uuid7,
 )
-from obs_sdk._redact import to_json
 from obs_sdk._tables import Tables, insert_ignoring_duplicates
 
 if TYPE_CHECKING:

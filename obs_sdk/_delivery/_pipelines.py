@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from obs_sdk._delivery._sinks import Sink
 from obs_sdk._guard import count_error
 from obs_sdk._hotpath._records import AUDIT, EVENT, GROUP, STORED_AUDIT, RawRecord, render
-from obs_sdk._sinks import Sink
 
 __all__ = [
     "BATCH_SIZE",

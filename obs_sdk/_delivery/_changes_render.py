@@ -9,10 +9,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from obs_sdk._delivery._redact import to_json
+from obs_sdk._delivery._sanitize import MAX_KEY_CHARS, TRUNCATED, bound_mapping
 from obs_sdk._hotpath import _records
 from obs_sdk._hotpath._records import RenderSettings
-from obs_sdk._redact import to_json
-from obs_sdk._sanitize import MAX_KEY_CHARS, TRUNCATED, bound_mapping
 
 __all__ = ["render"]
 

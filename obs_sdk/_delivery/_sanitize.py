@@ -21,7 +21,7 @@ import math
 import re
 from typing import Any
 
-from obs_sdk._redact import REDACTED, to_json
+from obs_sdk._delivery._redact import REDACTED, to_json
 
 __all__ = ["MAX_KEY_CHARS", "Bounded", "bound_mapping", "safe_text", "size_of", "size_within"]
 

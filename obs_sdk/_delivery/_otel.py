@@ -17,6 +17,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
+from obs_sdk._delivery._redact import to_json
 from obs_sdk._hotpath._records import (
     AUDIT,
     EVENT,
@@ -26,7 +27,6 @@ from obs_sdk._hotpath._records import (
     AnalyticsEvent,
     AuditRecord,
 )
-from obs_sdk._redact import to_json
 from obs_sdk._vendor_private import otel_logs_api
 from obs_sdk.exceptions import ConfigurationError
 
