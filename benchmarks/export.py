@@ -26,7 +26,7 @@ from pathlib import Path
 from sqlalchemy import create_engine
 
 from obs_sdk._hotpath._records import uuid7
-from obs_sdk._tables import create_tables, tables
+from obs_sdk._ledger._tables import create_tables, tables
 
 SIZES = (100_000, 1_000_000)
 _CHUNK = 50_000

@@ -200,7 +200,7 @@ def _worker(url: str, s: Scenario, process: int) -> None:
 def run(url: str, s: Scenario, progress: Any = None) -> Result:
     """Run *s* on PostgreSQL at *url* (fresh ``scale_`` tables, dropped after)."""
     import obs_sdk as obs
-    from obs_sdk._tables import tables
+    from obs_sdk._ledger._tables import tables
 
     say = progress or (lambda message: None)
     engine = sa.create_engine(url, poolclass=sa.NullPool)

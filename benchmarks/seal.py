@@ -36,9 +36,9 @@ from typing import Any
 import sqlalchemy as sa
 
 import obs_sdk as obs
-from obs_sdk._seal import seal
-from obs_sdk._signing import generate_key
-from obs_sdk._verify import verify
+from obs_sdk._seals._seal import seal
+from obs_sdk._seals._signing import generate_key
+from obs_sdk._seals._verify import verify
 
 
 def _write(url: str, n: int, worker: int, key: bytes | None) -> None:
@@ -92,7 +92,7 @@ def _fresh(url: str | None, directory: str, name: str) -> str:
 
 def _time_one(url: str) -> dict[str, Any]:
     """In a fresh process: remake the seal tables, then time seal() and verify()."""
-    from obs_sdk._tables import create_tables
+    from obs_sdk._ledger._tables import create_tables
 
     private, public = generate_key()
     engine = sa.create_engine(url)

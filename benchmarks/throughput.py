@@ -36,7 +36,7 @@ import obs_sdk as obs
 from benchmarks import contenders
 from benchmarks.report import TIMES, markdown_table
 from obs_sdk._delivery._dispatch import BATCH_SIZE, DEFAULT_QUEUE_SIZE
-from obs_sdk._tables import insert_ignoring_duplicates, tables
+from obs_sdk._ledger._tables import insert_ignoring_duplicates, tables
 from obs_sdk.testing import capture
 
 THREADS = (1, 2, 4)

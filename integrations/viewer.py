@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import select
 
 from obs_sdk import _config
-from obs_sdk._tables import tables
+from obs_sdk._ledger._tables import tables
 from obs_sdk.cli import _ledger
 from obs_sdk.cli._rows import csv_lines
 from obs_sdk.exceptions import ConfigurationError, MissingDependencyError
@@ -119,10 +119,10 @@ def _seal_status(engine: Any, records: list[Any]) -> dict[Any, str]:
     computed the way verify computes it. {} when this obs_sdk has no seals, or nothing
     was ever sealed (the column would say "unsealed" on every row).
     """
-    # Looked up, not imported: the seals (obs_sdk._leaf and the seal tables) came with
+    # Looked up, not imported: the seals (obs_sdk._seals._leaf and the seal tables) came with
     # issue 18 in parallel with this page, which also runs on an obs_sdk without them.
     try:
-        leaf_module: Any = importlib.import_module("obs_sdk._leaf")
+        leaf_module: Any = importlib.import_module("obs_sdk._seals._leaf")
     except ImportError:
         return {}
     t: Any = tables(_config.current().table_prefix)

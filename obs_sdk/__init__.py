@@ -8,30 +8,30 @@ import importlib.metadata as _metadata
 
 from obs_sdk import propagation
 from obs_sdk._config import configure, flush, posthog_on_error, shutdown, stats
-from obs_sdk._erasure import erase_actor
 from obs_sdk._hotpath._analytics import identify_group, track, tracked
 from obs_sdk._hotpath._audit import arecord_audit_now, audited, record_audit, record_audit_now
 from obs_sdk._hotpath._instrument import instrument, uninstrument
 from obs_sdk._hotpath._records import AnalyticsEvent, AuditRecord
 from obs_sdk._hotpath._templates import Call
-from obs_sdk._idempotency import idempotent, once, purge_idempotency_keys
-from obs_sdk._proof import ProofResult, prove, verify_proof
-from obs_sdk._query import aaudit_log, audit_log
-from obs_sdk._report import VerifyReport
-from obs_sdk._retention import purge_audit
-from obs_sdk._scope._context import current_scope, scope, set_actor, suppressed, with_scope
-from obs_sdk._scope._values import Actor, Resource, Scope
-from obs_sdk._seal import seal
-from obs_sdk._stats import Stats
-from obs_sdk._storage import (
+from obs_sdk._ledger._idempotency import idempotent, once, purge_idempotency_keys
+from obs_sdk._ledger._query import aaudit_log, audit_log
+from obs_sdk._ledger._storage import (
     StorageDrift,
     metered_storage,
     reconcile_storage,
     storage_usage,
 )
-from obs_sdk._tables import create_tables, metadata
-from obs_sdk._tx import after_commit
-from obs_sdk._verify import verify
+from obs_sdk._ledger._tables import create_tables, metadata
+from obs_sdk._ledger._tx import after_commit
+from obs_sdk._scope._context import current_scope, scope, set_actor, suppressed, with_scope
+from obs_sdk._scope._values import Actor, Resource, Scope
+from obs_sdk._seals._erasure import erase_actor
+from obs_sdk._seals._proof import ProofResult, prove, verify_proof
+from obs_sdk._seals._report import VerifyReport
+from obs_sdk._seals._retention import purge_audit
+from obs_sdk._seals._seal import seal
+from obs_sdk._seals._verify import verify
+from obs_sdk._stats import Stats
 from obs_sdk.exceptions import (
     AuditWriteError,
     ConfigurationError,

@@ -33,10 +33,10 @@ from obs_sdk._delivery._redact import Redactor
 from obs_sdk._delivery._sinks import SQLITE_BUSY_MS, DatabaseSink, PostHogSink, Sink
 from obs_sdk._hotpath import _emit, _records
 from obs_sdk._hotpath._records import DEFAULT_MAX_CHANGES_BYTES, DEFAULT_MAX_METADATA_BYTES, uuid7
+from obs_sdk._ledger._tables import DEFAULT_PREFIX, check_schema, create_tables, tables
 from obs_sdk._scope import _context
-from obs_sdk._sealer import BackgroundSealer, check_seal_settings
+from obs_sdk._seals._sealer import BackgroundSealer, check_seal_settings
 from obs_sdk._stats import Stats
-from obs_sdk._tables import DEFAULT_PREFIX, check_schema, create_tables, tables
 from obs_sdk.exceptions import ConfigurationError
 
 __all__ = ["configure", "current", "flush", "posthog_on_error", "shutdown", "stats"]

@@ -33,7 +33,7 @@ from obs_sdk._hotpath._records import (
     audit_columns,
     uuid7,
 )
-from obs_sdk._tables import Tables, insert_ignoring_duplicates
+from obs_sdk._ledger._tables import Tables, insert_ignoring_duplicates
 
 if TYPE_CHECKING:
     import posthog

@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from obs_sdk import _config
-from obs_sdk._changes import check_changes, emit_changes, pending_changes
 from obs_sdk._delivery._dispatch import dispatcher
 from obs_sdk._guard import count_error
 from obs_sdk._hotpath._emit import emit
@@ -28,8 +27,9 @@ from obs_sdk._hotpath._records import (
 )
 from obs_sdk._hotpath._templates import Call, Plan, freeze
 from obs_sdk._hotpath._wrapping import When, build_plan, defined_at, instrument, params_of
+from obs_sdk._ledger._changes import check_changes, emit_changes, pending_changes
+from obs_sdk._ledger._tables import insert_ignoring_duplicates, tables
 from obs_sdk._scope._values import Resource
-from obs_sdk._tables import insert_ignoring_duplicates, tables
 from obs_sdk.exceptions import AuditWriteError, ConfigurationError
 
 # Annotations only: the hot path imports no SQLAlchemy (tests/unit/test_boundaries.py).

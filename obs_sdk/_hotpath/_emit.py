@@ -24,10 +24,10 @@ from obs_sdk._hotpath._records import (
     RawRecord,
     analytics_identity,
 )
+from obs_sdk._ledger._tx import hold
 from obs_sdk._scope import _context
 from obs_sdk._scope._context import SCOPE_KEY, SUPPRESS_KEY, Frame, current_context
 from obs_sdk._scope._values import EMPTY_SCOPE
-from obs_sdk._tx import hold
 
 __all__ = ["clock", "emit", "events_wanted"]
 

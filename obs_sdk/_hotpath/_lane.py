@@ -27,12 +27,12 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from obs_sdk import _changes
 from obs_sdk._delivery._dispatch import dispatcher
 from obs_sdk._guard import count_error
 from obs_sdk._hotpath import _emit
 from obs_sdk._hotpath._records import AUDIT, EVENT, FAILURE, STARTED, SUCCESS, Instrumentation
 from obs_sdk._hotpath._templates import compile_function
+from obs_sdk._ledger import _changes
 from obs_sdk._scope._context import SCOPE_KEY, current_context
 
 __all__ = ["ASYNC_GENERATOR", "COROUTINE", "FUNCTION", "GENERATOR", "generate"]

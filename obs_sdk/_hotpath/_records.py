@@ -22,8 +22,8 @@ from obs_sdk._delivery._redact import Redactor
 from obs_sdk._delivery._sanitize import bound_mapping, safe_text, size_of, size_within
 from obs_sdk._guard import count, count_error, warn_once
 from obs_sdk._hotpath._templates import Plan, optional_text
+from obs_sdk._ledger._tables import tables
 from obs_sdk._scope._values import ANONYMOUS, Actor
-from obs_sdk._tables import tables
 from obs_sdk.exceptions import ConfigurationError
 
 __all__ = [

@@ -49,7 +49,7 @@ current_context = fast_context_getter()
 # Set by configure(scope_provider=...): fills fields no scope set, read only when a record is made.
 provider: Callable[[], Mapping[str, Any]] | None = None
 
-# Set by obs_sdk._tx: called with the session when a scope opens a unit of work on it, and
+# Set by obs_sdk._ledger._tx: called with the session when a scope opens a unit of work on it, and
 # with the session and the unit when that scope exits (it closes the unit, see Unit).
 on_unit_open: Callable[[Any], None] | None = None
 on_unit_close: Callable[[Any, Unit], None] | None = None

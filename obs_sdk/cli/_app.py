@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 
 import obs_sdk as obs
-from obs_sdk._tables import DEFAULT_PREFIX, check_schema, tables
+from obs_sdk._ledger._tables import DEFAULT_PREFIX, check_schema, tables
 
 __all__ = ["EXIT_ERROR", "EXIT_FOUND", "Failure", "State", "cli", "fail", "state"]
 

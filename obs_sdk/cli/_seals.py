@@ -172,7 +172,7 @@ def _sealed_count(bind: Any, organization: str | None) -> int:
     """How many sealed records verify() will read: the progress bar's total (one count)."""
     import sqlalchemy as sa
 
-    from obs_sdk._tables import tables
+    from obs_sdk._ledger._tables import tables
 
     leaves = tables(state().prefix).seal_leaves
     query = sa.select(sa.func.count()).select_from(leaves)

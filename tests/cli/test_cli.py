@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 import obs_sdk as obs
 from obs_sdk._hotpath._records import uuid7
-from obs_sdk._tables import tables
+from obs_sdk._ledger._tables import tables
 from tests.cli.support import SCRIPT, run, run_process, seed
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from obs_sdk._tables import tables
+from obs_sdk._ledger._tables import tables
 from tests.cli.support import run, run_process, seed
 
 

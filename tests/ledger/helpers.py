@@ -7,7 +7,7 @@ import uuid
 import sqlalchemy as sa
 
 import obs_sdk as obs
-from obs_sdk._signing import generate_key
+from obs_sdk._seals._signing import generate_key
 
 
 def keypair() -> tuple[bytes, bytes]:

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from obs_sdk._canonical import canonical, canonical_number
-from obs_sdk._leaf import leaf_bytes
-from obs_sdk._merkle import leaf_hash, levels, node_hash, path, root, root_from_path
+from obs_sdk._seals._canonical import canonical, canonical_number
+from obs_sdk._seals._leaf import leaf_bytes
+from obs_sdk._seals._merkle import leaf_hash, levels, node_hash, path, root, root_from_path
 
 # RFC 8785 appendix B: IEEE 754 bit patterns and their ECMAScript text.
 NUMBERS = {

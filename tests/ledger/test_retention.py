@@ -11,11 +11,11 @@ import pytest
 import sqlalchemy as sa
 
 import obs_sdk as obs
-from obs_sdk._erasure import erase_actor
-from obs_sdk._proof import prove, verify_proof
-from obs_sdk._retention import purge_audit
-from obs_sdk._seal import seal
-from obs_sdk._verify import verify
+from obs_sdk._seals._erasure import erase_actor
+from obs_sdk._seals._proof import prove, verify_proof
+from obs_sdk._seals._retention import purge_audit
+from obs_sdk._seals._seal import seal
+from obs_sdk._seals._verify import verify
 from tests.ledger.helpers import db_id, execute, ids, sealing_writer, write
 
 Key = tuple[bytes, bytes]

@@ -11,12 +11,12 @@ import datetime
 import sqlalchemy as sa
 
 import obs_sdk as obs
-from obs_sdk._erasure import erase_actor
-from obs_sdk._leaf import record_fields, row_reader
-from obs_sdk._retention import purge_audit
-from obs_sdk._seal import driver_rows, seal
-from obs_sdk._tables import tables
-from obs_sdk._verify import verify
+from obs_sdk._ledger._tables import tables
+from obs_sdk._seals._erasure import erase_actor
+from obs_sdk._seals._leaf import record_fields, row_reader
+from obs_sdk._seals._retention import purge_audit
+from obs_sdk._seals._seal import driver_rows, seal
+from obs_sdk._seals._verify import verify
 from tests.ledger.helpers import execute, write
 
 Key = tuple[bytes, bytes]

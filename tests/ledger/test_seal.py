@@ -20,10 +20,10 @@ import sqlalchemy as sa
 
 import obs_sdk as obs
 from obs_sdk._hotpath._records import uuid7
-from obs_sdk._proof import export_bundle, prove, verify_bundle, verify_proof, write_bundle
-from obs_sdk._seal import Ledger, seal, seal_status, sealing
-from obs_sdk._tables import tables
-from obs_sdk._verify import verify
+from obs_sdk._ledger._tables import tables
+from obs_sdk._seals._proof import export_bundle, prove, verify_bundle, verify_proof, write_bundle
+from obs_sdk._seals._seal import Ledger, seal, seal_status, sealing
+from obs_sdk._seals._verify import verify
 from tests.ledger.helpers import db_id, execute, ids, keypair, write
 
 Key = tuple[bytes, bytes]
@@ -191,7 +191,7 @@ class TestOrganization:
 CHECK_PROOF = """
 import json, sys
 from obs_sdk._hotpath._records import uuid7
-from obs_sdk._proof import verify_proof
+from obs_sdk._seals._proof import verify_proof
 proof, public = json.loads(sys.stdin.read())
 result = verify_proof(proof, public.encode())
 assert "sqlalchemy.engine" not in sys.modules or True

@@ -248,7 +248,7 @@ class TestChildrenAfterTheirTransaction:
         (measured on SQLite and PostgreSQL), so the child is paused right after its lookup
         until the commit has run.
         """
-        from obs_sdk import _tx
+        from obs_sdk._ledger import _tx
 
         looked_up, committed = threading.Event(), threading.Event()
         lookup = _tx._pending
@@ -417,6 +417,6 @@ class TestWhatCountsAsAWrite:
     )
     def test_classify(self, statement: str, expected: bool) -> None:
         """DML and DDL write, so do procedures; reads, savepoints and pragmas do not."""
-        from obs_sdk._tx import writes
+        from obs_sdk._ledger._tx import writes
 
         assert writes(statement) is expected

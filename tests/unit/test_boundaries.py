@@ -28,9 +28,7 @@ INTEGRATIONS = ROOT / "integrations"
 SCOPE = ("_scope", "propagation")
 HOT_PATH = ("_hotpath",)
 DELIVERY = ("_delivery",)
-LEDGER = ("_changes", "_idempotency", "_query", "_storage", "_tables", "_tx")
-LEDGER += ("_canonical", "_erasure", "_leaf", "_merkle", "_proof", "_report", "_retention")
-LEDGER += ("_seal", "_sealer", "_signing", "_verify")
+LEDGER = ("_ledger", "_seals")  # the SQL store, and the seals over its committed rows
 SHARED = ("_config", "_guard", "_stats", "exceptions", "testing", "__init__")
 # The one home of our dependencies' private names (see VENDOR_PRIVATE_HOME below).
 SHARED += ("_vendor_private",)
@@ -90,10 +88,13 @@ INTEGRATION_ALLOWED = {
     ("celery.py", "obs_sdk.propagation._keys"): "propagation's secret/rotation check",
     # The audit viewer is a web face of the CLI: it pages and exports with the same code.
     ("viewer.py", "obs_sdk._config"): "the configured table prefix and engine",
-    ("viewer.py", "obs_sdk._tables.tables"): "the ledger's tables for the configured prefix",
+    (
+        "viewer.py",
+        "obs_sdk._ledger._tables.tables",
+    ): "the ledger's tables for the configured prefix",
     ("viewer.py", "obs_sdk.cli._ledger"): "the CLI's keyset paging (same order, same filters)",
     ("viewer.py", "obs_sdk.cli._rows.csv_lines"): "the CLI's CSV export (same columns)",
-    ("viewer.py", "obs_sdk._leaf"): "a record's Merkle leaf, to show its proof",
+    ("viewer.py", "obs_sdk._seals._leaf"): "a record's Merkle leaf, to show its proof",
 }
 
 

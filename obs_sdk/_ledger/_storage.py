@@ -54,10 +54,10 @@ from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql.expression import Executable
 
 from obs_sdk import _config
+from obs_sdk._ledger._tables import Tables, tables
+from obs_sdk._ledger._tx import mark_written
 from obs_sdk._scope._context import current_scope, frame_with, in_repeated_key
 from obs_sdk._scope._values import Actor, Resource
-from obs_sdk._tables import Tables, tables
-from obs_sdk._tx import mark_written
 from obs_sdk.exceptions import ConfigurationError, QuotaExceeded
 
 __all__ = ["StorageDrift", "metered_storage", "reconcile_storage", "storage_usage"]

@@ -17,8 +17,8 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
-from obs_sdk._leaf import PERSONAL, commitment, json_value
-from obs_sdk._seal import ledger_engine, sealing
+from obs_sdk._seals._leaf import PERSONAL, commitment, json_value
+from obs_sdk._seals._seal import ledger_engine, sealing
 
 __all__ = ["erase_actor"]
 

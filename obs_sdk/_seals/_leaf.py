@@ -21,9 +21,9 @@ from sqlalchemy import String, Uuid
 from sqlalchemy.engine import Dialect
 from sqlalchemy.schema import Column
 
-from obs_sdk._canonical import canonical, dumps_plain, encode_string, is_plain
-from obs_sdk._merkle import leaf_hash
-from obs_sdk._tables import UTCDateTime
+from obs_sdk._ledger._tables import UTCDateTime
+from obs_sdk._seals._canonical import canonical, dumps_plain, encode_string, is_plain
+from obs_sdk._seals._merkle import leaf_hash
 
 __all__ = [
     "LEAF_VERSION",

@@ -10,11 +10,18 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, select
 from sqlalchemy.engine import Connection, Engine
 
-from obs_sdk import _merkle
-from obs_sdk._leaf import leaf_of, row_reader, sealed_leaf_hash, value_reader
-from obs_sdk._report import Finding, PurgedRange, VerifyReport
-from obs_sdk._seal import GENESIS_ROOT, Ledger, driver_rows, header_bytes, ledger_engine, sealing
-from obs_sdk._signing import public_keys, signature_ok
+from obs_sdk._seals import _merkle
+from obs_sdk._seals._leaf import leaf_of, row_reader, sealed_leaf_hash, value_reader
+from obs_sdk._seals._report import Finding, PurgedRange, VerifyReport
+from obs_sdk._seals._seal import (
+    GENESIS_ROOT,
+    Ledger,
+    driver_rows,
+    header_bytes,
+    ledger_engine,
+    sealing,
+)
+from obs_sdk._seals._signing import public_keys, signature_ok
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey

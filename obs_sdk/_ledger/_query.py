@@ -27,8 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from obs_sdk import _config
 from obs_sdk._hotpath._records import AuditRecord
+from obs_sdk._ledger._tables import tables
 from obs_sdk._scope._values import Resource
-from obs_sdk._tables import tables
 from obs_sdk.exceptions import ConfigurationError
 
 if TYPE_CHECKING:

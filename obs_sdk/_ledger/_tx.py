@@ -49,9 +49,9 @@ from obs_sdk._hotpath._records import (
     render_audit,
     uuid7,
 )
+from obs_sdk._ledger._tables import insert_ignoring_duplicates, tables
 from obs_sdk._scope import _context
 from obs_sdk._scope._context import Unit, suppressed
-from obs_sdk._tables import insert_ignoring_duplicates, tables
 
 if TYPE_CHECKING:
     from obs_sdk._delivery._sinks import _DriverInsert

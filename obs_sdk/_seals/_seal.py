@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Column, Select, Table, create_engine, func, insert, select, text
 from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine
 
-from obs_sdk import _config, _merkle
-from obs_sdk._canonical import canonical
-from obs_sdk._leaf import has_personal, row_reader, sealed_leaf_hash
-from obs_sdk._signing import key_id, private_key, sign
-from obs_sdk._tables import Tables, tables
+from obs_sdk import _config
+from obs_sdk._ledger._tables import Tables, tables
+from obs_sdk._seals import _merkle
+from obs_sdk._seals._canonical import canonical
+from obs_sdk._seals._leaf import has_personal, row_reader, sealed_leaf_hash
+from obs_sdk._seals._signing import key_id, private_key, sign
 from obs_sdk.exceptions import ConfigurationError
 
 if TYPE_CHECKING:

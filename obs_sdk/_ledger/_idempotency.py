@@ -36,8 +36,8 @@ from obs_sdk import _config
 from obs_sdk._guard import count, logger
 from obs_sdk._hotpath._records import EVENT, Instrumentation
 from obs_sdk._hotpath._templates import ARGS, Call, Params, Plan
+from obs_sdk._ledger._tables import tables
 from obs_sdk._scope._context import current_scope, frame_with, repeated_key
-from obs_sdk._tables import tables
 from obs_sdk.exceptions import ConfigurationError
 
 __all__ = ["FirstFlag", "idempotent", "once", "purge_idempotency_keys"]

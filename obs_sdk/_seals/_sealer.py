@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import Engine
 
 from obs_sdk._guard import guard
+from obs_sdk._ledger._tables import tables
 from obs_sdk._scope._context import suppressed
-from obs_sdk._seal import Ledger, seal_pending
-from obs_sdk._signing import private_key
-from obs_sdk._tables import tables
+from obs_sdk._seals._seal import Ledger, seal_pending
+from obs_sdk._seals._signing import private_key
 from obs_sdk.exceptions import ConfigurationError
 
 if TYPE_CHECKING:

@@ -16,13 +16,13 @@ from typing import Any, TextIO
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
-from obs_sdk import _merkle
-from obs_sdk._leaf import leaf_of, record_fields
-from obs_sdk._report import Finding, VerifyReport
-from obs_sdk._seal import header_bytes, ledger_engine
-from obs_sdk._signing import public_keys, signature_ok
-from obs_sdk._tables import Tables
-from obs_sdk._verify import check_seals
+from obs_sdk._ledger._tables import Tables
+from obs_sdk._seals import _merkle
+from obs_sdk._seals._leaf import leaf_of, record_fields
+from obs_sdk._seals._report import Finding, VerifyReport
+from obs_sdk._seals._seal import header_bytes, ledger_engine
+from obs_sdk._seals._signing import public_keys, signature_ok
+from obs_sdk._seals._verify import check_seals
 
 __all__ = [
     "ProofResult",

@@ -13,7 +13,7 @@ import datetime
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Engine
 
-from obs_sdk._seal import ledger_engine, sealing
+from obs_sdk._seals._seal import ledger_engine, sealing
 from obs_sdk.exceptions import ConfigurationError
 
 __all__ = ["purge_audit"]
