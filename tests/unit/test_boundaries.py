@@ -88,10 +88,7 @@ INTEGRATION_ALLOWED = {
     ("celery.py", "obs_sdk.propagation._keys"): "propagation's secret/rotation check",
     # The audit viewer is a web face of the CLI: it pages and exports with the same code.
     ("viewer.py", "obs_sdk._config"): "the configured table prefix and engine",
-    (
-        "viewer.py",
-        "obs_sdk._ledger._tables.tables",
-    ): "the ledger's tables for the configured prefix",
+    ("viewer.py", "obs_sdk._ledger._tables.tables"): "the tables for the configured prefix",
     ("viewer.py", "obs_sdk.cli._ledger"): "the CLI's keyset paging (same order, same filters)",
     ("viewer.py", "obs_sdk.cli._rows.csv_lines"): "the CLI's CSV export (same columns)",
     ("viewer.py", "obs_sdk._seals._leaf"): "a record's Merkle leaf, to show its proof",
