@@ -63,6 +63,11 @@ class TestWheelContents:
             "obs_sdk/py.typed",
             "obs_sdk/integrations/__init__.py",
             "obs_sdk/cli/__init__.py",
+            "obs_sdk/_scope/__init__.py",
+            "obs_sdk/_hotpath/__init__.py",
+            "obs_sdk/_delivery/__init__.py",
+            "obs_sdk/_ledger/__init__.py",
+            "obs_sdk/_seals/__init__.py",
             "obs_sdk/integrations/viewer_templates/viewer.html",
         ],
     )
