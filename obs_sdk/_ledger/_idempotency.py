@@ -35,6 +35,7 @@ from obs_sdk import _config
 from obs_sdk._guard import count, logger
 from obs_sdk._hotpath._records import EVENT, Instrumentation
 from obs_sdk._hotpath._templates import ARGS, Call, Params, Plan
+from obs_sdk._ledger._older_than import cutoff_from
 from obs_sdk._ledger._session_block import SessionBlock
 from obs_sdk._ledger._tables import tables
 from obs_sdk._scope._context import current_scope, frame_with, repeated_key
@@ -253,17 +254,8 @@ def purge_idempotency_keys(
     config = _config.current()
     if older_than is None:
         older_than = config.idempotency_retention
-    if isinstance(older_than, datetime.timedelta):
-        if older_than < datetime.timedelta(0):
-            raise ConfigurationError("purge_idempotency_keys(older_than=...) must not be negative")
-        cutoff = datetime.datetime.now(datetime.timezone.utc) - older_than
-    elif isinstance(older_than, datetime.datetime) and older_than.tzinfo is not None:
-        cutoff = older_than
-    else:
-        raise ConfigurationError(
-            "purge_idempotency_keys(older_than=...) takes a timedelta (an age) or an "
-            f"aware datetime (a cutoff), got {older_than!r}"
-        )
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cutoff = cutoff_from(older_than, "purge_idempotency_keys", now)
     table = tables(config.table_prefix).idempotency_keys
     result = session.execute(delete(table).where(table.c.created_at < cutoff))
     return int(result.rowcount)  # type: ignore[attr-defined]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from sqlalchemy import Connection
@@ -47,6 +48,7 @@ def _savepoint(session: Session) -> SessionTransaction:
     return nested
 
 
+@dataclass(slots=True)
 class StorageChange:
     """Charge *nbytes* of *object_id* to *owner* under *quota*, or release it; single use.
 
@@ -56,24 +58,21 @@ class StorageChange:
     ``storage.charged`` / ``storage.released`` audit record says (None: nothing released).
     """
 
-    def __init__(
-        self, object_id: str, nbytes: int, owner: str, quota: int | None, release: bool
-    ) -> None:
-        self._object_id = object_id
-        self._bytes = nbytes
-        self._owner = owner
-        self._quota = quota
-        self._release = release
-        self._nested: SessionTransaction | None = None
-        self._undo: Callable[[Connection], object] | None = None
-        self.metadata: dict[str, Any] | None = None
+    object_id: str
+    nbytes: int
+    owner: str
+    quota: int | None
+    release: bool
+    metadata: dict[str, Any] | None = field(default=None, init=False)
+    _nested: SessionTransaction | None = field(default=None, init=False, repr=False)
+    _undo: Callable[[Connection], object] | None = field(default=None, init=False, repr=False)
 
     def start(self, session: Session) -> None:
         """Run the charge or release in *session*'s transaction (raises QuotaExceeded)."""
         conn = session.connection()
         mark_written(session)  # accounting: what the block records goes with its rollback
         sql = storage_sql(_config.current().table_prefix, conn.dialect.name)
-        if self._release:
+        if self.release:
             self._start_release(session, conn, sql)
         elif sql.dialect == "postgresql":
             self._start_charge_pg(session, conn, sql)
@@ -98,8 +97,8 @@ class StorageChange:
             raise
 
     def _charge_pg(self, conn: Connection, sql: StorageSql) -> None:
-        owner, quota = self._owner, self._quota
-        params: dict[str, Any] = {"oid": self._object_id, "who": owner, "size": self._bytes}
+        owner, quota = self.owner, self.quota
+        params: dict[str, Any] = {"oid": self.object_id, "who": owner, "size": self.nbytes}
         params["now"] = datetime.datetime.now(datetime.timezone.utc)
         previous: tuple[str, int] | None = None
         for _ in range(_LOCK_ATTEMPTS):
@@ -110,8 +109,8 @@ class StorageChange:
                 previous = (row[0], row[1])
                 break
         else:
-            raise RuntimeError(f"could not lock ledger row {self._object_id!r}")
-        growth = self._bytes - (previous[1] if previous and previous[0] == owner else 0)
+            raise RuntimeError(f"could not lock ledger row {self.object_id!r}")
+        growth = self.nbytes - (previous[1] if previous and previous[0] == owner else 0)
         moved = previous is not None and previous[0] != owner
         # Two counters change on a move: lock them in owner order, so two opposite moves
         # cannot deadlock.
@@ -129,14 +128,14 @@ class StorageChange:
         self._charged(growth, usage)
 
     def _start_charge_sqlite(self, session: Session, conn: Connection, sql: StorageSql) -> None:
-        owner, quota = self._owner, self._quota
-        params = {"oid": self._object_id, "who": owner, "size": self._bytes, "quota": quota}
+        owner, quota = self.owner, self.quota
+        params = {"oid": self.object_id, "who": owner, "size": self.nbytes, "quota": quota}
         row = sql.run(conn, sql.charge[quota is not None], params).first()
         if row is None:
             used, same = sql.run(conn, sql.refusal, params).one()
-            self._refuse(conn, sql, self._bytes - (same or 0), used)
+            self._refuse(conn, sql, self.nbytes - (same or 0), used)
         usage, prior_owner, prior_bytes = row
-        growth = self._bytes - (prior_bytes if prior_owner == owner else 0)
+        growth = self.nbytes - (prior_bytes if prior_owner == owner else 0)
         added = max(growth, 0)
         if added:
             self._undo = lambda c: sql.run(c, sql.undo_usage, {"who": owner, "delta": added})
@@ -157,24 +156,24 @@ class StorageChange:
         self, conn: Connection, sql: StorageSql, growth: int, used: int | None = None
     ) -> NoReturn:
         if used is None:
-            used = sql.run(conn, sql.refusal, {"who": self._owner, "oid": ""}).scalar()
-        assert self._quota is not None
-        raise QuotaExceeded(owner=self._owner, used=used or 0, limit=self._quota, requested=growth)
+            used = sql.run(conn, sql.refusal, {"who": self.owner, "oid": ""}).scalar()
+        assert self.quota is not None
+        raise QuotaExceeded(owner=self.owner, used=used or 0, limit=self.quota, requested=growth)
 
     def _charged(self, growth: int, usage: int) -> None:
-        self.metadata = {"bytes": self._bytes, "growth": growth, "owner": self._owner}
+        self.metadata = {"bytes": self.nbytes, "growth": growth, "owner": self.owner}
         self.metadata["usage"] = usage
 
     def _start_release(self, session: Session, conn: Connection, sql: StorageSql) -> None:
         # DELETE first on both databases: on SQLite it is the write that begins the
         # transaction (so the savepoint after it cannot escape); on PostgreSQL its row lock
         # makes a concurrent duplicate wait, then find nothing.
-        row = conn.execute(sql.delete_object, {"oid": self._object_id}).first()
+        row = conn.execute(sql.delete_object, {"oid": self.object_id}).first()
         if row is None:
             return  # never charged, or released already: nothing to give back
         owner, nbytes, charged_at = row
-        self._owner = owner
-        restored = {"object_id": self._object_id, "owner": owner}
+        self.owner = owner
+        restored = {"object_id": self.object_id, "owner": owner}
         restored.update(bytes=nbytes, charged_at=charged_at)
         self._undo = lambda c: c.execute(sql.restore_object, restored)
         try:
