@@ -1,4 +1,4 @@
-"""metered_storage(): a storage ledger with race-free quotas, atomic release, reconciliation.
+"""metered_storage(): charge stored bytes (or give them back) around a block, under a quota.
 
 This module is the block the caller writes: its arguments, whom to charge (the scope), the
 scope frame that makes the body's records join the session's transaction, and the

@@ -66,29 +66,31 @@ class SessionBlock(Generic[B, T]):
         return self._enter(session, self._begin(session))
 
     async def __aenter__(self) -> T:
-        self._before()
         session = self._session
         if not hasattr(session, "run_sync"):
-            return self._enter(session, self._begin(session))
+            return self.__enter__()  # a sync Session: nothing to await
+        self._before()
         begun = await session.run_sync(self._begin)
         return self._enter(session.sync_session, begun)
 
     def __exit__(self, *exc_info: object) -> None:
-        failed, succeeded = exc_info[1] is not None, False
+        failed = exc_info[1] is not None
         try:
             if self._end is not None:
                 self._end(self._session, failed)
-            succeeded = not failed
-        finally:
-            self._exit(succeeded)
+        except BaseException:
+            self._exit(succeeded=False)
+            raise
+        self._exit(succeeded=not failed)
 
     async def __aexit__(self, *exc_info: object) -> None:
-        failed, succeeded, session = exc_info[1] is not None, False, self._session
+        session = self._session
+        if self._end is None or not hasattr(session, "run_sync"):
+            return self.__exit__(*exc_info)  # no statements at exit, or a sync Session
+        failed = exc_info[1] is not None
         try:
-            if self._end is not None and hasattr(session, "run_sync"):
-                await session.run_sync(self._end, failed)
-            elif self._end is not None:
-                self._end(session, failed)
-            succeeded = not failed
-        finally:
-            self._exit(succeeded)
+            await session.run_sync(self._end, failed)
+        except BaseException:
+            self._exit(succeeded=False)
+            raise
+        self._exit(succeeded=not failed)
