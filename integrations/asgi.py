@@ -21,7 +21,7 @@ from contextlib import ExitStack
 from typing import Any
 
 import obs_sdk as obs
-from obs_sdk._guard import count_error
+from obs_sdk._integration_api import count_error
 
 from . import _http
 
@@ -143,13 +143,7 @@ class ScopeMiddleware:
         for field, resolver in self._tenant:
             fields[field] = await self._resolve_tenant(field, resolver, scope)
         with ExitStack() as stack:
-            try:
-                if actor is None:
-                    actor = obs.Actor.anonymous(distinct_id=distinct_id)
-                stack.enter_context(obs.scope(actor=actor, request_id=rid, **fields))
-            except Exception as exc:
-                # The request runs unscoped rather than failing (SPEC rule 4).
-                count_error("asgi.scope", exc)
+            _http.enter_scope(stack, actor, distinct_id, rid, fields, "asgi.scope")
             await self.app(scope, receive, self._sending(send, rid, scope))
 
     def _read_request(self, scope: Scope) -> tuple[dict[str, str | None], str | None, str]:
