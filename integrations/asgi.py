@@ -186,29 +186,14 @@ class ScopeMiddleware:
         """Call the actor resolver; count its failure and fall back to anonymous."""
         if self._actor is None:
             return None
-        try:
-            result = self._actor(scope)
-            if inspect.isawaitable(result):
-                result = await result
-        except Exception as exc:
-            # The resolver is the app's code, but its failure must not fail the
-            # request: the request proceeds anonymous (issue #8).
-            count_error("asgi.actor_resolver", exc)
-            return None
+        result = await _called(self._actor, scope, "asgi.actor_resolver")
         return _http.checked_actor(result, "asgi.actor_resolver")
 
     @staticmethod
     async def _resolve_tenant(field: str, resolver: TenantResolver, scope: Scope) -> str | None:
         """Call one tenant resolver; count its failure and leave the field unset."""
         site = f"asgi.{field}_resolver"
-        try:
-            result = resolver(scope)
-            if inspect.isawaitable(result):
-                result = await result
-        except Exception as exc:
-            count_error(site, exc)
-            return None
-        return _http.checked_tenant(result, site)
+        return _http.checked_tenant(await _called(resolver, scope, site), site)
 
     def _sending(self, send: Send, rid: str, scope: Scope) -> Send:
         """Wrap *send*: the response start (or WebSocket accept) carries the request id.
@@ -235,6 +220,22 @@ class ScopeMiddleware:
             await send(message)
 
         return send_with_request_id
+
+
+async def _called(resolver: Callable[[Scope], Any], scope: Scope, site: str) -> Any:
+    """Return what the app's resolver gives for *scope* (awaited if need be), else None.
+
+    The resolver is the app's code, but its failure must not fail the request (issue #8):
+    it is counted under *site*, and the request goes on without that field.
+    """
+    try:
+        result = resolver(scope)
+        if inspect.isawaitable(result):
+            result = await result
+    except Exception as exc:
+        count_error(site, exc)
+        return None
+    return result
 
 
 def route_template(scope: Scope) -> str | None:
