@@ -16,11 +16,12 @@ import ipaddress
 import json
 import re
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import ExitStack
 from urllib.parse import unquote
 
-from obs_sdk import Actor
-from obs_sdk._guard import count_error
+from obs_sdk import Actor, scope
+from obs_sdk._integration_api import count_error
 from obs_sdk.exceptions import ConfigurationError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -506,3 +507,24 @@ def checked_tenant(result: object, site: str) -> str | None:
         ),
     )
     return None
+
+
+def enter_scope(
+    stack: ExitStack,
+    actor: Actor | None,
+    distinct_id: str | None,
+    request_id: str,
+    fields: Mapping[str, str | None],
+    site: str,
+) -> None:
+    """Enter the request's ``obs.scope(...)`` on *stack*, whatever the middleware.
+
+    No actor is the browser's anonymous one (*distinct_id*: its PostHog id). A failure is
+    counted under *site* and the request runs unscoped rather than failing (SPEC rule 4).
+    """
+    try:
+        if actor is None:
+            actor = Actor.anonymous(distinct_id=distinct_id)
+        stack.enter_context(scope(actor=actor, request_id=request_id, **fields))
+    except Exception as exc:
+        count_error(site, exc)

@@ -21,7 +21,7 @@ from contextlib import ExitStack
 from typing import Any
 
 import obs_sdk as obs
-from obs_sdk._guard import count_error
+from obs_sdk._integration_api import count_error
 
 from . import _http
 
@@ -143,13 +143,7 @@ class ScopeMiddleware:
         for field, resolver in self._tenant:
             fields[field] = await self._resolve_tenant(field, resolver, scope)
         with ExitStack() as stack:
-            try:
-                if actor is None:
-                    actor = obs.Actor.anonymous(distinct_id=distinct_id)
-                stack.enter_context(obs.scope(actor=actor, request_id=rid, **fields))
-            except Exception as exc:
-                # The request runs unscoped rather than failing (SPEC rule 4).
-                count_error("asgi.scope", exc)
+            _http.enter_scope(stack, actor, distinct_id, rid, fields, "asgi.scope")
             await self.app(scope, receive, self._sending(send, rid, scope))
 
     def _read_request(self, scope: Scope) -> tuple[dict[str, str | None], str | None, str]:
@@ -192,29 +186,14 @@ class ScopeMiddleware:
         """Call the actor resolver; count its failure and fall back to anonymous."""
         if self._actor is None:
             return None
-        try:
-            result = self._actor(scope)
-            if inspect.isawaitable(result):
-                result = await result
-        except Exception as exc:
-            # The resolver is the app's code, but its failure must not fail the
-            # request: the request proceeds anonymous (issue #8).
-            count_error("asgi.actor_resolver", exc)
-            return None
+        result = await _called(self._actor, scope, "asgi.actor_resolver")
         return _http.checked_actor(result, "asgi.actor_resolver")
 
     @staticmethod
     async def _resolve_tenant(field: str, resolver: TenantResolver, scope: Scope) -> str | None:
         """Call one tenant resolver; count its failure and leave the field unset."""
         site = f"asgi.{field}_resolver"
-        try:
-            result = resolver(scope)
-            if inspect.isawaitable(result):
-                result = await result
-        except Exception as exc:
-            count_error(site, exc)
-            return None
-        return _http.checked_tenant(result, site)
+        return _http.checked_tenant(await _called(resolver, scope, site), site)
 
     def _sending(self, send: Send, rid: str, scope: Scope) -> Send:
         """Wrap *send*: the response start (or WebSocket accept) carries the request id.
@@ -241,6 +220,22 @@ class ScopeMiddleware:
             await send(message)
 
         return send_with_request_id
+
+
+async def _called(resolver: Callable[[Scope], Any], scope: Scope, site: str) -> Any:
+    """Return what the app's resolver gives for *scope* (awaited if need be), else None.
+
+    The resolver is the app's code, but its failure must not fail the request (issue #8):
+    it is counted under *site*, and the request goes on without that field.
+    """
+    try:
+        result = resolver(scope)
+        if inspect.isawaitable(result):
+            result = await result
+    except Exception as exc:
+        count_error(site, exc)
+        return None
+    return result
 
 
 def route_template(scope: Scope) -> str | None:

@@ -41,9 +41,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 import obs_sdk as obs
-from obs_sdk._guard import guard
+from obs_sdk._integration_api import (
+    extract_signed_scope,
+    guard,
+    inject_signed_scope,
+    signing_keys,
+)
 from obs_sdk.exceptions import ConfigurationError, MissingDependencyError
-from obs_sdk.propagation import _CARRIED_KEY, _keys, _ScopePropagator
 
 try:
     from celery import Celery, signals  # type: ignore[import-untyped]  # no stubs or py.typed
@@ -119,7 +123,7 @@ def instrument(
         raise ConfigurationError(
             f"instrument(max_age=...) takes a positive number of seconds, got {max_age!r}"
         )
-    config = _Config(_keys(secret, "instrument", rotation=True), float(max_age))
+    config = _Config(signing_keys(secret, "instrument"), float(max_age))
     current = getattr(celery_app, _CONFIG, None)
     if current is not None:
         if current != config:
@@ -163,8 +167,8 @@ def _before_task_publish(headers: Any = None, **_: Any) -> None:
         return  # another app, or task protocol 1 (no headers)
     with guard("celery.publish"):
         # Signed as issued when the task is due, so a countdown does not eat max_age.
-        propagator = _ScopePropagator(config.keys, issued_at=_due(headers.get("eta")))
-        propagator.inject(headers)  # also removes obs-* fields the caller passed
+        # Also removes the obs-* fields the caller passed.
+        inject_signed_scope(headers, config.keys, issued_at=_due(headers.get("eta")))
 
 
 def _due(eta: object) -> float:
@@ -188,12 +192,11 @@ def _task_prerun(task: Any = None, **_: Any) -> None:
         return
     with guard("celery.task_prerun"):
         request = task.request
-        propagator = _ScopePropagator(config.keys, trust_actor=True, max_age=config.max_age)
-        carried = propagator.extract(request).get(_CARRIED_KEY)
-        if propagator.rejected is not None:
-            _record_rejected(task.name, request.id, propagator.rejected)
+        carried, rejected = extract_signed_scope(request, config.keys, max_age=config.max_age)
+        if rejected is not None:
+            _record_rejected(task.name, request.id, rejected)
             return
-        if not isinstance(carried, obs.Scope) or carried == obs.Scope():
+        if carried == obs.Scope():
             return  # published outside any scope
         manager = obs.scope(
             actor=carried.actor,

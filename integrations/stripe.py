@@ -6,120 +6,42 @@ library, then runs the handlers registered for the event's type in one transacti
 inside ``obs.once("stripe:" + event.id)``: the dedup key, the handlers' writes and their
 audit records commit together, and a redelivery (even a concurrent one) is a duplicate.
 
-What arrives from the internet is checked before it costs anything: a body over
-``max_body_bytes`` is refused before it is decoded, verified or parsed (413); a signature
-dated outside the tolerance, in the past *or the future*, is refused (stripe-python checks
-only the past); an event id too long for the idempotency key is refused (400) rather than
-failing on every one of Stripe's retries.
+The checks and answers are a core without I/O (``_stripe_core``: bytes, a header and the
+clock in, a decision out); ``handle()`` and ``ahandle()`` here are its two thin shells,
+which open the session and the transaction, sync and async.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
-import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import String
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from obs_sdk import Actor, metadata, once, scope
+from obs_sdk import once
 from obs_sdk.exceptions import ConfigurationError, MissingDependencyError
 
 try:
-    import stripe
+    import stripe  # noqa: F401  # the core uses it: fail here, naming the extra
 except ImportError:
     raise MissingDependencyError(package="stripe", extra="stripe") from None
 
+from ._stripe_core import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_TOLERANCE,
+    Delivery,
+    Handler,
+    Verifier,
+    WebhookResult,
+    check_positive,
+    check_secrets,
+    decide,
+)
+
 __all__ = ["WebhookHandler", "WebhookResult"]
-
-logger = logging.getLogger(__name__)
-
-ALL_EVENTS = "*"
-KEY_PREFIX = "stripe:"
-DEFAULT_TOLERANCE = 300  # seconds, as stripe.Webhook.DEFAULT_TOLERANCE
-DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # Stripe's events are a few KiB; 1 MiB leaves room
-
-
-def _key_width() -> int:
-    """The width of the idempotency key column, read from the public schema (255)."""
-    key = metadata().tables["obs_idempotency_keys"].c.key.type
-    assert isinstance(key, String) and key.length, "obs_idempotency_keys.key is a String(n)"
-    return key.length
-
-
-MAX_EVENT_ID_LENGTH = _key_width() - len(KEY_PREFIX)  # 248
-
-Handler = Callable[[Any, Any], Any]
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookResult:
-    """What to answer Stripe: an HTTP ``status`` and a small JSON-able ``body``.
-
-    200 ``{"status": "processed" | "duplicate" | "unhandled", ...}``;
-    400 ``{"status": "rejected", "reason": ..., "detail": ...}`` (nothing was recorded);
-    413 the same, with reason ``payload_too_large`` (the body was not read further);
-    500 ``{"status": "failed", ...}`` (the transaction rolled back; Stripe's retry runs
-    it again). Immutable.
-    """
-
-    status: int
-    body: dict[str, Any] = field(default_factory=dict)
-
-
-def _rejected(reason: str, detail: str, status: int = 400) -> WebhookResult:
-    logger.info("rejected a Stripe webhook delivery: %s (%s)", reason, detail)
-    return WebhookResult(status, {"status": "rejected", "reason": reason, "detail": detail})
-
-
-def _signed_at(header: str) -> int | None:
-    """Return the ``t=`` of a ``Stripe-Signature`` header that also has a ``v1=``, else None.
-
-    Read as stripe-python reads it (``WebhookSignature._get_timestamp_and_signatures``: the
-    first ``t=`` through ``int()``), so the time checked is the time that was signed.
-    """
-    timestamp = None
-    has_v1 = False
-    for item in header.split(","):
-        name, sep, value = item.partition("=")
-        if not sep:
-            continue
-        if name == "t" and timestamp is None:
-            try:
-                timestamp = int(value.split("=", 1)[0])
-            except ValueError:
-                return None
-        elif name == "v1":
-            has_v1 = True
-    return timestamp if has_v1 else None
-
-
-def _body_size(payload: bytes | bytearray | str) -> int:
-    if isinstance(payload, str):
-        # Non-ASCII text takes more bytes than characters: measure it as it was sent.
-        return len(payload) if payload.isascii() else len(payload.encode("utf-8", "replace"))
-    return len(payload)
-
-
-def _check_secrets(secret: object) -> tuple[str, ...]:
-    secrets = (secret,) if isinstance(secret, str) else secret
-    if (
-        not isinstance(secrets, Sequence)
-        or not secrets
-        or not all(isinstance(s, str) and s.strip() for s in secrets)
-    ):
-        raise ConfigurationError(
-            "WebhookHandler(secret=...) takes the endpoint's signing secret "
-            "('whsec_...'), or a list of them while rolling it; find it in Stripe's "
-            "dashboard under Developers > Webhooks"
-        )
-    return tuple(secrets)
-
 
 _SESSIONMAKER_FIX = (
     "pass a factory that opens a new session per delivery, bound to your database: "
@@ -145,6 +67,15 @@ def _check_sessionmaker(factory: object) -> None:
         raise ConfigurationError(
             f"WebhookHandler(sessionmaker=...) got {type(factory).__name__}; {_SESSIONMAKER_FIX}"
         )
+
+
+# By the twin that was called (asynchronous or not): what to call instead.
+_WRONG_TWIN = {
+    False: "WebhookHandler.handle() needs a sync sessionmaker: with an "
+    "async_sessionmaker use `await hooks.ahandle(...)`",
+    True: "WebhookHandler.ahandle() needs an async_sessionmaker: with a sync "
+    "sessionmaker use hooks.handle(...)",
+}
 
 
 class WebhookHandler:
@@ -176,25 +107,14 @@ class WebhookHandler:
         tolerance: int = DEFAULT_TOLERANCE,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
-        self._secrets = _check_secrets(secret)
+        secrets = check_secrets(secret)
         _check_sessionmaker(sessionmaker)
-        if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance <= 0:
-            raise ConfigurationError(
-                "WebhookHandler(tolerance=...) takes a positive number of seconds, "
-                f"got {tolerance!r}"
-            )
-        if (
-            isinstance(max_body_bytes, bool)
-            or not isinstance(max_body_bytes, int)
-            or max_body_bytes <= 0
-        ):
-            raise ConfigurationError(
-                "WebhookHandler(max_body_bytes=...) takes a positive number of bytes, "
-                f"got {max_body_bytes!r}"
-            )
+        self._verifier = Verifier(
+            secrets,
+            check_positive("tolerance", tolerance, "seconds"),
+            check_positive("max_body_bytes", max_body_bytes, "bytes"),
+        )
         self._sessionmaker = sessionmaker
-        self._tolerance = tolerance
-        self._max_body_bytes = max_body_bytes
         # Replaced whole on registration: a delivery in flight sees no half update.
         self._handlers: tuple[tuple[str, Handler], ...] = ()
 
@@ -206,7 +126,7 @@ class WebhookHandler:
     @property
     def max_body_bytes(self) -> int:
         """The largest body accepted; a route reads at most one byte more before handing over."""
-        return self._max_body_bytes
+        return self._verifier.max_body_bytes
 
     def on(self, event_type: str) -> Callable[[Handler], Handler]:
         """Register the decorated function for *event_type* (``"*"``: every type).
@@ -227,105 +147,6 @@ class WebhookHandler:
 
         return register
 
-    # -- verification ---------------------------------------------------------------
-
-    def _verify(self, payload: bytes | str, signature_header: str | None) -> Any:
-        """Return the verified ``stripe.Event``, or the 400/413 ``WebhookResult``.
-
-        In order, cheapest and least trusting first: the size, the header, the signature
-        (``stripe.WebhookSignature.verify_header``, each secret in turn), the signed time
-        both ways, then the event itself. Outcomes are told apart by exception class and
-        by this module's own reading of the header, never by an exception's message.
-        """
-        size = _body_size(payload)
-        if size > self._max_body_bytes:
-            return _rejected(
-                "payload_too_large",
-                f"the body is over {self._max_body_bytes} bytes, the most this endpoint "
-                "accepts (WebhookHandler(max_body_bytes=...))",
-                status=413,
-            )
-        if not signature_header:
-            return _rejected(
-                "missing_signature_header",
-                "no Stripe-Signature header: pass the request's Stripe-Signature "
-                "header value and the raw, unparsed request body",
-            )
-        if isinstance(payload, (bytes, bytearray)):
-            try:
-                payload = bytes(payload).decode("utf-8")
-            except UnicodeDecodeError:
-                return _rejected("invalid_json", "the body is not UTF-8 text")
-        signed_at = _signed_at(signature_header)
-        if signed_at is None:
-            return _rejected(
-                "invalid_signature_header",
-                "the Stripe-Signature header has no t=... and v1=... parts: "
-                "pass the header's value unchanged",
-            )
-        secret = self._matching_secret(payload, signature_header)
-        if secret is None:
-            return _rejected(
-                "invalid_signature",
-                f"no signature matches the configured secret(s) ({len(self._secrets)} "
-                "tried): check the endpoint's signing secret, and pass the raw request "
-                "body unchanged",
-            )
-        skew = time.time() - signed_at
-        if abs(skew) > self._tolerance:
-            when = "older than" if skew > 0 else "dated ahead of this server's clock by more than"
-            return _rejected(
-                "timestamp_outside_tolerance",
-                f"the signature is {when} {self._tolerance} s: a replay, or this server's "
-                "clock is wrong",
-            )
-        try:
-            # Verified above; tolerance=0 leaves the time to the check above, both ways.
-            event = stripe.Webhook.construct_event(payload, signature_header, secret, 0)
-        except json.JSONDecodeError as exc:
-            return _rejected("invalid_json", f"the signed body is not valid JSON: {exc}")
-        except stripe.SignatureVerificationError:  # cannot happen after verify_header
-            return _rejected("invalid_signature", "the signature did not verify twice")
-        except ValueError as exc:  # e.g. a thin (v2) event notification
-            return _rejected("unsupported_event", str(exc))
-        except (AttributeError, TypeError):
-            return _rejected(
-                "missing_id_or_type",
-                "the signed body is JSON but not a Stripe event object",
-            )
-        return self._check_event(event)
-
-    def _matching_secret(self, payload: str, signature_header: str) -> str | None:
-        """Return the configured secret the header's signature verifies under, if any."""
-        for secret in self._secrets:
-            try:
-                # tolerance=None: no age check here; the caller checks the time both ways.
-                stripe.WebhookSignature.verify_header(payload, signature_header, secret, None)
-            except stripe.SignatureVerificationError:
-                continue
-            return secret
-        return None
-
-    @staticmethod
-    def _check_event(event: Any) -> Any:
-        event_id, event_type = getattr(event, "id", None), getattr(event, "type", None)
-        if not (
-            isinstance(event_id, str) and event_id and isinstance(event_type, str) and event_type
-        ):
-            return _rejected("missing_id_or_type", "the signed event has no string id and type")
-        if len(event_id) > MAX_EVENT_ID_LENGTH or not event_id.isprintable():
-            # "stripe:" + id is the idempotency key: a key that cannot be written would
-            # answer 500 on every retry, for days. Stripe's own ids are far shorter.
-            return _rejected(
-                "invalid_event_id",
-                f"the event id has {len(event_id)} characters; at most "
-                f"{MAX_EVENT_ID_LENGTH} printable characters fit the idempotency key",
-            )
-        return event
-
-    def _handlers_for(self, event_type: str) -> list[Handler]:
-        return [fn for t, fn in self._handlers if t in (event_type, ALL_EVENTS)]
-
     # -- handling -------------------------------------------------------------------
 
     def handle(self, payload: bytes | str, signature_header: str | None) -> WebhookResult:
@@ -340,18 +161,10 @@ class WebhookHandler:
             ConfigurationError: the handler was built with an ``async_sessionmaker``,
                 or a handler is ``async def`` (use ``ahandle()``).
         """
-        if isinstance(self._sessionmaker, async_sessionmaker):
-            raise ConfigurationError(
-                "WebhookHandler.handle() needs a sync sessionmaker: with an "
-                "async_sessionmaker use `await hooks.ahandle(...)`"
-            )
-        event = self._verify(payload, signature_header)
-        if isinstance(event, WebhookResult):
-            return event
-        handlers = self._handlers_for(event.type)
-        if not handlers:
-            return _unhandled(event)
-        for fn in handlers:
+        delivery = self._decide(payload, signature_header, asynchronous=False)
+        if isinstance(delivery, WebhookResult):
+            return delivery
+        for fn in delivery.handlers:
             if inspect.iscoroutinefunction(fn):
                 raise ConfigurationError(
                     f"Stripe handler {fn.__qualname__} is async: use `await hooks.ahandle(...)`"
@@ -360,16 +173,13 @@ class WebhookHandler:
             with (
                 self._sessionmaker() as session,
                 session.begin(),
-                once(session, KEY_PREFIX + event.id) as first,
+                once(session, delivery.key) as first,
             ):
-                if not first:
-                    return _duplicate(event)
-                with scope(actor=Actor.system("stripe"), session=session):
-                    for fn in handlers:
-                        fn(event, session)
+                if first:
+                    delivery.run(session)
         except Exception as exc:
-            return _failed(event, exc)
-        return _processed(event, len(handlers))
+            return delivery.failed(exc)
+        return delivery.answer(first)
 
     async def ahandle(self, payload: bytes | str, signature_header: str | None) -> WebhookResult:
         """Async twin of ``handle()`` for an ``async_sessionmaker``.
@@ -380,58 +190,28 @@ class WebhookHandler:
         Raises:
             ConfigurationError: the handler was built with a sync ``sessionmaker``.
         """
-        if not isinstance(self._sessionmaker, async_sessionmaker):
-            raise ConfigurationError(
-                "WebhookHandler.ahandle() needs an async_sessionmaker: with a sync "
-                "sessionmaker use hooks.handle(...)"
-            )
-        event = self._verify(payload, signature_header)
-        if isinstance(event, WebhookResult):
-            return event
-        handlers = self._handlers_for(event.type)
-        if not handlers:
-            return _unhandled(event)
+        delivery = self._decide(payload, signature_header, asynchronous=True)
+        if isinstance(delivery, WebhookResult):
+            return delivery
         try:
             async with (
                 self._sessionmaker() as session,
                 session.begin(),
-                once(session, KEY_PREFIX + event.id) as first,
+                once(session, delivery.key) as first,
             ):
-                if not first:
-                    return _duplicate(event)
-                with scope(actor=Actor.system("stripe"), session=session):
-                    for fn in handlers:
-                        outcome = fn(event, session)
-                        if inspect.isawaitable(outcome):
-                            await outcome
+                if first:
+                    await delivery.arun(session)
         except Exception as exc:
-            return _failed(event, exc)
-        return _processed(event, len(handlers))
+            return delivery.failed(exc)
+        return delivery.answer(first)
 
+    def _decide(
+        self, payload: bytes | str, signature_header: str | None, *, asynchronous: bool
+    ) -> WebhookResult | Delivery:
+        """The core's decision for one delivery, at this server's time (CPU only).
 
-def _summary(event: Any) -> dict[str, Any]:
-    return {"event_id": event.id, "type": event.type}
-
-
-def _processed(event: Any, handlers: int) -> WebhookResult:
-    return WebhookResult(200, {"status": "processed", **_summary(event), "handlers": handlers})
-
-
-def _duplicate(event: Any) -> WebhookResult:
-    return WebhookResult(200, {"status": "duplicate", **_summary(event)})
-
-
-def _unhandled(event: Any) -> WebhookResult:
-    # 200: Stripe stops retrying an event type this endpoint does not handle.
-    return WebhookResult(200, {"status": "unhandled", **_summary(event)})
-
-
-def _failed(event: Any, exc: Exception) -> WebhookResult:
-    logger.error(
-        "Stripe webhook %s (%s) failed and was rolled back; Stripe will retry it",
-        event.id,
-        event.type,
-        exc_info=exc,
-    )
-    # Only the class: Stripe's dashboard shows the body, and a message may hold data.
-    return WebhookResult(500, {"status": "failed", **_summary(event), "error": type(exc).__name__})
+        Raises ``ConfigurationError`` when the twin called does not match the sessionmaker.
+        """
+        if self.is_async != asynchronous:
+            raise ConfigurationError(_WRONG_TWIN[asynchronous])
+        return decide(self._verifier, self._handlers, payload, signature_header, time.time())

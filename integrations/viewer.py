@@ -14,7 +14,6 @@ seal status. No JavaScript, no CDN: one page and its inline style.
 from __future__ import annotations
 
 import datetime
-import importlib
 import inspect
 import json
 import uuid
@@ -22,11 +21,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
-from obs_sdk import _config
-from obs_sdk._ledger._tables import tables
-from obs_sdk.cli import _ledger
+import obs_sdk as obs
+from obs_sdk._integration_api import configured_engine, seal_status
 from obs_sdk.cli._rows import csv_lines
 from obs_sdk.exceptions import ConfigurationError, MissingDependencyError
 
@@ -110,47 +106,6 @@ def _cursor(request: Request) -> str | None:
         raise _BadFilter(f"after: {after!r} is not a record id") from None
 
 
-def _seal_status(engine: Any, records: list[Any]) -> dict[Any, str]:
-    """Each record's seal status by id: sealed, unsealed or tampered; {} without seals.
-
-    "sealed": the record, as stored now, hashes to the leaf its seal holds; "tampered":
-    it does not; "unsealed": no seal holds it yet. The seals' signatures and chain are
-    ``obs.verify``'s to check (it needs the public key); this is the per-record half,
-    computed the way verify computes it. {} when this obs_sdk has no seals, or nothing
-    was ever sealed (the column would say "unsealed" on every row).
-    """
-    # Looked up, not imported: the seals (obs_sdk._seals._leaf and the seal tables) came with
-    # issue 18 in parallel with this page, which also runs on an obs_sdk without them.
-    try:
-        leaf_module: Any = importlib.import_module("obs_sdk._seals._leaf")
-    except ImportError:
-        return {}
-    t: Any = tables(_config.current().table_prefix)
-    if not records or getattr(t, "seal_leaves", None) is None:
-        return {}
-    leaf_of, record_fields = leaf_module.leaf_of, leaf_module.record_fields
-    leaves, audit = t.seal_leaves, t.audit
-    query = (
-        select(leaves.c.leaf_hash, leaves.c.commitments, leaves.c.salt, *audit.columns)
-        .select_from(audit.outerjoin(leaves, leaves.c.record_id == audit.c.id))
-        .where(audit.c.id.in_([record.id for record in records]))
-    )
-    columns = [c.name for c in audit.columns]
-    with engine.connect() as conn:
-        if conn.execute(select(t.seals.c.seq).limit(1)).first() is None:
-            return {}
-        rows = conn.execute(query).all()
-    status = {}
-    for row in rows:
-        record = row[3:]
-        if row[0] is None:
-            status[record[0]] = "unsealed"
-            continue
-        leaf = leaf_of(record_fields(record, columns), row[2], row[1])
-        status[record[0]] = "sealed" if not leaf.problem and leaf.hash == row[0] else "tampered"
-    return status
-
-
 def audit_viewer(*, authorize: Authorize, bind: Any = None) -> Starlette:
     """Return an ASGI app showing the audit trail of the organization *authorize* names.
 
@@ -185,7 +140,7 @@ def audit_viewer(*, authorize: Authorize, bind: Any = None) -> Starlette:
     )
 
     def engine() -> Any:
-        found = bind if bind is not None else _config.current().engine
+        found = bind if bind is not None else configured_engine()
         if found is None:
             raise ConfigurationError(
                 "audit_viewer(bind=None) reads configure()'s database: call "
@@ -233,8 +188,8 @@ def audit_viewer(*, authorize: Authorize, bind: Any = None) -> Starlette:
         bind_ = engine()
 
         def read() -> tuple[list[Any], dict[Any, str]]:
-            found = _ledger.newest_first(bind_, filters, after=after, limit=PAGE_SIZE + 1)
-            return found, _seal_status(bind_, found[:PAGE_SIZE])
+            found = obs.audit_log(bind_, **filters, after=after, limit=PAGE_SIZE + 1, order="desc")
+            return found, seal_status(bind_, [record.id for record in found[:PAGE_SIZE]])
 
         records, seals = await run_in_threadpool(read)
         more = len(records) > PAGE_SIZE
@@ -267,7 +222,7 @@ def audit_viewer(*, authorize: Authorize, bind: Any = None) -> Starlette:
             header = True
             while True:
                 found = await run_in_threadpool(
-                    _ledger.oldest_first, bind_, filters, after=after, limit=_CSV_PAGE
+                    obs.audit_log, bind_, **filters, after=after, limit=_CSV_PAGE, order="asc"
                 )
                 if found or header:
                     yield "".join(csv_lines(found, header=header, spreadsheet_safe=True))

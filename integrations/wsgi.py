@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any
 
 import obs_sdk as obs
-from obs_sdk._guard import count_error
+from obs_sdk._integration_api import count_error
 
 from . import _http
 
@@ -109,13 +109,7 @@ class ScopeMiddleware:
         fields, distinct_id, rid = self._read_request(environ)
         actor = self._resolve(environ)
         stack = ExitStack()
-        try:
-            if actor is None:
-                actor = obs.Actor.anonymous(distinct_id=distinct_id)
-            stack.enter_context(obs.scope(actor=actor, request_id=rid, **fields))
-        except Exception as exc:
-            # The request runs unscoped rather than failing (SPEC rule 4).
-            count_error("wsgi.scope", exc)
+        _http.enter_scope(stack, actor, distinct_id, rid, fields, "wsgi.scope")
         try:
             result = self.app(environ, self._echoing(start_response, rid))
         except BaseException:

@@ -171,10 +171,7 @@ class _ScopePropagator(TextMapPropagator):
         return set(ALL_FIELDS)
 
     def inject(
-        self,
-        carrier: Any,
-        context: Context | None = None,
-        setter: Setter[Any] = _SETTER,
+        self, carrier: Any, context: Context | None = None, setter: Setter[Any] = _SETTER
     ) -> None:
         if context is None:
             current = current_scope()  # includes the scope provider's fields
@@ -195,10 +192,7 @@ class _ScopePropagator(TextMapPropagator):
             setter.set(carrier, name, value)
 
     def extract(
-        self,
-        carrier: Any,
-        context: Context | None = None,
-        getter: Getter[Any] = _GETTER,
+        self, carrier: Any, context: Context | None = None, getter: Getter[Any] = _GETTER
     ) -> Context:
         carried = self._carried(carrier, getter)
         return set_value(_CARRIED_KEY, carried, context if context is not None else Context())

@@ -5,6 +5,10 @@ A key is judged by the *words* it is made of, not by the letters it contains: ``
 be a whole word, so ``tokens_used`` (an LLM's token count) and ``session_length_s`` keep their
 values while ``auth``, ``pwd`` and ``bearer_token`` lose theirs. The rules are the tables
 below; ``Redactor`` applies them, plus the words and keys ``configure()`` adds.
+
+After the rules: the JSON encoder the sinks share (``to_json``) and the string cutting that
+keeps a mapping under a byte budget, used by ``limit_size`` here and by ``_sanitize``'s
+``bound_mapping`` (which imports this module, so the shared walkers live here).
 """
 
 from __future__ import annotations
@@ -18,7 +22,20 @@ from typing import Any
 from obs_sdk._guard import count_error
 from obs_sdk.exceptions import ConfigurationError
 
-__all__ = ["REDACTED", "Redactor", "key_words", "limit_size"]
+__all__ = [
+    "REDACTED",
+    "TRUNCATED",
+    "CutText",
+    "Redactor",
+    "cut_strings",
+    "cut_text",
+    "json_size",
+    "key_words",
+    "largest_cut",
+    "limit_size",
+    "to_json",
+    "utf8_len",
+]
 
 REDACTED = "[REDACTED]"
 
@@ -357,24 +374,97 @@ def to_json(value: Any) -> str:
     return "".join(_C_ENCODE(value, 0))
 
 
+# -- Size: strings cut to fit a byte budget ------------------------------------------------
+# limit_size here and bound_mapping (_sanitize) cut alike: the walkers below serve both.
+
+TRUNCATED = "_truncated"  # the key a cut mapping gains, set to True
+
+
+class CutText(str):
+    """A string a bounding walk cut already: ``removed`` counts the UTF-8 bytes it lost."""
+
+    removed: int
+
+
+def utf8_len(text: str) -> int:
+    """The bytes *text* takes in UTF-8 (a lone surrogate counts its 3 bytes)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def json_size(value: Any) -> int:
+    """The bytes of *value*'s JSON, exactly."""
+    return len(to_json(value).encode("utf-8", "surrogatepass"))
+
+
+def cut_text(text: str, keep_bytes: int) -> str:
+    """*text* in at most *keep_bytes* UTF-8 bytes, then ``…[truncated N bytes]``.
+
+    N counts every byte removed, by this cut and by an earlier one (a ``CutText``).
+    """
+    raw = text.encode("utf-8", "surrogatepass")
+    removed = text.removed if type(text) is CutText else 0
+    if len(raw) <= keep_bytes and not removed:
+        return text
+    kept = raw[:keep_bytes].decode("utf-8", "ignore")
+    removed += len(raw) - len(kept.encode("utf-8", "surrogatepass"))
+    return f"{kept}…[truncated {removed} bytes]"
+
+
+def cut_strings(value: Any, cap: int) -> Any:
+    """*value* with every string, at any depth, cut to *cap* bytes (``cut_text``)."""
+    if isinstance(value, str):
+        if type(value) is not CutText and len(value) <= cap // 4:
+            return value  # fits whatever its characters' widths
+        return cut_text(value, cap)
+    if isinstance(value, dict):
+        return {k: cut_strings(v, cap) for k, v in value.items()}
+    if isinstance(value, _SEQUENCES):
+        return [
+            cut_strings(v, cap) for v in value
+        ]  # JSON has no tuples: a list serialises the same
+    return value
+
+
+def _longest(value: Any) -> int:
+    if isinstance(value, str):
+        return utf8_len(value)
+    if isinstance(value, dict):
+        return max((_longest(v) for v in value.values()), default=0)
+    if isinstance(value, _SEQUENCES):
+        return max((_longest(v) for v in value), default=0)
+    return 0
+
+
+def largest_cut(data: dict[str, Any], max_bytes: int) -> dict[str, Any] | None:
+    """*data* cut by ``cut_strings`` at the largest cap whose JSON fits in *max_bytes*.
+
+    The result is marked ``_truncated: true`` (the marker counted in the size); None when
+    not even empty strings fit. A binary search: O(size of *data*) per try.
+    """
+    low, high = 0, _longest(data)
+    best = None
+    while low <= high:
+        cap = (low + high) // 2
+        candidate = cut_strings(data, cap)
+        candidate[TRUNCATED] = True
+        if json_size(candidate) <= max_bytes:
+            best, low = candidate, cap + 1
+        else:
+            high = cap - 1
+    return best
+
+
 def limit_size(data: dict[str, Any], max_bytes: int) -> dict[str, Any]:
     """Keep *data* under *max_bytes* of JSON by cutting its longest strings; keys are kept.
 
     A cut string ends with ``…[truncated N bytes]`` and the result gains ``_truncated: true``.
     """
-    if _json_bound(data, max_bytes) <= max_bytes or len(to_json(data).encode()) <= max_bytes:
+    if _json_bound(data, max_bytes) <= max_bytes or json_size(data) <= max_bytes:
         return data
-    low, high = 0, _longest_string(data)
-    best: dict[str, Any] = _cut(data, 0)
-    while low <= high:  # the largest per-string cap that still fits, marker included
-        cap = (low + high) // 2
-        candidate = _cut(data, cap)
-        candidate["_truncated"] = True
-        if len(to_json(candidate).encode()) <= max_bytes:
-            best, low = candidate, cap + 1
-        else:
-            high = cap - 1
-    best["_truncated"] = True
+    best = largest_cut(data, max_bytes)
+    if best is None:  # not even empty strings fit: every key is kept all the same
+        best = cut_strings(data, 0)
+        best[TRUNCATED] = True
     return best
 
 
@@ -404,27 +494,3 @@ def _json_bound(value: Any, limit: int) -> int:
                 break
         return total
     return limit + 1  # anything else: measure it exactly
-
-
-def _longest_string(value: Any) -> int:
-    if isinstance(value, str):
-        return len(value.encode())
-    if isinstance(value, dict):
-        return max((_longest_string(v) for v in value.values()), default=0)
-    if isinstance(value, _SEQUENCES):
-        return max((_longest_string(v) for v in value), default=0)
-    return 0
-
-
-def _cut(value: Any, cap: int) -> Any:
-    if isinstance(value, str):
-        raw = value.encode()
-        if len(raw) <= cap:
-            return value
-        kept = raw[:cap].decode("utf-8", "ignore")
-        return f"{kept}…[truncated {len(raw) - len(kept.encode())} bytes]"
-    if isinstance(value, dict):
-        return {k: _cut(v, cap) for k, v in value.items()}
-    if isinstance(value, _SEQUENCES):
-        return [_cut(v, cap) for v in value]  # JSON has no tuples: a list serialises the same
-    return value

@@ -13,6 +13,9 @@ caller's thread), never on the hot path:
   become U+FFFD, NaN and infinities become the strings ``"NaN"``, ``"Infinity"`` and
   ``"-Infinity"`` (JSON has no such numbers), bytes become text, and a text column's value is
   cut to the column's width with ``…[truncated N chars]``. The same on every database.
+
+The string cutting itself (``cut_strings``, ``largest_cut``) is ``_redact``'s, shared with
+its ``limit_size``: one way to cut a mapping to size.
 """
 
 from __future__ import annotations
@@ -21,27 +24,35 @@ import math
 import re
 from typing import Any
 
-from obs_sdk._delivery._redact import REDACTED, to_json
+from obs_sdk._delivery._redact import (
+    REDACTED,
+    TRUNCATED,
+    CutText,
+    cut_strings,
+    cut_text,
+    json_size,
+    largest_cut,
+    utf8_len,
+)
 
-__all__ = ["MAX_KEY_CHARS", "Bounded", "bound_mapping", "safe_text", "size_of", "size_within"]
+# TRUNCATED is the cut walkers' (in _redact, which limit_size shares): named here too, with
+# the bounding it marks.
+__all__ = [
+    "MAX_KEY_CHARS",
+    "TRUNCATED",
+    "Bounded",
+    "bound_mapping",
+    "safe_text",
+    "size_of",
+    "size_within",
+]
 
 MAX_KEY_CHARS = 256
-TRUNCATED = "_truncated"
 _REPLACEMENT = "\ufffd"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _BIG_INT_BITS = 64  # a longer int is measured by its digits (JSON has no bound on them)
 _SIMPLE = frozenset({int, bool, type(None)})
 _CONTAINERS = (dict, list, tuple)
-
-
-class _Long(str):
-    """A string the bounding walk cut: ``removed`` counts the UTF-8 bytes it lost."""
-
-    removed: int
-
-
-def _utf8_len(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _clean_text(text: str) -> str:
@@ -123,7 +134,7 @@ def _plain_and_small(data: dict[str, Any], max_bytes: int) -> bool:
 
 def _walk(value: Any, state: Bounded) -> Any:
     kind = type(value)
-    if kind is str or kind is _Long:
+    if kind is str or kind is CutText:
         return _walk_text(value, state)
     if kind in _SIMPLE:
         if kind is int and value.bit_length() > _BIG_INT_BITS:
@@ -165,9 +176,9 @@ def _walk_mapping(value: dict[Any, Any], state: Bounded, *, top: bool) -> dict[s
         if clean is not name:
             state.sanitized = True
         if len(clean) > MAX_KEY_CHARS:
-            cut = _cut_text(clean, MAX_KEY_CHARS)
+            cut = cut_text(clean, MAX_KEY_CHARS)
             state.truncated = True
-            state.cut_bytes += _utf8_len(clean) - len(cut)
+            state.cut_bytes += utf8_len(clean) - len(cut)
             out[cut] = REDACTED
             state.left -= len(cut) + len(REDACTED)
             continue
@@ -192,31 +203,16 @@ def _walk_text(text: str, state: Bounded) -> str:
         return clean
     # Cut first, by characters (O(limit)); only a non-ASCII tail is encoded, to count it.
     head = text[:limit]
-    removed = len(text) - limit if text.isascii() else _utf8_len(text[limit:])
+    removed = len(text) - limit if text.isascii() else utf8_len(text[limit:])
     clean = _clean_text(head)
     if clean is not head:
         state.sanitized = True
-    cut = _Long(clean)
+    cut = CutText(clean)
     cut.removed = removed + getattr(text, "removed", 0)
     state.cut_bytes += removed
     state.truncated = True
     state.left -= limit + 2
     return cut
-
-
-def _cut_text(text: str, keep_bytes: int) -> str:
-    """*text* in at most *keep_bytes* UTF-8 bytes, then the marker with the bytes removed."""
-    raw = text.encode("utf-8", "surrogatepass")
-    removed = getattr(text, "removed", 0)
-    if len(raw) <= keep_bytes and not removed:
-        return text
-    kept = raw[:keep_bytes].decode("utf-8", "ignore")
-    removed += len(raw) - len(kept.encode("utf-8", "surrogatepass"))
-    return f"{kept}…[truncated {removed} bytes]"
-
-
-def _json_size(value: Any) -> int:
-    return len(to_json(value).encode("utf-8", "surrogatepass"))
 
 
 def _fit(data: dict[str, Any], max_bytes: int, state: Bounded) -> dict[str, Any]:
@@ -225,28 +221,19 @@ def _fit(data: dict[str, Any], max_bytes: int, state: Bounded) -> dict[str, Any]
     *data* is already walked: no string in it is longer than ``max_bytes`` characters and
     it holds at most a few times ``max_bytes`` characters, so each try costs O(max_bytes).
     """
-    if not _has_long(data) and _json_size(data) <= max_bytes:
+    if not _has_long(data) and json_size(data) <= max_bytes:
         return data
     state.truncated = True
-    low, high = 0, _longest(data)
-    best: dict[str, Any] | None = None
-    while low <= high:  # the largest per-string cap that still fits, markers included
-        cap = (low + high) // 2
-        candidate = _cut(data, cap)
-        candidate[TRUNCATED] = True
-        if _json_size(candidate) <= max_bytes:
-            best, low = candidate, cap + 1
-        else:
-            high = cap - 1
+    best = largest_cut(data, max_bytes)
     if best is None:  # even empty strings do not fit: keep the first keys that do
-        best = _cut(data, 0)
+        best = cut_strings(data, 0)
         keys = [k for k in best if k != TRUNCATED]
         low, high = 0, len(keys)
         while low < high:
             middle = (low + high + 1) // 2
             candidate = {k: best[k] for k in keys[:middle]}
             candidate[TRUNCATED] = True
-            if _json_size(candidate) <= max_bytes:
+            if json_size(candidate) <= max_bytes:
                 low = middle
             else:
                 high = middle - 1
@@ -256,35 +243,13 @@ def _fit(data: dict[str, Any], max_bytes: int, state: Bounded) -> dict[str, Any]
 
 
 def _has_long(value: Any) -> bool:
-    if type(value) is _Long:
+    if type(value) is CutText:
         return True
     if isinstance(value, dict):
         return any(_has_long(v) for v in value.values())
     if isinstance(value, list):
         return any(_has_long(v) for v in value)
     return False
-
-
-def _longest(value: Any) -> int:
-    if isinstance(value, str):
-        return _utf8_len(value)
-    if isinstance(value, dict):
-        return max((_longest(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return max((_longest(v) for v in value), default=0)
-    return 0
-
-
-def _cut(value: Any, cap: int) -> Any:
-    if isinstance(value, str):
-        if type(value) is not _Long and len(value) <= cap // 4:
-            return value  # fits whatever its characters' widths
-        return _cut_text(value, cap)
-    if isinstance(value, dict):
-        return {k: _cut(v, cap) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_cut(v, cap) for v in value]
-    return value
 
 
 def size_within(value: Any, budget: int) -> int:

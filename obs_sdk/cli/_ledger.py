@@ -1,9 +1,9 @@
-"""The one door from the CLI and the viewer to the trail's functions in obs_sdk.
+"""The one door from the CLI to the trail's functions in obs_sdk.
 
 The commands call the library's public functions (``obs.audit_log``, ``obs.seal``,
 ``obs.verify``...) through here, looked up when called: a function this obs_sdk does not
 have yet is a ``NotAvailable`` error naming it, never a stand-in implementation.
-Imports no click or rich (the viewer uses it too).
+Imports no click or rich.
 """
 
 from __future__ import annotations

@@ -49,6 +49,13 @@ def _keys(paths: tuple[Path, ...]) -> list[bytes]:
     return [path.read_bytes() for path in paths]
 
 
+def _confirmed(yes: bool, question: str, function: str, *args: Any, **kwargs: Any) -> Any:
+    """Ask *question* unless --yes (no answer aborts), then run *function* on the database."""
+    if not yes:
+        click.confirm(question, abort=True)
+    return _ledger.function(function)(*args, bind=state().engine(), **kwargs)
+
+
 def _print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
 
@@ -221,12 +228,8 @@ def prove(record_id: str, output: Path | None) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def erase_actor(actor_id: str, yes: bool) -> None:
     """Erase one actor's personal fields (name, email, ip, user agent); seals still verify."""
-    if not yes:
-        click.confirm(
-            f"erase the personal fields of actor {actor_id!r}? This cannot be undone", abort=True
-        )
-    bind = state().engine()
-    erased = _ledger.function("erase_actor")(actor_id, bind)
+    question = f"erase the personal fields of actor {actor_id!r}? This cannot be undone"
+    erased = _confirmed(yes, question, "erase_actor", actor_id)
     click.echo(f"erased the personal fields of {erased:,} records of actor {actor_id}")
 
 
@@ -241,10 +244,6 @@ def erase_actor(actor_id: str, yes: bool) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def purge(older_than: Any, yes: bool) -> None:
     """Delete old records in batches; their seals stay, so verify reports them as purged."""
-    if not yes:
-        click.confirm(
-            f"delete every audit record made before {older_than.isoformat()}?", abort=True
-        )
-    bind = state().engine()
-    deleted = _ledger.function("purge_audit")(bind, older_than=older_than)
+    question = f"delete every audit record made before {older_than.isoformat()}?"
+    deleted = _confirmed(yes, question, "purge_audit", older_than=older_than)
     click.echo(f"purged {deleted:,} records older than {older_than.isoformat()}")
