@@ -27,7 +27,8 @@ from obs_sdk import _config
 from obs_sdk._ledger._tables import Tables, tables
 from obs_sdk._seals import _merkle
 from obs_sdk._seals._canonical import canonical
-from obs_sdk._seals._leaf import has_personal, row_reader, sealed_leaf_hash
+from obs_sdk._seals._hasher import LeafHasher
+from obs_sdk._seals._leaf import row_reader, sealed_leaf_hash
 from obs_sdk._seals._signing import key_id, private_key, sign
 from obs_sdk.exceptions import ConfigurationError
 
@@ -265,8 +266,10 @@ def _build(
 ) -> tuple[dict[str, Any], list[tuple[Any, ...]]]:
     """Return the seal's header and its leaf rows, in the driver's stored form."""
     seq = (last["seq"] if last else 0) + 1
-    fields_of = row_reader(dialect, list(t.audit.columns))
-    names = [c.name for c in t.audit.columns]
+    columns = list(t.audit.columns)
+    leaf_hash = LeafHasher(dialect, columns)
+    fields_of = row_reader(dialect, columns)  # the reference, for what LeafHasher leaves
+    names = [c.name for c in columns]
     id_at, org_at = names.index("id"), names.index("organization_id")
     hashes = []
     leaf_rows = []
@@ -274,11 +277,12 @@ def _build(
     # than hashing the record).
     entropy = os.urandom(SALT_BYTES * len(rows))
     for position, row in enumerate(rows):
-        fields = fields_of(row)
         salt = None
-        if has_personal(fields):
+        if leaf_hash.personal(row):
             salt = entropy[position * SALT_BYTES : (position + 1) * SALT_BYTES]
-        digest = sealed_leaf_hash(fields, salt)
+        digest = leaf_hash(row, salt)
+        if digest is None:
+            digest = sealed_leaf_hash(fields_of(row), salt)
         hashes.append(digest)
         # The id as the driver returned it is its stored form (SQLite: 32 hex digits).
         leaf_rows.append((row[id_at], seq, position, digest, row[org_at], salt))

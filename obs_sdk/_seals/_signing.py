@@ -7,7 +7,7 @@ processes that seal or verify need it (the ``seal`` extra).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from obs_sdk.exceptions import ConfigurationError, MissingDependencyError
@@ -47,17 +47,13 @@ def private_key(key: object, where: str = "seal(key=...)") -> Ed25519PrivateKey:
     if isinstance(key, str):
         key = key.encode()
     if isinstance(key, (bytes, bytearray)):
-        if len(key) == 32:  # noqa: PLR2004  (an Ed25519 seed is 32 bytes)
-            return cast(
-                "Ed25519PrivateKey", ed25519.Ed25519PrivateKey.from_private_bytes(bytes(key))
-            )
-        try:
-            loaded = _serialization().load_pem_private_key(bytes(key), password=None)
-        except (ValueError, TypeError) as exc:
-            raise ConfigurationError(
-                f"{where} could not read the key ({exc}); pass an unencrypted PEM Ed25519 "
-                "private key (e.g. from `obs-sdk keygen`), its 32 raw bytes, or the key object"
-            ) from exc
+        loaded = _from_bytes(
+            bytes(key),
+            ed25519.Ed25519PrivateKey.from_private_bytes,
+            lambda pem: _serialization().load_pem_private_key(pem, password=None),
+            f"{where} could not read the key",
+            "an unencrypted PEM Ed25519 private key (e.g. from `obs-sdk keygen`)",
+        )
         if isinstance(loaded, ed25519.Ed25519PrivateKey):
             return cast("Ed25519PrivateKey", loaded)
         raise ConfigurationError(
@@ -78,21 +74,41 @@ def _public_key(key: object, where: str) -> Ed25519PublicKey:
     if isinstance(key, str):
         key = key.encode()
     if isinstance(key, (bytes, bytearray)):
-        if len(key) == 32:  # noqa: PLR2004  (a raw Ed25519 public key is 32 bytes)
-            return cast("Ed25519PublicKey", ed25519.Ed25519PublicKey.from_public_bytes(bytes(key)))
-        try:
-            loaded = _serialization().load_pem_public_key(bytes(key))
-        except (ValueError, TypeError) as exc:
-            raise ConfigurationError(
-                f"{where} could not read the public key ({exc}); pass a PEM Ed25519 "
-                "public key, its 32 raw bytes, or the key object"
-            ) from exc
+        loaded = _from_bytes(
+            bytes(key),
+            ed25519.Ed25519PublicKey.from_public_bytes,
+            _serialization().load_pem_public_key,
+            f"{where} could not read the public key",
+            "a PEM Ed25519 public key",
+        )
         if isinstance(loaded, ed25519.Ed25519PublicKey):
             return cast("Ed25519PublicKey", loaded)
     raise ConfigurationError(
         f"{where} takes an Ed25519 public key (PEM, 32 raw bytes or the key object), "
         f"or a list of them, got {type(key).__name__}"
     )
+
+
+def _from_bytes(
+    key: bytes,
+    raw: Callable[[bytes], object],
+    pem: Callable[[bytes], object],
+    failed: str,
+    expected: str,
+) -> object:
+    """Load a key from its 32 raw bytes (an Ed25519 key's size) or else its PEM text.
+
+    Raises:
+        ConfigurationError: *failed* (what could not be read), why, and what to pass.
+    """
+    if len(key) == 32:  # noqa: PLR2004  (raw Ed25519 keys, private and public, are 32 bytes)
+        return raw(key)
+    try:
+        return pem(key)
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(
+            f"{failed} ({exc}); pass {expected}, its 32 raw bytes, or the key object"
+        ) from exc
 
 
 def public_keys(keys: object, where: str = "verify(public_key=...)") -> dict[str, Ed25519PublicKey]:
