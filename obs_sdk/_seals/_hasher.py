@@ -74,26 +74,27 @@ class LeafHasher:
         """The leaf of the rows whose non-NULL columns are *mask*'s, as one template."""
         names, writers = self._names, self._writers
         present = sorted((i for i, there in enumerate(mask) if there), key=names.__getitem__)
-        if not all(names[i].isascii() for i in present):
-            return None  # key order would depend on the values (see _leaf.leaf_bytes)
         personal = [i for i in present if names[i] in PERSONAL]
         public = [i for i in present if names[i] not in PERSONAL]
+        if not all(names[i].isascii() for i in present) or any(writers[i] for i in personal):
+            # Key order would depend on the values (see _leaf.leaf_bytes); personal fields
+            # are text columns.
+            return None
         texts = [i for i in public if writers[i] is None]
         others = [i for i in public if writers[i] is not None]
-        # The template's arguments: the commitments, then texts, then others.
-        slot = {i: n for n, i in enumerate(personal + texts + others)}
-        record = ",".join(f"{_literal(encode_string(names[i]))}:{{{slot[i]}}}" for i in public)
-        template = "{{" + (
-            '"commitments":{{'
-            + ",".join(f'{_literal(encode_string(names[i]))}:"{{{slot[i]}}}"' for i in personal)
-            + "}},"
-            if personal
-            else ""
+        # "%" reads its template faster than str.format; its arguments come as commitments,
+        # texts, others, and go in as the template's (sorted) order.
+        made = personal + texts + others
+        arrange = _getter([made.index(i) for i in personal + public])
+        commitments = ",".join(f'{_literal(encode_string(names[i]))}:"%s"' for i in personal)
+        record = ",".join(f"{_literal(encode_string(names[i]))}:%s" for i in public)
+        template = (
+            "\x00{"  # the leaf hash's prefix (RFC 9162), then the leaf
+            + (f'"commitments":{{{commitments}}},' if personal else "")
+            + f'"record":{{{record}}},"v":{LEAF_VERSION}}}'
         )
-        template += f'"record":{{{{{record}}}}},"v":{LEAF_VERSION}}}}}'
-        fill = template.format
         # What a commitment hashes after the salt: the field's name and a 0x00, then its value.
-        named = [(names[i].encode() + b"\x00", writers[i] or encode_string) for i in personal]
+        prefixes = [names[i].encode() + b"\x00" for i in personal]
         personal_of, texts_of, others_of = _getter(personal), _getter(texts), _getter(others)
         other_writers = [writers[i] for i in others]
 
@@ -101,18 +102,18 @@ class LeafHasher:
             if personal:
                 if salt is None:
                     raise ValueError("a personal field without a salt")
-                commitments = [
-                    _sha256(salt + prefix + write(value).encode()).hexdigest()
-                    for (prefix, write), value in zip(named, personal_of(row), strict=True)
+                hexes = [
+                    _sha256(salt + prefix + encode_string(value).encode()).hexdigest()
+                    for prefix, value in zip(prefixes, personal_of(row), strict=True)
                 ]
             else:
-                commitments = []
-            text = fill(
-                *commitments,
+                hexes = []
+            made = (
+                *hexes,
                 *map(encode_string, texts_of(row)),
                 *[write(value) for write, value in zip(other_writers, others_of(row), strict=True)],
             )
-            return _sha256(b"\x00" + text.encode()).digest()
+            return _sha256((template % arrange(made)).encode()).digest()
 
         return leaf_hash
 
@@ -178,5 +179,5 @@ def _getter(indexes: list[int]) -> Callable[[_Row], tuple[Any, ...]]:
 
 
 def _literal(text: str) -> str:
-    """*text* inside a ``str.format`` template."""
-    return text.replace("{", "{{").replace("}", "}}")
+    """*text* inside a ``%`` template."""
+    return text.replace("%", "%%")

@@ -235,7 +235,9 @@ def driver_rows(conn: Connection, query: Select[Any]) -> CursorResult[Any]:
     """Run *query* and return its rows as the driver gives them (no result processing).
 
     For the ledger's passes over every record: SQLAlchemy's per-value processing (UUIDs,
-    datetimes, JSON) cost a fifth of a seal. See ``_leaf.row_reader`` for the values.
+    datetimes, JSON) cost a fifth of a seal. See ``_leaf.row_reader`` for the values. The
+    hot loops fetch from the result's DB-API ``cursor`` itself (tuples, not Rows); the
+    statement still runs through the Connection, so its events and transaction hold.
     """
     compiled = query.compile(dialect=conn.dialect)
     params = compiled.params
@@ -266,7 +268,8 @@ def _read(
     )
     if after is not None:
         query = query.where(audit.c.id > after)
-    rows = driver_rows(conn, query).all()
+    with driver_rows(conn, query) as result:
+        rows = result.cursor.fetchall()  # the driver's tuples: SQLAlchemy's Rows cost more
     if not rows and purged_through <= (last["purged_through"] if last else 0):
         return None
     # Also sealed with no record: a purge since the last seal, so that it gets signed.

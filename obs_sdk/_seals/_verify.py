@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -220,7 +221,8 @@ class _Check:
         }
         seq, hashes, read = 0, list[bytes](), 0
         # In batches (fetchmany): row by row, psycopg's fetchone() cost more than the row.
-        rows = itertools.chain.from_iterable(result.partitions(_PROGRESS_EVERY))
+        batches = iter(functools.partial(result.cursor.fetchmany, _PROGRESS_EVERY), [])
+        rows = itertools.chain.from_iterable(batches)
         for read, row in enumerate(rows, 1):
             if self.progress is not None and read % _PROGRESS_EVERY == 0:
                 self.progress(read)

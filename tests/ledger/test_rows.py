@@ -117,9 +117,13 @@ class TestLeafHasher:
             actor=obs.Actor.user("u_ü", name="Ådå Łovelace", email="ada@example.com"),
             organization="org_1",
             ip="203.0.113.5",
-            user_agent="curl/8.5 {x}",  # braces: the template must not read them
+            user_agent="curl/8.5 {x} %s",
         ):
-            obs.record_audit("file.read", metadata={"i": 1, "tags": ["a", "b"], "z": {"y": None}})
+            obs.record_audit(
+                "file.read",
+                resource=obs.Resource("file", "f_%s {0}", name="100%"),  # not read as a template
+                metadata={"i": 1, "tags": ["a", "b"], "z": {"y": None}},
+            )
             obs.record_audit("file.float", metadata={"ratio": 0.1, "big": 1e21, "n": -0.0})
             obs.record_audit(
                 "file.unicode",
