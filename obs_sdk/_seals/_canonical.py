@@ -154,7 +154,9 @@ def _write_array(value: Sequence[Any], out: list[str]) -> None:
     _write_items((("", item) for item in value), "[", "]", out)
 
 
-def _write_items(items: Iterable[tuple[str, Any]], opening: str, closing: str, out: list[str]) -> None:
+def _write_items(
+    items: Iterable[tuple[str, Any]], opening: str, closing: str, out: list[str]
+) -> None:
     """Write ``opening prefix value, prefix value ... closing``: an object's or array's members."""
     out.append(opening)
     for index, (prefix, item) in enumerate(items):

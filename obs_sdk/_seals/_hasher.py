@@ -81,10 +81,10 @@ class LeafHasher:
             # are text columns.
             return None
         texts = [i for i in public if writers[i] is None]
-        others = [i for i in public if writers[i] is not None]
+        others = {i: write for i in public if (write := writers[i]) is not None}
         # "%" reads its template faster than str.format; its arguments come as commitments,
         # texts, others, and go in as the template's (sorted) order.
-        made = personal + texts + others
+        made = personal + texts + list(others)
         arrange = _getter([made.index(i) for i in personal + public])
         commitments = ",".join(f'{_literal(encode_string(names[i]))}:"%s"' for i in personal)
         record = ",".join(f"{_literal(encode_string(names[i]))}:%s" for i in public)
@@ -95,8 +95,8 @@ class LeafHasher:
         )
         # What a commitment hashes after the salt: the field's name and a 0x00, then its value.
         prefixes = [names[i].encode() + b"\x00" for i in personal]
-        personal_of, texts_of, others_of = _getter(personal), _getter(texts), _getter(others)
-        other_writers = [writers[i] for i in others]
+        personal_of, texts_of = _getter(personal), _getter(texts)
+        others_of, other_writers = _getter(list(others)), list(others.values())
 
         def leaf_hash(row: _Row, salt: bytes | None) -> bytes:
             if personal:
@@ -144,8 +144,8 @@ def _not_plain(text: str) -> Any:
 
 
 # json.loads's own C scanner, which calls these two only for floats, NaN and the infinities.
-_scan = json.scanner.make_scanner(  # type: ignore[no-untyped-call]
-    json.JSONDecoder(parse_float=_not_plain, parse_constant=_not_plain)
+_scan: Any = json.scanner.make_scanner(
+    json.JSONDecoder(parse_float=_not_plain, parse_constant=_not_plain)  # type: ignore[arg-type]
 )
 
 

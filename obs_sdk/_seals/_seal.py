@@ -356,7 +356,9 @@ def _insert_many(
         whole = len(rows) - len(rows) % _SQLITE_ROWS
         sql = f"{into} VALUES {', '.join([row] * _SQLITE_ROWS)}"
         for start in range(0, whole, _SQLITE_ROWS):
-            conn.exec_driver_sql(sql, tuple(itertools.chain.from_iterable(rows[start : start + _SQLITE_ROWS])))
+            conn.exec_driver_sql(
+                sql, tuple(itertools.chain.from_iterable(rows[start : start + _SQLITE_ROWS]))
+            )
         rows = rows[whole:]  # the rest, one by one
     compiled = insert(table).compile(dialect=conn.dialect, column_keys=names)
     if compiled.positional:

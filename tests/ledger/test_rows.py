@@ -138,8 +138,9 @@ class TestLeafHasher:
             # reference's bytes, through the fast path or by handing the row over.
             updates = {
                 "system.tick": "occurred_at = '2026-12-06 03:13:38'",  # no microseconds
-                "file.read": "metadata = ' {\"b\": 1, \"a\": [2]} '",  # spaces around it
-                "file.some_personal": "changes = '{\"\\ud83d\\ude00\": 1, \"\\ue000\": 2}'",  # escapes
+                "file.read": 'metadata = \' {"b": 1, "a": [2]} \'',  # spaces around it
+                # Escaped keys: U+1F600 sorts before U+E000 in UTF-16, after it by code point.
+                "file.some_personal": 'changes = \'{"\\ud83d\\ude00": 1, "\\ue000": 2}\'',
             }
             for action, assignment in updates.items():
                 execute(

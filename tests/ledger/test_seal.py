@@ -299,7 +299,9 @@ class TestLateCommit:
             if len(built) == 1:  # between the first seal and the second
                 with engine.begin() as conn:
                     conn.execute(
-                        tables().audit.insert().values(
+                        tables()
+                        .audit.insert()
+                        .values(
                             id=late,
                             occurred_at=datetime.datetime.now(datetime.timezone.utc),
                             action="report.exported",
