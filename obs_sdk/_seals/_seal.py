@@ -337,7 +337,8 @@ def _insert_many(
     """Insert *rows* (tuples in the driver's stored form) at the driver level.
 
     SQLAlchemy's per-row parameter processing cost a third of a seal. PostgreSQL takes
-    one statement over one array per column (psycopg's executemany adapts row by row);
+    one statement over one array per column (psycopg's executemany adapts row by row),
+    each array sent in binary (``%b``: the text form escapes every element with a regex);
     SQLite one multi-row ``VALUES`` per _SQLITE_ROWS rows (a quarter less time than its
     executemany, which steps the statement once per row); others the driver's executemany.
     """
@@ -345,7 +346,7 @@ def _insert_many(
     names = [c.name for c in columns]
     into = f"INSERT INTO {quote.format_table(table)} ({', '.join(quote.quote(n) for n in names)})"
     if conn.dialect.name == "postgresql":
-        arrays = ", ".join(f"CAST(%s AS {c.type.compile(dialect=conn.dialect)}[])" for c in columns)
+        arrays = ", ".join(f"CAST(%b AS {c.type.compile(dialect=conn.dialect)}[])" for c in columns)
         sql = f"{into} SELECT * FROM unnest({arrays})"
         for start in range(0, len(rows), _INSERT_CHUNK):
             chunk = rows[start : start + _INSERT_CHUNK]
