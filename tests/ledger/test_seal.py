@@ -310,9 +310,9 @@ class TestLateCommit:
                             metadata={},
                         )
                     )
-            header, leaf_rows = build(*args)
-            built.append(len(leaf_rows))
-            return header, leaf_rows
+            header, leaves = build(*args)
+            built.append(header["size"])
+            return header, leaves
 
         monkeypatch.setattr(_seal, "_build", commit_late_record_then_build)
         assert seal(key=key[0]) == 7
