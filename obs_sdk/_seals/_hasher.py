@@ -2,9 +2,10 @@
 
 The same bytes as :func:`_leaf.sealed_leaf_hash` of :func:`_leaf.row_reader`'s fields (the
 reference, and the fallback), written without the fields' dict: per pattern of NULL columns,
-one ``str.format`` template of the whole leaf, its keys already sorted, into which go the
-text columns through the C string escaper (one ``map``) and the few other columns through
-their writers. Python work per value was most of a seal's time.
+one ``%`` template of the whole leaf, its keys already sorted, into which go the salted
+commitments, the text columns through the C string escaper (one ``map``) and the few other
+columns through their writers. Python work per value was most of a seal's time; a test
+(tests/ledger/test_rows.py) pins this path to the reference on odd rows.
 """
 
 from __future__ import annotations
