@@ -108,6 +108,7 @@ def _time_one(url: str) -> dict[str, Any]:
     verify_s, verify_cpu = time.perf_counter() - started, time.process_time() - cpu
     engine.dispose()
     return {
+        "load": os.getloadavg()[0],
         "sealed": sealed,
         "seal_s": seal_s,
         "seal_cpu": seal_cpu,
@@ -203,7 +204,12 @@ def main() -> None:
     print(f"| findings after the run (must be 0) | {len(report.findings):,} |")
     print(f"| load average at the end | {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs |")
     rounds = f"best of {args.rounds} rounds, alternating" if args.baseline else "best round"
+    loads = [run["load"] for run in this + before]
     print(f"\n### Throughput ({args.records:,} records; {rounds})\n")
+    print(
+        f"Load average (1 min) after each timing: {min(loads):.1f} to {max(loads):.1f} "
+        f"on {os.cpu_count()} CPUs.\n"
+    )
     print("| measure | wall clock | per CPU second |")
     print("| --- | --- | --- |")
     if before:

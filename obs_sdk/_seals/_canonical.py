@@ -13,10 +13,17 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["canonical", "canonical_number", "dumps_plain", "encode_string", "is_plain"]
+__all__ = [
+    "canonical",
+    "canonical_number",
+    "canonical_text",
+    "dumps_plain",
+    "encode_string",
+    "is_plain",
+]
 
 # The C-accelerated encoder of json.dumps(ensure_ascii=False): it escapes exactly what
 # RFC 8785 section 3.2.2.2 escapes (", \, and U+0000..U+001F, short forms where JSON has
@@ -80,14 +87,27 @@ def canonical(value: Any) -> bytes:
         ValueError: a NaN or infinite float, a non-string key, a lone surrogate, or a
             type JSON does not have.
     """
-    parts: list[str] = []
-    _write(value, parts)
     try:
-        return "".join(parts).encode("utf-8")
+        return canonical_text(value).encode("utf-8")
     except UnicodeEncodeError as exc:
         raise ValueError(
             f"a string holds a lone surrogate, which JSON cannot carry: {exc}"
         ) from exc
+
+
+def canonical_text(value: Any) -> str:
+    """Return :func:`canonical` before its UTF-8 encoding (for a value inside a larger text).
+
+    Raises:
+        ValueError: as :func:`canonical`, except a lone surrogate, which only encoding finds.
+    """
+    if type(value) is str:
+        return encode_string(value)  # type: ignore[no-any-return]
+    if is_plain(value):  # no float and ASCII keys only: one call in C
+        return dumps_plain(value)
+    parts: list[str] = []
+    _write(value, parts)
+    return "".join(parts)
 
 
 def _write(value: Any, out: list[str]) -> None:
@@ -127,27 +147,22 @@ def _write_object(value: Mapping[Any, Any], out: list[str]) -> None:
     # Sorted by UTF-16 code units (section 3.2.3): code point order, except that
     # characters above U+FFFF (surrogate pairs, 0xD800..) sort before U+E000..U+FFFF.
     keys = sorted(value, key=_utf16_key) if _needs_utf16_sort(value) else sorted(value)
-    out.append("{")
-    first = True
-    for key in keys:
-        if not first:
-            out.append(",")
-        first = False
-        out.append(encode_string(key))
-        out.append(":")
-        _write(value[key], out)
-    out.append("}")
+    _write_items(((encode_string(key) + ":", value[key]) for key in keys), "{", "}", out)
 
 
 def _write_array(value: Sequence[Any], out: list[str]) -> None:
-    out.append("[")
-    first = True
-    for item in value:
-        if not first:
-            out.append(",")
-        first = False
+    _write_items((("", item) for item in value), "[", "]", out)
+
+
+def _write_items(
+    items: Iterable[tuple[str, Any]], opening: str, closing: str, out: list[str]
+) -> None:
+    """Write ``opening prefix value, prefix value ... closing``: an object's or array's members."""
+    out.append(opening)
+    for index, (prefix, item) in enumerate(items):
+        out.append("," + prefix if index else prefix)
         _write(item, out)
-    out.append("]")
+    out.append(closing)
 
 
 def _needs_utf16_sort(value: Mapping[str, Any]) -> bool:

@@ -7,7 +7,7 @@ processes that seal or verify need it (the ``seal`` extra).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from obs_sdk.exceptions import ConfigurationError, MissingDependencyError
@@ -42,24 +42,17 @@ def private_key(key: object, where: str = "seal(key=...)") -> Ed25519PrivateKey:
         ConfigurationError: *key* is not an Ed25519 private key; the message says what is.
     """
     ed25519 = _ed25519()
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return cast("Ed25519PrivateKey", key)
-    if isinstance(key, str):
-        key = key.encode()
-    if isinstance(key, (bytes, bytearray)):
-        if len(key) == 32:  # noqa: PLR2004  (an Ed25519 seed is 32 bytes)
-            return cast(
-                "Ed25519PrivateKey", ed25519.Ed25519PrivateKey.from_private_bytes(bytes(key))
-            )
-        try:
-            loaded = _serialization().load_pem_private_key(bytes(key), password=None)
-        except (ValueError, TypeError) as exc:
-            raise ConfigurationError(
-                f"{where} could not read the key ({exc}); pass an unencrypted PEM Ed25519 "
-                "private key (e.g. from `obs-sdk keygen`), its 32 raw bytes, or the key object"
-            ) from exc
-        if isinstance(loaded, ed25519.Ed25519PrivateKey):
-            return cast("Ed25519PrivateKey", loaded)
+    loaded = _load(
+        key,
+        ed25519.Ed25519PrivateKey,
+        ed25519.Ed25519PrivateKey.from_private_bytes,
+        lambda pem: _serialization().load_pem_private_key(pem, password=None),
+        f"{where} could not read the key",
+        "an unencrypted PEM Ed25519 private key (e.g. from `obs-sdk keygen`)",
+    )
+    if isinstance(loaded, ed25519.Ed25519PrivateKey):
+        return cast("Ed25519PrivateKey", loaded)
+    if loaded is not None:
         raise ConfigurationError(
             f"{where} takes an Ed25519 private key, got a {type(loaded).__name__}"
         )
@@ -71,28 +64,53 @@ def private_key(key: object, where: str = "seal(key=...)") -> Ed25519PrivateKey:
 
 def _public_key(key: object, where: str) -> Ed25519PublicKey:
     ed25519 = _ed25519()
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        return cast("Ed25519PublicKey", key)
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return cast("Ed25519PublicKey", key.public_key())
-    if isinstance(key, str):
-        key = key.encode()
-    if isinstance(key, (bytes, bytearray)):
-        if len(key) == 32:  # noqa: PLR2004  (a raw Ed25519 public key is 32 bytes)
-            return cast("Ed25519PublicKey", ed25519.Ed25519PublicKey.from_public_bytes(bytes(key)))
-        try:
-            loaded = _serialization().load_pem_public_key(bytes(key))
-        except (ValueError, TypeError) as exc:
-            raise ConfigurationError(
-                f"{where} could not read the public key ({exc}); pass a PEM Ed25519 "
-                "public key, its 32 raw bytes, or the key object"
-            ) from exc
-        if isinstance(loaded, ed25519.Ed25519PublicKey):
-            return cast("Ed25519PublicKey", loaded)
+    loaded = _load(
+        key,
+        ed25519.Ed25519PublicKey,
+        ed25519.Ed25519PublicKey.from_public_bytes,
+        _serialization().load_pem_public_key,
+        f"{where} could not read the public key",
+        "a PEM Ed25519 public key",
+    )
+    if isinstance(loaded, ed25519.Ed25519PublicKey):
+        return cast("Ed25519PublicKey", loaded)
     raise ConfigurationError(
         f"{where} takes an Ed25519 public key (PEM, 32 raw bytes or the key object), "
         f"or a list of them, got {type(key).__name__}"
     )
+
+
+def _load(
+    key: object,
+    kind: type,
+    raw: Callable[[bytes], object],
+    pem: Callable[[bytes], object],
+    failed: str,
+    expected: str,
+) -> object:
+    """Return *key* if it is a *kind*, else what its 32 raw bytes or its PEM text hold.
+
+    None when *key* is neither a key object nor text nor bytes.
+
+    Raises:
+        ConfigurationError: *failed* (what could not be read), why, and what to pass.
+    """
+    if isinstance(key, kind):
+        return key
+    if isinstance(key, str):
+        key = key.encode()
+    if not isinstance(key, (bytes, bytearray)):
+        return None
+    if len(key) == 32:  # noqa: PLR2004  (raw Ed25519 keys, private and public, are 32 bytes)
+        return raw(bytes(key))
+    try:
+        return pem(bytes(key))
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(
+            f"{failed} ({exc}); pass {expected}, its 32 raw bytes, or the key object"
+        ) from exc
 
 
 def public_keys(keys: object, where: str = "verify(public_key=...)") -> dict[str, Ed25519PublicKey]:

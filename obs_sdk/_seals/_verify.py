@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,7 @@ from sqlalchemy import and_, select
 from sqlalchemy.engine import Connection, Engine
 
 from obs_sdk._seals import _merkle
+from obs_sdk._seals._hasher import LeafHasher
 from obs_sdk._seals._leaf import leaf_of, row_reader, sealed_leaf_hash, value_reader
 from obs_sdk._seals._report import Finding, PurgedRange, VerifyReport
 from obs_sdk._seals._seal import (
@@ -202,7 +204,11 @@ class _Check:
         # Rows as the driver returns them, read as the seal read them (see _leaf.row_reader).
         dialect = self.conn.dialect
         leaves = self.t.seal_leaves.c
-        fields_of = row_reader(dialect, list(self.t.audit.columns))
+        columns = list(self.t.audit.columns)
+        leaf_hash = LeafHasher(dialect, columns)
+        fields_of = row_reader(dialect, columns)  # the reference, for what LeafHasher leaves
+        occurred_at = [c.name for c in columns].index("occurred_at")
+        occurred_of = value_reader(dialect, columns[occurred_at]) or _same
         id_text = value_reader(dialect, leaves.record_id) or str
         stored_of = value_reader(dialect, leaves.commitments) or _same
         # "Late": occurred before the seal before its own, by more than the grace; compared
@@ -215,7 +221,8 @@ class _Check:
         }
         seq, hashes, read = 0, list[bytes](), 0
         # In batches (fetchmany): row by row, psycopg's fetchone() cost more than the row.
-        rows = itertools.chain.from_iterable(result.partitions(_PROGRESS_EVERY))
+        batches = iter(functools.partial(result.cursor.fetchmany, _PROGRESS_EVERY), [])
+        rows = itertools.chain.from_iterable(batches)
         for read, row in enumerate(rows, 1):
             if self.progress is not None and read % _PROGRESS_EVERY == 0:
                 self.progress(read)
@@ -238,14 +245,16 @@ class _Check:
                     )
                 continue
             self.checked += 1
-            fields = fields_of(row[7:])
-            occurred = fields.get("occurred_at")
+            record = row[7:]
             salt, stored = row[6], row[5]
             erased: tuple[str, ...] = ()
             problem: str | None = None
-            if salt is not None and stored is None:  # nothing erased: the seal's own path
-                digest = sealed_leaf_hash(fields, salt)
-            else:
+            # Nothing erased: the seal's own path (the reference where LeafHasher declines).
+            digest = None if stored is not None else leaf_hash(record, salt)
+            if digest is None and salt is not None and stored is None:
+                digest = sealed_leaf_hash(fields_of(record), salt)
+            elif digest is None:
+                fields = fields_of(record)
                 leaf = leaf_of(fields, salt, None if stored is None else stored_of(stored))
                 digest, problem, erased = leaf.hash, leaf.problem, leaf.erased
             if problem or digest != row[3]:
@@ -254,7 +263,8 @@ class _Check:
             elif erased:
                 self.erased[id_text(row[2])] = erased
             before = late_before.get(seq)
-            if before is not None and occurred is not None and occurred < before:
+            occurred = record[occurred_at]
+            if before is not None and occurred is not None and occurred_of(occurred) < before:
                 self.late.append(id_text(row[2]))
         self._close_seal(seals, seq, hashes)
         if self.progress is not None:

@@ -13,7 +13,8 @@ import sqlalchemy as sa
 import obs_sdk as obs
 from obs_sdk._ledger._tables import tables
 from obs_sdk._seals._erasure import erase_actor
-from obs_sdk._seals._leaf import record_fields, row_reader
+from obs_sdk._seals._hasher import LeafHasher
+from obs_sdk._seals._leaf import has_personal, record_fields, row_reader, sealed_leaf_hash
 from obs_sdk._seals._retention import purge_audit
 from obs_sdk._seals._seal import driver_rows, seal
 from obs_sdk._seals._verify import verify
@@ -105,3 +106,71 @@ class TestSaltInLeaf:
             ).one()
         assert tuple(leaves) == (6, 2)
         assert verify(public_key=key[1]).ok
+
+
+class TestLeafHasher:
+    """LeafHasher (the seal's and verify's fast path) == sealed_leaf_hash of the fields."""
+
+    def write_odd_records(self, engine: sa.Engine) -> None:
+        """Records that take every branch: personal or not, floats, Unicode, NULLs, odd forms."""
+        with obs.scope(
+            actor=obs.Actor.user("u_ü", name="Ådå Łovelace", email="ada@example.com"),
+            organization="org_1",
+            ip="203.0.113.5",
+            user_agent="curl/8.5 {x} %s",
+        ):
+            obs.record_audit(
+                "file.read",
+                resource=obs.Resource("file", "f_%s {0}", name="100%"),  # not read as a template
+                metadata={"i": 1, "tags": ["a", "b"], "z": {"y": None}},
+            )
+            obs.record_audit("file.float", metadata={"ratio": 0.1, "big": 1e21, "n": -0.0})
+            obs.record_audit(
+                "file.unicode",
+                metadata={"ключ": "значение", "\U0001f600": 1, "\ue000": 2, "s": "\u2028 \x00"},
+            )
+        with obs.scope(actor=obs.Actor.user("u_2", email="only@example.com")):
+            obs.record_audit("file.some_personal", resource=obs.Resource("file", "f_1"))
+        obs.record_audit("system.tick")  # no scope: most columns NULL, no personal field
+        assert obs.flush(timeout=30)
+        if engine.dialect.name == "sqlite":
+            # Forms the sinks never write but a database may hold: each must give the
+            # reference's bytes, through the fast path or by handing the row over.
+            updates = {
+                "system.tick": "occurred_at = '2026-12-06 03:13:38'",  # no microseconds
+                "file.read": 'metadata = \' {"b": 1, "a": [2]} \'',  # spaces around it
+                # Escaped keys: U+1F600 sorts before U+E000 in UTF-16, after it by code point.
+                "file.some_personal": 'changes = \'{"\\ud83d\\ude00": 1, "\\ue000": 2}\'',
+            }
+            for action, assignment in updates.items():
+                execute(
+                    engine, f"UPDATE obs_audit_log SET {assignment} WHERE action = :a", a=action
+                )
+
+    def test_same_hash_as_the_reference(self, engine: sa.Engine) -> None:
+        """With and without a salt; a row it declines (None) is one the reference must write."""
+        self.write_odd_records(engine)
+        t = tables()
+        columns = list(t.audit.columns)
+        with engine.connect() as conn:
+            rows = list(driver_rows(conn, sa.select(t.audit).order_by(t.audit.c.action)))
+            fields_of = row_reader(conn.dialect, columns)
+            hasher = LeafHasher(conn.dialect, columns)
+        assert len(rows) == 5
+        salt = bytes(range(32))
+        hashed = 0
+        for row in rows:
+            with_salt = salt if has_personal(fields_of(row)) else None
+            assert hasher.personal(row) == (with_salt is not None)
+            expected = sealed_leaf_hash(fields_of(row), with_salt)
+            got = hasher(row, with_salt)
+            assert got in (None, expected), row
+            hashed += got is not None
+            if with_salt is not None:  # a personal field and no salt: verify must say why
+                assert hasher(row, None) is None
+        assert hashed == len(rows)
+        # A value it does not write (a number where text belongs) is the reference's.
+        odd = list(rows[-1])
+        odd[[c.name for c in columns].index("action")] = 5
+        assert hasher(tuple(odd), None) is None
+        assert sealed_leaf_hash(fields_of(odd), None) != sealed_leaf_hash(fields_of(rows[-1]), None)

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import uuid
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -21,6 +22,7 @@ import sqlalchemy as sa
 import obs_sdk as obs
 from obs_sdk._hotpath._records import uuid7
 from obs_sdk._ledger._tables import tables
+from obs_sdk._seals import _seal
 from obs_sdk._seals._proof import export_bundle, prove, verify_bundle, verify_proof, write_bundle
 from obs_sdk._seals._seal import Ledger, seal, seal_status, sealing
 from obs_sdk._seals._verify import verify
@@ -191,6 +193,7 @@ class TestOrganization:
 CHECK_PROOF = """
 import json, sys
 from obs_sdk._hotpath._records import uuid7
+from obs_sdk._seals import _seal
 from obs_sdk._seals._proof import verify_proof
 proof, public = json.loads(sys.stdin.read())
 result = verify_proof(proof, public.encode())
@@ -279,6 +282,45 @@ class TestLateCommit:
         report = verify(public_key=key[1])
         assert report.ok and report.records_checked == 6
         assert prove(late)["seal"]["seq"] == 2
+
+    def test_backlog_is_read_on_by_id(
+        self, engine: sa.Engine, key: Key, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A backlog of several seals is read on from the last id sealed, not from the start.
+
+        A record that commits during the call, behind that id, is sealed by the next call.
+        """
+        monkeypatch.setattr(_seal, "MAX_SEAL_SIZE", 3)
+        late = uuid7(time.time_ns())  # older than the records written next
+        write(7)
+        build, built = _seal._build, []
+
+        def commit_late_record_then_build(*args: Any) -> Any:
+            if len(built) == 1:  # between the first seal and the second
+                with engine.begin() as conn:
+                    conn.execute(
+                        tables()
+                        .audit.insert()
+                        .values(
+                            id=late,
+                            occurred_at=datetime.datetime.now(datetime.timezone.utc),
+                            action="report.exported",
+                            outcome="success",
+                            actor_type="system",
+                            metadata={},
+                        )
+                    )
+            header, leaves = build(*args)
+            built.append(header["size"])
+            return header, leaves
+
+        monkeypatch.setattr(_seal, "_build", commit_late_record_then_build)
+        assert seal(key=key[0]) == 7
+        assert built == [3, 3, 1]
+        assert seal(key=key[0]) == 1
+        report = verify(public_key=key[1])
+        assert report.ok and report.records_checked == 8
+        assert prove(late)["seal"]["seq"] == 4
 
     @pytest.mark.postgres
     def test_writers_do_not_wait_for_the_sealer(self, postgres_engine: sa.Engine) -> None:
