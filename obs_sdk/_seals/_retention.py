@@ -13,8 +13,8 @@ import datetime
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Engine
 
+from obs_sdk._ledger._older_than import cutoff_from
 from obs_sdk._seals._seal import ledger_engine, sealing
-from obs_sdk.exceptions import ConfigurationError
 
 __all__ = ["purge_audit"]
 
@@ -36,17 +36,7 @@ def purge_audit(
         ConfigurationError: no database, a negative age or a naive datetime.
     """
     now = datetime.datetime.now(_UTC)
-    if isinstance(older_than, datetime.timedelta):
-        if older_than < datetime.timedelta(0):
-            raise ConfigurationError("purge_audit(older_than=...) must not be negative")
-        cutoff = now - older_than
-    elif isinstance(older_than, datetime.datetime) and older_than.tzinfo is not None:
-        cutoff = older_than
-    else:
-        raise ConfigurationError(
-            "purge_audit(older_than=...) takes a timedelta (an age) or an aware datetime "
-            f"(a cutoff), got {older_than!r}"
-        )
+    cutoff = cutoff_from(older_than, "purge_audit", now)
     with ledger_engine(bind, "purge_audit()") as ledger, sealing(ledger) as conn:
         assert conn is not None  # a waiting lock is always acquired
         t = ledger.t
