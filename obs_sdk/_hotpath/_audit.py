@@ -11,6 +11,7 @@ from obs_sdk import _config
 from obs_sdk._delivery._dispatch import dispatcher
 from obs_sdk._guard import count_error
 from obs_sdk._hotpath._emit import emit
+from obs_sdk._hotpath._plain import Call, freeze
 from obs_sdk._hotpath._records import (
     AUDIT,
     FAILURE,
@@ -25,7 +26,7 @@ from obs_sdk._hotpath._records import (
     render_audit,
     uuid7,
 )
-from obs_sdk._hotpath._templates import Call, Plan, freeze
+from obs_sdk._hotpath._templates import Plan
 from obs_sdk._hotpath._wrapping import When, build_plan, defined_at, instrument, params_of
 from obs_sdk._ledger._changes import check_changes, emit_changes, pending_changes
 from obs_sdk._ledger._tables import insert_ignoring_duplicates, tables

@@ -21,7 +21,8 @@ from opentelemetry import trace
 from obs_sdk._delivery._redact import Redactor
 from obs_sdk._delivery._sanitize import bound_mapping, safe_text, size_of, size_within
 from obs_sdk._guard import count, count_error, warn_once
-from obs_sdk._hotpath._templates import Plan, optional_text
+from obs_sdk._hotpath._plain import optional_text
+from obs_sdk._hotpath._templates import Plan
 from obs_sdk._ledger._tables import tables
 from obs_sdk._scope._values import ANONYMOUS, Actor
 from obs_sdk.exceptions import ConfigurationError
@@ -400,7 +401,7 @@ class AnalyticsEvent:
 
 def _slot(plan: Plan, name: str, values: tuple[Any, ...]) -> Any:
     try:
-        return plan.render(name, values)
+        return plan.rendering.render(name, values)
     except Exception as exc:  # e.g. a format spec that does not fit the value
         count_error("render", exc, f"{plan.owner}: field {name}")
         return None
@@ -410,11 +411,11 @@ def _rendered(plan: Plan, texts: tuple[str, ...], mapping: str, values: tuple[An
     """The text slots *texts* and the *mapping* (not yet cleaned) of one record."""
     if not _per_call(plan, mapping):
         try:
-            return plan.renderer(texts, mapping)(values)
+            return plan.rendering.compiled(texts, mapping)(values)
         except Exception:  # slot by slot: only a failing slot is lost (and counted)
             pass
     try:
-        data = plan.render_mapping(mapping, values)
+        data = plan.rendering.render_mapping(mapping, values)
     except Exception as exc:
         count_error("render", exc, f"{plan.owner}: field {mapping}")
         data = {}
