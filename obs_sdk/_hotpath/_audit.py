@@ -160,6 +160,10 @@ def _check_outcome(outcome: str, where: str) -> str:
     return outcome
 
 
+# record_audit, record_audit_now and arecord_audit_now repeat their keyword parameters on
+# purpose (duplicates lists the three): they are public, and an explicit signature is what
+# help(), inspect.signature, IDEs and tests/typing see. A shared **kwargs (a TypedDict
+# with Unpack) would hide it; the logic behind them is shared (_manual_spec, _render_now).
 def record_audit(
     action: str,
     *,

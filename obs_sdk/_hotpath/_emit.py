@@ -15,6 +15,7 @@ from typing import Any
 
 from obs_sdk._delivery._dispatch import BATCH_SIZE, dispatcher
 from obs_sdk._guard import count_error
+from obs_sdk._hotpath._plain import Args, Kwargs, Raised
 from obs_sdk._hotpath._records import (
     EVENT,
     GROUP,
@@ -42,10 +43,10 @@ _ANALYTICS_KINDS = (EVENT, GROUP)
 def emit(
     spec: Instrumentation,
     outcome: str,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+    args: Args,
+    kwargs: Kwargs,
     result: Any,
-    exception: BaseException | None,
+    exception: Raised,
     deliver: Callable[[RawRecord], Any] | None = None,
 ) -> None:
     """Record one call: hold it for the scope's transaction, or queue it. Never raises.
@@ -116,10 +117,10 @@ def emit(
 def _prepare(
     spec: Instrumentation,
     fields: tuple[Any, ...],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+    args: Args,
+    kwargs: Kwargs,
     result: Any,
-    exception: BaseException | None,
+    exception: Raised,
 ) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
     """The less common steps: provider fields, analytics identity, emit_if, templates.
 
@@ -158,10 +159,10 @@ def _unsent(event: str, *, no_client: bool) -> None:
 
 def _wanted(
     spec: Instrumentation,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+    args: Args,
+    kwargs: Kwargs,
     result: Any,
-    exception: BaseException | None,
+    exception: Raised,
 ) -> bool:
     """Run ``emit_if``; if it raises, keep the record (a trail errs toward recording)."""
     try:

@@ -190,16 +190,18 @@ def generate(func: Callable[..., Any], spec: Instrumentation, kind: str) -> Call
     """
     own = own_parameters(func)
     namespace = Namespace(
-        _o_func=func,
-        _o_spec=spec,
-        _o_emit=_emit.emit,
-        _o_SUCCESS=SUCCESS,
-        _o_FAILURE=FAILURE,
-        _o_STARTED=STARTED,
-        _o_Exception=Exception,
-        _o_GeneratorExit=GeneratorExit,
-        _o_BaseException=BaseException,
-        _o_StopAsyncIteration=StopAsyncIteration,
+        {
+            "_o_func": func,
+            "_o_spec": spec,
+            "_o_emit": _emit.emit,
+            "_o_SUCCESS": SUCCESS,
+            "_o_FAILURE": FAILURE,
+            "_o_STARTED": STARTED,
+            "_o_Exception": Exception,
+            "_o_GeneratorExit": GeneratorExit,
+            "_o_BaseException": BaseException,
+            "_o_StopAsyncIteration": StopAsyncIteration,
+        }
     )
     if own is None:
         pieces = _GENERIC

@@ -23,7 +23,10 @@ from obs_sdk._vendor_private import SA_CLASS_MANAGER, SA_INSTANCE_STATE
 __all__ = [
     "PLAIN_TYPES",
     "SCALARS",
+    "Args",
     "Call",
+    "Kwargs",
+    "Raised",
     "Unloaded",
     "freeze",
     "loaded_attribute",
@@ -50,6 +53,13 @@ SCALARS = frozenset(
 )
 _MAX_DEPTH = 8
 _MAX_ITEMS = 1000
+
+
+# A call as the hot path passes it on, unbound: its positional and keyword arguments, and
+# the exception it raised (None for success).
+Args = tuple[Any, ...]
+Kwargs = dict[str, Any]
+Raised = BaseException | None
 
 
 @dataclass(frozen=True, slots=True)

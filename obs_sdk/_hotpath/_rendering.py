@@ -97,12 +97,14 @@ class Renderer:
     ) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
         plan = self._plan
         namespace = Namespace(
-            _o_T=optional_text,
-            _o_W=whole_mapping,
-            _o_format=format,
-            _o_str=str,
-            _o_repr=repr,
-            _o_ascii=ascii,
+            {
+                "_o_T": optional_text,
+                "_o_W": whole_mapping,
+                "_o_format": format,
+                "_o_str": str,
+                "_o_repr": repr,
+                "_o_ascii": ascii,
+            }
         )
         const = namespace.const
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from obs_sdk._guard import count, count_error, warn_once
 from obs_sdk._hotpath._codegen import compile_function
-from obs_sdk._hotpath._plain import SCALARS, Call, Unloaded, freeze
+from obs_sdk._hotpath._plain import SCALARS, Args, Call, Kwargs, Raised, Unloaded, freeze
 
 if TYPE_CHECKING:
     from obs_sdk._hotpath._templates import Plan
@@ -42,10 +42,10 @@ class Resolver:
 
     def resolve(
         self,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        args: Args,
+        kwargs: Kwargs,
         result: Any,
-        exception: BaseException | None,
+        exception: Raised,
     ) -> tuple[Any, ...]:
         """Resolve every field to a plain value; a field that fails is None and counted."""
         fast = self._fast or self._compile()
@@ -60,10 +60,10 @@ class Resolver:
     def resolve_field(
         self,
         index: int,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        args: Args,
+        kwargs: Kwargs,
         result: Any,
-        exception: BaseException | None,
+        exception: Raised,
     ) -> Any:
         """Resolve field *index* alone, as ``resolve`` does: None and counted if it fails.
 
@@ -73,10 +73,10 @@ class Resolver:
 
     def call(
         self,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        args: Args,
+        kwargs: Kwargs,
         result: Any,
-        exception: BaseException | None,
+        exception: Raised,
     ) -> Call:
         """Build the ``Call`` that callables and ``emit_if`` receive."""
         params = self._plan.params
@@ -86,10 +86,10 @@ class Resolver:
     def _careful(
         self,
         indexes: Iterable[int],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        args: Args,
+        kwargs: Kwargs,
         result: Any,
-        exception: BaseException | None,
+        exception: Raised,
     ) -> list[Any]:
         """The careful per-field getters: a field that fails is None and counted alone."""
         call = None

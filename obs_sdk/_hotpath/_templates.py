@@ -27,7 +27,16 @@ from typing import Any
 
 from obs_sdk._hotpath._codegen import Namespace
 from obs_sdk._hotpath._params import Params
-from obs_sdk._hotpath._plain import PLAIN_TYPES, SCALARS, Call, freeze, loaded_attribute
+from obs_sdk._hotpath._plain import (
+    PLAIN_TYPES,
+    SCALARS,
+    Args,
+    Call,
+    Kwargs,
+    Raised,
+    freeze,
+    loaded_attribute,
+)
 from obs_sdk._hotpath._rendering import Renderer
 from obs_sdk._hotpath._resolving import ARGS, CALL, RESULT, Resolver
 from obs_sdk.exceptions import ConfigurationError
@@ -77,13 +86,15 @@ class Plan:
         # Every name the fields' source reads, builtins included: they start with _o_, so no
         # parameter (read by name in the lane's wrapper) can shadow one.
         self._namespace = Namespace(
-            _o_S=SCALARS,
-            _o_F=freeze,
-            _o_P=PLAIN_TYPES,
-            _o_A=loaded_attribute,
-            _o_type=type,
-            _o_len=len,
-            _o_getattr=getattr,
+            {
+                "_o_S": SCALARS,
+                "_o_F": freeze,
+                "_o_P": PLAIN_TYPES,
+                "_o_A": loaded_attribute,
+                "_o_type": type,
+                "_o_len": len,
+                "_o_getattr": getattr,
+            }
         )
         self._steps = itertools.count()  # names the temporaries of attribute steps
         # A parameter's or the result's value -> (its temporary, its "plain type" flag), set
@@ -223,7 +234,7 @@ class Plan:
         if not path:
             return kind, base, (source, local)
 
-        def lookup(args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> Any:
+        def lookup(args: Args, kwargs: Kwargs, result: Any) -> Any:
             value = base(args, kwargs, result)
             for is_attr, key in path:
                 value = loaded_attribute(value, key) if is_attr else value[key]
@@ -294,10 +305,8 @@ class Plan:
 
     # -- shortcuts to the later parts, for callers that hold the plan only (the idempotency key)
 
-    def call(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any, e: BaseException | None
-    ) -> Call:
-        return self.resolving.call(args, kwargs, result, e)
+    def call(self, args: Args, kwargs: Kwargs, result: Any, exception: Raised) -> Call:
+        return self.resolving.call(args, kwargs, result, exception)
 
     def render(self, name: str, values: tuple[Any, ...]) -> Any:
         return self.rendering.render(name, values)
