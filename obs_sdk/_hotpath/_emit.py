@@ -146,7 +146,7 @@ def _prepare(
     if spec.emit_if is not None and not _wanted(spec, args, kwargs, result, exception):
         return None
     plan = spec.plan
-    values = plan.resolving.resolve(args, kwargs, result, exception) if plan.resolvers else ()
+    values = spec.resolving.resolve(args, kwargs, result, exception) if plan.resolvers else ()
     return fields, values
 
 
@@ -166,7 +166,7 @@ def _wanted(
 ) -> bool:
     """Run ``emit_if``; if it raises, keep the record (a trail errs toward recording)."""
     try:
-        return bool(spec.emit_if(spec.plan.resolving.call(args, kwargs, result, exception)))  # type: ignore[misc]
+        return bool(spec.emit_if(spec.resolving.call(args, kwargs, result, exception)))  # type: ignore[misc]
     except Exception as exc:
         count_error("emit_if", exc, f"{spec.plan.owner}: emit_if")
         return True

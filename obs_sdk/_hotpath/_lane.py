@@ -267,7 +267,7 @@ def _lane(
     items, plan_namespace = compiled
     namespace.update(plan_namespace)
     namespace.update(
-        _o_resolving=spec.plan.resolving,  # a field that failed inline, alone
+        _o_resolving=spec.resolving,  # a field that failed inline, alone
         _o_queue=dispatcher.queue,
         _o_rt=runtime,  # never replaced: configure() sets its clock, read on each call
         _o_dispatcher=dispatcher,  # never replaced: its lane limits are read on each call

@@ -24,23 +24,18 @@ _CONVERSIONS = {"r": "repr", "a": "ascii", "s": "str"}
 
 
 class Renderer:
-    """Renders one plan's slots; the plan itself is never changed here."""
+    """Renders one plan's slots. Made with the Instrumentation, after decoration."""
 
-    __slots__ = ("_compiled", "_keys", "_plan")
+    __slots__ = ("_compiled", "_keys", "plan")
 
     def __init__(self, plan: Plan) -> None:
-        self._plan = plan
+        self.plan = plan  # read only: its slots were final when this was made
         self._keys: dict[str, tuple[tuple[str, str], ...]] = {}  # see _mapping_keys
         self._compiled: dict[tuple[Any, ...], Callable[..., tuple[Any, ...]]] = {}
 
-    def reset(self) -> None:
-        """Forget what was built from the slots: the plan changed one at decoration."""
-        self._keys.clear()
-        self._compiled.clear()
-
     def render(self, name: str, values: tuple[Any, ...]) -> Any:
         """Return the final value of slot *name* from the resolved *values*."""
-        slot = self._plan.slots.get(name)
+        slot = self.plan.slots.get(name)
         if slot is None:
             return None
         kind, data = slot
@@ -65,7 +60,7 @@ class Renderer:
 
     def render_mapping(self, name: str, values: tuple[Any, ...]) -> dict[str, Any]:
         """Render a ``metadata``/``properties`` mapping (one callable, or a dict of slots)."""
-        if self._plan.whole == name:
+        if self.plan.whole == name:
             return whole_mapping(self.render(name, values))
         render = self.render
         data = {}
@@ -73,7 +68,7 @@ class Renderer:
             try:
                 data[key] = render(slot, values)
             except Exception as exc:  # e.g. "{n:%Y}" on an int: that key alone is lost
-                count_error("render", exc, f"{self._plan.owner}: field {slot}")
+                count_error("render", exc, f"{self.plan.owner}: field {slot}")
                 data[key] = None
         return data
 
@@ -95,7 +90,7 @@ class Renderer:
     def _compile(
         self, texts: tuple[str, ...], mapping: str
     ) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
-        plan = self._plan
+        plan = self.plan
         namespace = Namespace(
             {
                 "_o_T": optional_text,
@@ -159,6 +154,6 @@ class Renderer:
         keys = self._keys.get(name)
         if keys is None:
             prefix = name + "."
-            keys = tuple((k[len(prefix) :], k) for k in self._plan.slots if k.startswith(prefix))
+            keys = tuple((k[len(prefix) :], k) for k in self.plan.slots if k.startswith(prefix))
             self._keys[name] = keys
         return keys

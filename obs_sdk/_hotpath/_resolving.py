@@ -28,17 +28,13 @@ def _no_fast(*args: Any) -> tuple[Any, ...]:
 
 
 class Resolver:
-    """Resolves one plan's fields for one call; the plan itself is never changed here."""
+    """Resolves one plan's fields per call. Made with the Instrumentation, after decoration."""
 
-    __slots__ = ("_fast", "_plan")
+    __slots__ = ("_fast", "plan")
 
     def __init__(self, plan: Plan) -> None:
-        self._plan = plan
+        self.plan = plan  # read only: its fields were final when this was made
         self._fast: Callable[..., tuple[Any, ...]] | None = None  # compiled on first use
-
-    def reset(self) -> None:
-        """Forget the compiled fields: the plan gained a field at decoration."""
-        self._fast = None
 
     def resolve(
         self,
@@ -54,7 +50,7 @@ class Resolver:
                 return fast(args, kwargs, result, exception)
             except Exception:
                 pass
-        indexes = range(len(self._plan.resolvers))
+        indexes = range(len(self.plan.resolvers))
         return tuple(self._careful(indexes, args, kwargs, result, exception))
 
     def resolve_field(
@@ -79,7 +75,7 @@ class Resolver:
         exception: Raised,
     ) -> Call:
         """Build the ``Call`` that callables and ``emit_if`` receive."""
-        params = self._plan.params
+        params = self.plan.params
         bound = params.bind(args, kwargs) if params is not None else {}
         return Call(bound, result, exception)
 
@@ -94,7 +90,7 @@ class Resolver:
         """The careful per-field getters: a field that fails is None and counted alone."""
         call = None
         values = []
-        plan = self._plan
+        plan = self.plan
         resolvers = plan.resolvers
         for index in indexes:
             kind, fn = resolvers[index]
@@ -122,8 +118,8 @@ class Resolver:
     def _unloaded(self, index: int, unloaded: Unloaded) -> None:
         """Count a field left NULL because it would have loaded an ORM attribute; warn once."""
         count("unloaded")
-        owner = self._plan.owner
-        name, template = self._plan.labels[index] or ("?", "?")
+        owner = self.plan.owner
+        name, template = self.plan.labels[index] or ("?", "?")
         warn_once(
             ("unloaded", owner, name, template),
             "obs_sdk: %s: %s template %r is recorded as NULL: %s.%s is not loaded (expired by "
@@ -140,7 +136,7 @@ class Resolver:
 
     def _compile(self) -> Callable[..., tuple[Any, ...]]:
         """The fields as one function ``(args, kwargs, result, exception) -> values``."""
-        compiled = self._plan.field_sources() if self._plan.resolvers else None
+        compiled = self.plan.field_sources() if self.plan.resolvers else None
         if compiled is None:
             self._fast = _no_fast
             return _no_fast
@@ -150,7 +146,7 @@ class Resolver:
             f"def _o_fast(_o_a, _o_k, _o_r, _o_x):\n    return ({values})\n",
             namespace,
             "fields",
-            self._plan.owner,
+            self.plan.owner,
             "_o_fast",
         )
         return self._fast

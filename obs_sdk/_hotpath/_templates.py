@@ -7,9 +7,9 @@ forms, a careful getter and a Python expression for the generated fast path
 (``field_sources``). What runs later lives apart, named for its time:
 
 - per call, on the caller's thread: ``_resolving.Resolver`` turns the fields into plain
-  values (``plan.resolving``);
+  values (``spec.resolving``, on the plan's ``Instrumentation``);
 - at render, on a dispatcher thread or at commit: ``_rendering.Renderer`` formats the
-  resource ids, text slots and mappings from those values (``plan.rendering``).
+  resource ids, text slots and mappings from those values (``spec.rendering``).
 
 Every name in generated code starts with ``_o_`` and comes from an explicit namespace
 (``_codegen``): no user name (a parameter, a function's name) ever enters it.
@@ -47,6 +47,18 @@ __all__ = ["ARGS", "CALL", "RESULT", "Call", "Field", "Params", "Plan", "Slot", 
 
 _PARSER = string.Formatter()
 
+# Every name the fields' source reads, builtins included: they start with _o_, so no
+# parameter (read by name in the lane's wrapper) can shadow one.
+_FIELD_NAMES = {
+    "_o_S": SCALARS,
+    "_o_F": freeze,
+    "_o_P": PLAIN_TYPES,
+    "_o_A": loaded_attribute,
+    "_o_type": type,
+    "_o_len": len,
+    "_o_getattr": getattr,
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Field:
@@ -67,8 +79,10 @@ class Plan:
 
     Holds what decoration decided: ``slots`` (how each output value is made), ``resolvers``
     (one getter per field: kind ARGS, RESULT or CALL) and the fields' source for generated
-    code. ``resolving`` (call time) and ``rendering`` (render time) read it; they never
-    change it.
+    code. The later stages read it and never change it: ``Resolver`` (call time) and
+    ``Renderer`` (render time), made with the ``Instrumentation`` that carries the plan.
+    They hold the plan, the plan does not hold them: a plan made per call (record_audit)
+    is freed by its reference count, with no cycle to wait for the collector.
     """
 
     def __init__(self, owner: str, params: Params | None, when: str) -> None:
@@ -83,25 +97,11 @@ class Plan:
         self._sources: list[tuple[str, str] | None] = []
         # (slot name, template) of each resolver that is a template field, for warnings.
         self.labels: list[tuple[str, str] | None] = []
-        # Every name the fields' source reads, builtins included: they start with _o_, so no
-        # parameter (read by name in the lane's wrapper) can shadow one.
-        self._namespace = Namespace(
-            {
-                "_o_S": SCALARS,
-                "_o_F": freeze,
-                "_o_P": PLAIN_TYPES,
-                "_o_A": loaded_attribute,
-                "_o_type": type,
-                "_o_len": len,
-                "_o_getattr": getattr,
-            }
-        )
+        self._namespace = Namespace(_FIELD_NAMES)  # and the constants the fields add
         self._steps = itertools.count()  # names the temporaries of attribute steps
         # A parameter's or the result's value -> (its temporary, its "plain type" flag), set
         # by the first field stepping into it: later fields reuse the check (see below).
         self._checked: dict[tuple[str | bool, str], tuple[str, str]] = {}
-        self.resolving = Resolver(self)
-        self.rendering = Renderer(self)
 
     def field(self, index: int) -> str:
         """Resolver *index* as a log names it: ``field metadata.bytes ('{result.size}')``."""
@@ -125,7 +125,6 @@ class Plan:
 
     def _set_slot(self, name: str, slot: Slot) -> None:
         self.slots[name] = slot
-        self.rendering.reset()  # its caches were built from the old slots
 
     def add_mapping(self, name: str, spec: Any) -> None:
         """Compile ``metadata=``/``properties=``: a dict of slots or one callable for all."""
@@ -155,7 +154,6 @@ class Plan:
         self.resolvers.append((kind, fn))
         self._sources.append(source)
         self.labels.append(label)
-        self.resolving.reset()  # its fast path was compiled from the old fields
         return len(self.resolvers) - 1
 
     def _compile_template(self, name: str, template: str) -> Slot:
@@ -303,18 +301,19 @@ class Plan:
             items.append(f"(_o_v{i} if _o_type(_o_v{i} := {value}) in _o_S else _o_F(_o_v{i}))")
         return items, Namespace(self._namespace)
 
-    # -- shortcuts to the later parts, for callers that hold the plan only (the idempotency key)
+    # -- shortcuts to the later stages, for callers that hold a plan only (the idempotency
+    # key, which renders one slot per call). Each makes the stage afresh: nothing is cached.
 
     def call(self, args: Args, kwargs: Kwargs, result: Any, exception: Raised) -> Call:
-        return self.resolving.call(args, kwargs, result, exception)
+        return Resolver(self).call(args, kwargs, result, exception)
 
     def render(self, name: str, values: tuple[Any, ...]) -> Any:
-        return self.rendering.render(name, values)
+        return Renderer(self).render(name, values)
 
     def render_mapping(self, name: str, values: tuple[Any, ...]) -> dict[str, Any]:
-        return self.rendering.render_mapping(name, values)
+        return Renderer(self).render_mapping(name, values)
 
     def renderer(
         self, texts: tuple[str, ...], mapping: str
     ) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
-        return self.rendering.compiled(texts, mapping)
+        return Renderer(self).compiled(texts, mapping)
