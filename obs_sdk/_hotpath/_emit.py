@@ -85,10 +85,11 @@ def emit(
         idempotency = None
         if frame is not None and frame.idempotency is not None:  # type: ignore[attr-defined]
             idempotency = frame.idempotency.next(spec)  # type: ignore[attr-defined]
+        clock = runtime.clock  # not runtime.clock(): see _lane's _LANE
         raw = (
             spec,
             outcome,
-            runtime.clock(),
+            clock(),
             fields,
             ctx,  # its span's ids are read at render
             values,
