@@ -14,13 +14,9 @@ from obs_sdk._hotpath._instrument import instrument, uninstrument
 from obs_sdk._hotpath._records import AnalyticsEvent, AuditRecord
 from obs_sdk._hotpath._templates import Call
 from obs_sdk._ledger._idempotency import idempotent, once, purge_idempotency_keys
+from obs_sdk._ledger._metered_storage import metered_storage
 from obs_sdk._ledger._query import aaudit_log, audit_log
-from obs_sdk._ledger._storage import (
-    StorageDrift,
-    metered_storage,
-    reconcile_storage,
-    storage_usage,
-)
+from obs_sdk._ledger._storage_usage import StorageDrift, reconcile_storage, storage_usage
 from obs_sdk._ledger._tables import create_tables, metadata
 from obs_sdk._ledger._tx import after_commit
 from obs_sdk._scope._context import current_scope, scope, set_actor, suppressed, with_scope

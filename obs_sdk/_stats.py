@@ -7,12 +7,8 @@ from typing import TypedDict
 __all__ = ["SinkStats", "Stats"]
 
 
-class SinkStats(TypedDict):
-    """One sink's counters in ``Stats["by_sink"]``: its own queue and deliveries.
-
-    ``upload_failed`` counts what a destination lost after it was handed over (a PostHog
-    upload that failed, reported through ``on_error=obs.posthog_on_error``).
-    """
+class _Deliveries(TypedDict):
+    """The delivery counters, kept for all records (``Stats``) and for each sink alike."""
 
     submitted: int
     queued: int
@@ -20,10 +16,19 @@ class SinkStats(TypedDict):
     dropped: int
     failed: int
     retried: int
+
+
+class SinkStats(_Deliveries):
+    """One sink's counters in ``Stats["by_sink"]``: its own queue and deliveries.
+
+    ``upload_failed`` counts what a destination lost after it was handed over (a PostHog
+    upload that failed, reported through ``on_error=obs.posthog_on_error``).
+    """
+
     upload_failed: int
 
 
-class Stats(TypedDict):
+class Stats(_Deliveries):
     """What ``obs.stats()`` returns: counters since the last ``configure()``.
 
     Invariant: ``submitted == queued + delivered + dropped + failed``. The top-level counts
@@ -42,12 +47,6 @@ class Stats(TypedDict):
     ``obs.after_commit()`` callbacks dropped because no commit followed them.
     """
 
-    submitted: int
-    queued: int
-    delivered: int
-    dropped: int
-    failed: int
-    retried: int
     internal_errors: int
     by_sink: dict[str, SinkStats]
     no_actor: int

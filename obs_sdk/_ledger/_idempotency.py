@@ -21,7 +21,6 @@ import string
 import threading
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractContextManager
-from types import TracebackType
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from sqlalchemy import delete, insert
@@ -36,6 +35,8 @@ from obs_sdk import _config
 from obs_sdk._guard import count, logger
 from obs_sdk._hotpath._records import EVENT, Instrumentation
 from obs_sdk._hotpath._templates import ARGS, Call, Params, Plan
+from obs_sdk._ledger._older_than import cutoff_from
+from obs_sdk._ledger._session_block import SessionBlock
 from obs_sdk._ledger._tables import tables
 from obs_sdk._scope._context import current_scope, frame_with, repeated_key
 from obs_sdk.exceptions import ConfigurationError
@@ -139,20 +140,34 @@ class FirstFlag:
         return f"<obs.once {self.key!r}: {'first' if self._first else 'duplicate'}>"
 
 
-class _Once:
-    """What ``once()`` returns: ``with`` for a Session, ``async with`` for both."""
+class _Once(SessionBlock[bool, FirstFlag]):
+    """What ``once()`` returns: ``with`` for a Session, ``async with`` for both.
 
-    __slots__ = ("_flag", "_inner", "key", "session")
+    The key's row needs no statement at exit (no ``_end``): it commits or rolls back with
+    the caller's transaction.
+    """
+
+    __slots__ = ("_flag", "_inner", "_session", "key")
 
     def __init__(self, session: Session | AsyncSession, key: str) -> None:
-        self.session = session
+        self._session = session
         self.key = key
         self._inner: AbstractContextManager[Any] | None = None
         self._flag: FirstFlag | None = None
 
-    def _open(self, sync: Session, first: bool) -> FirstFlag:
+    def _needs_async_with(self) -> ConfigurationError:
+        return ConfigurationError(
+            f"once({self.key!r}) got an AsyncSession: use `async with obs.once()`"
+        )
+
+    def _begin(self, session: Session) -> bool:
+        statement, returns_row = _insert_key(session.get_bind().dialect.name, self.key)
+        result = session.execute(statement)
+        return result.first() is not None if returns_row else result.rowcount == 1  # type: ignore[attr-defined]
+
+    def _enter(self, session: Session, first: bool) -> FirstFlag:
         if first:
-            self._inner = frame_with(session=sync, idempotency=KeyCounter(self.key))
+            self._inner = frame_with(session=session, idempotency=KeyCounter(self.key))
         else:
             # No records and no metering: the key's first delivery made them.
             self._inner = repeated_key()
@@ -160,36 +175,11 @@ class _Once:
         self._flag = FirstFlag(self.key, first)
         return self._flag
 
-    def __enter__(self) -> FirstFlag:
-        session = self.session
-        if isinstance(session, AsyncSession):
-            raise ConfigurationError(
-                f"once({self.key!r}) got an AsyncSession: use `async with obs.once()`"
-            )
-        statement, returns_row = _insert_key(session.get_bind().dialect.name, self.key)
-        result = session.execute(statement)
-        first = result.first() is not None if returns_row else result.rowcount == 1  # type: ignore[attr-defined]
-        return self._open(session, first)
-
-    async def __aenter__(self) -> FirstFlag:
-        session = self.session
-        if not isinstance(session, AsyncSession):
-            return self.__enter__()
-        statement, returns_row = _insert_key(session.get_bind().dialect.name, self.key)
-        result = await session.execute(statement)
-        first = result.first() is not None if returns_row else result.rowcount == 1  # type: ignore[attr-defined]
-        return self._open(session.sync_session, first)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _exit(self, succeeded: bool) -> None:
         inner, self._inner = self._inner, None
         flag, self._flag = self._flag, None
         if inner is not None:
-            inner.__exit__(exc_type, exc, tb)
+            inner.__exit__(None, None, None)
         if flag is not None and not flag._first and not flag.read:
             count("duplicate_unread")
             logger.warning(
@@ -199,14 +189,6 @@ class _Once:
                 "`if first:`, or use @obs.idempotent(key=...), which skips a duplicate's body",
                 self.key,
             )
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
 
 
 def once(session: Session | AsyncSession, key: str) -> _Once:
@@ -272,17 +254,8 @@ def purge_idempotency_keys(
     config = _config.current()
     if older_than is None:
         older_than = config.idempotency_retention
-    if isinstance(older_than, datetime.timedelta):
-        if older_than < datetime.timedelta(0):
-            raise ConfigurationError("purge_idempotency_keys(older_than=...) must not be negative")
-        cutoff = datetime.datetime.now(datetime.timezone.utc) - older_than
-    elif isinstance(older_than, datetime.datetime) and older_than.tzinfo is not None:
-        cutoff = older_than
-    else:
-        raise ConfigurationError(
-            "purge_idempotency_keys(older_than=...) takes a timedelta (an age) or an "
-            f"aware datetime (a cutoff), got {older_than!r}"
-        )
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cutoff = cutoff_from(older_than, "purge_idempotency_keys", now)
     table = tables(config.table_prefix).idempotency_keys
     result = session.execute(delete(table).where(table.c.created_at < cutoff))
     return int(result.rowcount)  # type: ignore[attr-defined]

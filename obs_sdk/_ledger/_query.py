@@ -243,6 +243,9 @@ def audit_log(
     return _run(query, bind.execute)
 
 
+# The keyword arguments repeat audit_log's on purpose (a deliberate duplicate): each public
+# twin spells out its signature so help(), IDEs and type checkers show every filter, as
+# httpx's Client and AsyncClient do. What they mean is checked once, in _Query.
 async def aaudit_log(
     bind: AsyncEngine | AsyncConnection | AsyncSession | Engine | None = None,
     *,

@@ -76,9 +76,9 @@ class UTCDateTime(TypeDecorator[datetime.datetime]):
     ) -> datetime.datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=datetime.timezone.utc)
-        return value.astimezone(datetime.timezone.utc)
+        # SQLite reads back the naive UTC text stored above; PostgreSQL an aware datetime.
+        utc = datetime.timezone.utc
+        return value.replace(tzinfo=utc) if value.tzinfo is None else value.astimezone(utc)
 
 
 class JSONValue(TypeDecorator[Any]):

@@ -14,12 +14,12 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from opentelemetry import context as otel_context
 
 from obs_sdk._hotpath._runtime import runtime  # the scope provider configure() set
+from obs_sdk._scope._sync_block import SyncBlock
 from obs_sdk._scope._values import EMPTY_SCOPE, Actor, Scope
 from obs_sdk._vendor_private import SUPPRESS_INSTRUMENTATION_KEY, fast_context_getter
 from obs_sdk.exceptions import ConfigurationError
@@ -195,7 +195,7 @@ def current_scope() -> Scope:
     return merged
 
 
-class _ScopeManager:
+class _ScopeManager(SyncBlock[Scope]):
     """Context manager returned by ``scope()``; usable with ``with`` and ``async with``.
 
     It keeps no state of its own between enter and exit: the token that restores the
@@ -220,26 +220,10 @@ class _ScopeManager:
         _attach(self, frame, otel_context.set_value(SCOPE_KEY, frame, ctx))
         return frame.scope
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         frame = _detach(self)
         if frame is not None:
             _close_unit(frame)
-
-    async def __aenter__(self) -> Scope:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
 
 
 def _open_unit(session: Any) -> None:
