@@ -47,7 +47,6 @@ SUPPRESS_KEY = otel_context.create_key("obs_sdk.suppressed")
 # opentelemetry.context.get_current(), one call deep where OTel's runtime allows (see there).
 current_context = fast_context_getter()
 
-
 # Set by obs_sdk._ledger._tx: called with the session when a scope opens a unit of work on it, and
 # with the session and the unit when that scope exits (it closes the unit, see Unit).
 on_unit_open: Callable[[Any], None] | None = None
