@@ -31,10 +31,10 @@ from obs_sdk._delivery._dispatch import (
 )
 from obs_sdk._delivery._redact import Redactor
 from obs_sdk._delivery._sinks import SQLITE_BUSY_MS, DatabaseSink, PostHogSink, Sink
-from obs_sdk._hotpath import _emit, _records
+from obs_sdk._hotpath import _records
 from obs_sdk._hotpath._records import DEFAULT_MAX_CHANGES_BYTES, DEFAULT_MAX_METADATA_BYTES, uuid7
+from obs_sdk._hotpath._runtime import runtime
 from obs_sdk._ledger._tables import DEFAULT_PREFIX, check_schema, create_tables, tables
-from obs_sdk._scope import _context
 from obs_sdk._seals._sealer import BackgroundSealer, check_seal_settings
 from obs_sdk._stats import Stats
 from obs_sdk.exceptions import ConfigurationError
@@ -106,15 +106,16 @@ def current() -> Config:
 def _swap(config: Config) -> None:
     """Make *config* the configuration of every module that reads one.
 
-    ``_records.config`` is this object; the hot path's modules keep their own copies of
-    the few values it reads per call (a module global costs less there than an attribute).
+    ``_records.config`` (rendering) is this object. The three values the caller's thread
+    reads per call go to ``_runtime.runtime``, the one object the hot path and the scope
+    are given explicitly (see there). Before configure() (no engine), analytics count as
+    wanted, as they always have.
     """
     global _current
     _current = config
     _records.config = config
-    _emit.clock = config.clock
-    _emit.events_wanted = config.events_wanted if config.engine is not None else True
-    _context.provider = config.scope_provider
+    wanted = config.events_wanted if config.engine is not None else True
+    runtime.apply(config.clock, wanted, config.scope_provider)
 
 
 def _sqlite_pragmas(busy_ms: int) -> Callable[[Any, Any], None]:

@@ -7,6 +7,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from obs_sdk._guard import count, warn_once
 from obs_sdk._hotpath._emit import emit
+from obs_sdk._hotpath._plain import Call, freeze
 from obs_sdk._hotpath._records import (
     EVENT,
     GROUP,
@@ -15,7 +16,8 @@ from obs_sdk._hotpath._records import (
     add_plain_tenant,
     add_tenant,
 )
-from obs_sdk._hotpath._templates import ARGS, Call, Plan, freeze
+from obs_sdk._hotpath._resolving import ARGS
+from obs_sdk._hotpath._templates import Plan
 from obs_sdk._hotpath._wrapping import When, build_plan, defined_at, instrument, params_of
 from obs_sdk.exceptions import ConfigurationError
 

@@ -11,6 +11,7 @@ from obs_sdk import _config
 from obs_sdk._delivery._dispatch import dispatcher
 from obs_sdk._guard import count_error
 from obs_sdk._hotpath._emit import emit
+from obs_sdk._hotpath._plain import Call, freeze
 from obs_sdk._hotpath._records import (
     AUDIT,
     FAILURE,
@@ -25,7 +26,7 @@ from obs_sdk._hotpath._records import (
     render_audit,
     uuid7,
 )
-from obs_sdk._hotpath._templates import Call, Plan, freeze
+from obs_sdk._hotpath._templates import Plan
 from obs_sdk._hotpath._wrapping import When, build_plan, defined_at, instrument, params_of
 from obs_sdk._ledger._changes import check_changes, emit_changes, pending_changes
 from obs_sdk._ledger._tables import insert_ignoring_duplicates, tables
@@ -159,6 +160,10 @@ def _check_outcome(outcome: str, where: str) -> str:
     return outcome
 
 
+# record_audit, record_audit_now and arecord_audit_now repeat their keyword parameters on
+# purpose (duplicates lists the three): they are public, and an explicit signature is what
+# help(), inspect.signature, IDEs and tests/typing see. A shared **kwargs (a TypedDict
+# with Unpack) would hide it; the logic behind them is shared (_manual_spec, _render_now).
 def record_audit(
     action: str,
     *,

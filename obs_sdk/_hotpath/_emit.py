@@ -11,11 +11,11 @@ attribute lookup ~10-20 ns, against a budget of twice a bare ContextVar + deque 
 from __future__ import annotations
 
 from collections.abc import Callable
-from time import time_ns
 from typing import Any
 
 from obs_sdk._delivery._dispatch import BATCH_SIZE, dispatcher
 from obs_sdk._guard import count_error
+from obs_sdk._hotpath._plain import Args, Kwargs, Raised
 from obs_sdk._hotpath._records import (
     EVENT,
     GROUP,
@@ -24,12 +24,12 @@ from obs_sdk._hotpath._records import (
     RawRecord,
     analytics_identity,
 )
+from obs_sdk._hotpath._runtime import runtime
 from obs_sdk._ledger._tx import hold
-from obs_sdk._scope import _context
-from obs_sdk._scope._context import SCOPE_KEY, SUPPRESS_KEY, Frame, current_context
+from obs_sdk._scope._context import SCOPE_KEY, SUPPRESS_KEY, Frame, current_context, provided_fields
 from obs_sdk._scope._values import EMPTY_SCOPE
 
-__all__ = ["clock", "emit", "events_wanted"]
+__all__ = ["emit"]
 
 _NO_FIELDS = (None, None, None, None, None, None)
 # What the lane reads when no scope is open: plain, nobody identified, no fields. Never put in
@@ -39,20 +39,14 @@ _WAKE_AT = BATCH_SIZE - 1  # queue length before the append that fills a batch
 _USER_TYPES = ("user", "service")
 _ANALYTICS_KINDS = (EVENT, GROUP)
 
-# Set by configure(): the clock records are stamped with (tests pass a stepping one).
-clock: Callable[[], int] = time_ns
-
-# Set by configure(): False when no sink takes analytics events (no PostHog, no OTel logs).
-events_wanted = True
-
 
 def emit(
     spec: Instrumentation,
     outcome: str,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+    args: Args,
+    kwargs: Kwargs,
     result: Any,
-    exception: BaseException | None,
+    exception: Raised,
     deliver: Callable[[RawRecord], Any] | None = None,
 ) -> None:
     """Record one call: hold it for the scope's transaction, or queue it. Never raises.
@@ -81,7 +75,7 @@ def emit(
         ):
             dispatcher.count_drop()
             return
-        if spec.plain and _context.provider is None:
+        if spec.plain and runtime.provider is None:
             values: tuple[Any, ...] = ()
         else:
             prepared = _prepare(spec, fields, args, kwargs, result, exception)
@@ -91,6 +85,7 @@ def emit(
         idempotency = None
         if frame is not None and frame.idempotency is not None:  # type: ignore[attr-defined]
             idempotency = frame.idempotency.next(spec)  # type: ignore[attr-defined]
+        clock = runtime.clock  # not runtime.clock(): see _lane's _LANE
         raw = (
             spec,
             outcome,
@@ -123,22 +118,22 @@ def emit(
 def _prepare(
     spec: Instrumentation,
     fields: tuple[Any, ...],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+    args: Args,
+    kwargs: Kwargs,
     result: Any,
-    exception: BaseException | None,
+    exception: Raised,
 ) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
     """The less common steps: provider fields, analytics identity, emit_if, templates.
 
     Returns (fields, values), or None when nothing is recorded.
     """
-    if _context.provider is not None:
+    if runtime.provider is not None:
         try:
-            fields = _context.provided_fields(fields)
+            fields = provided_fields(fields)
         except Exception as exc:  # a broken provider costs its fields, not the record
             count_error("scope_provider", exc)
     if spec.kind in _ANALYTICS_KINDS:
-        if not (events_wanted or dispatcher.capture is not None):
+        if not (runtime.events_wanted or dispatcher.capture is not None):
             _unsent(spec.name, no_client=True)  # no sink takes them: counted, said once
             return None
         actor = fields[0]
@@ -152,7 +147,7 @@ def _prepare(
     if spec.emit_if is not None and not _wanted(spec, args, kwargs, result, exception):
         return None
     plan = spec.plan
-    values = plan.resolve(args, kwargs, result, exception) if plan.resolvers else ()
+    values = spec.resolving.resolve(args, kwargs, result, exception) if plan.resolvers else ()
     return fields, values
 
 
@@ -165,14 +160,14 @@ def _unsent(event: str, *, no_client: bool) -> None:
 
 def _wanted(
     spec: Instrumentation,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+    args: Args,
+    kwargs: Kwargs,
     result: Any,
-    exception: BaseException | None,
+    exception: Raised,
 ) -> bool:
     """Run ``emit_if``; if it raises, keep the record (a trail errs toward recording)."""
     try:
-        return bool(spec.emit_if(spec.plan.call(args, kwargs, result, exception)))  # type: ignore[misc]
+        return bool(spec.emit_if(spec.resolving.call(args, kwargs, result, exception)))  # type: ignore[misc]
     except Exception as exc:
         count_error("emit_if", exc, f"{spec.plan.owner}: emit_if")
         return True

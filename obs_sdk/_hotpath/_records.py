@@ -21,7 +21,10 @@ from opentelemetry import trace
 from obs_sdk._delivery._redact import Redactor
 from obs_sdk._delivery._sanitize import bound_mapping, safe_text, size_of, size_within
 from obs_sdk._guard import count, count_error, warn_once
-from obs_sdk._hotpath._templates import Plan, optional_text
+from obs_sdk._hotpath._plain import optional_text
+from obs_sdk._hotpath._rendering import Renderer
+from obs_sdk._hotpath._resolving import Resolver
+from obs_sdk._hotpath._templates import Plan
 from obs_sdk._ledger._tables import tables
 from obs_sdk._scope._values import ANONYMOUS, Actor
 from obs_sdk.exceptions import ConfigurationError
@@ -76,6 +79,8 @@ class Instrumentation:
         "name",
         "plain",
         "plan",
+        "rendering",
+        "resolving",
         "tenant",
         "when",
     )
@@ -93,7 +98,9 @@ class Instrumentation:
     ) -> None:
         self.kind = kind
         self.name = name
-        self.plan = plan
+        self.plan = plan  # decided at decoration; the stages below read it, per call and render
+        self.resolving = Resolver(plan)
+        self.rendering = Renderer(plan)
         self.when = when
         self.emit_if = emit_if
         self.allow_anonymous = allow_anonymous
@@ -398,27 +405,30 @@ class AnalyticsEvent:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
-def _slot(plan: Plan, name: str, values: tuple[Any, ...]) -> Any:
+def _slot(renderer: Renderer, name: str, values: tuple[Any, ...]) -> Any:
     try:
-        return plan.render(name, values)
+        return renderer.render(name, values)
     except Exception as exc:  # e.g. a format spec that does not fit the value
-        count_error("render", exc, f"{plan.owner}: field {name}")
+        count_error("render", exc, f"{renderer.plan.owner}: field {name}")
         return None
 
 
-def _rendered(plan: Plan, texts: tuple[str, ...], mapping: str, values: tuple[Any, ...]) -> Any:
+def _rendered(
+    spec: Instrumentation, texts: tuple[str, ...], mapping: str, values: tuple[Any, ...]
+) -> Any:
     """The text slots *texts* and the *mapping* (not yet cleaned) of one record."""
-    if not _per_call(plan, mapping):
+    renderer = spec.rendering
+    if not _per_call(spec.plan, mapping):
         try:
-            return plan.renderer(texts, mapping)(values)
+            return renderer.compiled(texts, mapping)(values)
         except Exception:  # slot by slot: only a failing slot is lost (and counted)
             pass
     try:
-        data = plan.render_mapping(mapping, values)
+        data = renderer.render_mapping(mapping, values)
     except Exception as exc:
-        count_error("render", exc, f"{plan.owner}: field {mapping}")
+        count_error("render", exc, f"{spec.plan.owner}: field {mapping}")
         data = {}
-    return (*(optional_text(_slot(plan, name, values)) for name in texts), data)
+    return (*(optional_text(_slot(renderer, name, values)) for name in texts), data)
 
 
 def _per_call(plan: Plan, mapping: str) -> bool:
@@ -452,7 +462,7 @@ def _clean(data: dict[str, Any], c: RenderSettings) -> tuple[dict[str, Any], boo
 
 def _properties(raw: RawRecord, c: RenderSettings) -> tuple[dict[str, Any], bool]:
     """An analytics record's properties, bounded, sanitized and redacted."""
-    return _clean(_rendered(raw[SPEC].plan, (), "properties", raw[VALUES])[0], c)
+    return _clean(_rendered(raw[SPEC], (), "properties", raw[VALUES])[0], c)
 
 
 _RESOURCE = ("resource.type", "resource.id", "resource.name")
@@ -544,13 +554,13 @@ def audit_columns(raw: RawRecord, record_id: Any, occurred_at: Any) -> tuple[Any
             given_workspace,
             given_organization,
             metadata,
-        ) = _rendered(spec.plan, _RESOURCE_TENANT, "metadata", raw[VALUES])
+        ) = _rendered(spec, _RESOURCE_TENANT, "metadata", raw[VALUES])
         workspace, organization = _tenant(
             given_workspace, given_organization, workspace, organization
         )
     else:
         resource_type, resource_id, resource_name, metadata = _rendered(
-            spec.plan, _RESOURCE, "metadata", raw[VALUES]
+            spec, _RESOURCE, "metadata", raw[VALUES]
         )
     metadata, sanitized = _clean(metadata, c)
     changes = raw[CHANGES] if len(raw) > CHANGES else None
@@ -691,7 +701,7 @@ def render_event(raw: RawRecord) -> AnalyticsEvent:
         )
     if spec.tenant:
         given_workspace, given_organization, properties = _rendered(
-            spec.plan, TENANT, "properties", raw[VALUES]
+            spec, TENANT, "properties", raw[VALUES]
         )
         workspace, organization = _tenant(
             given_workspace, given_organization, workspace, organization

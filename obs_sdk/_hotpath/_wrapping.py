@@ -16,8 +16,9 @@ import os
 from typing import Any, Literal, get_args
 
 from obs_sdk._hotpath._lane import ASYNC_GENERATOR, COROUTINE, FUNCTION, GENERATOR, generate
+from obs_sdk._hotpath._params import Params
 from obs_sdk._hotpath._records import Instrumentation
-from obs_sdk._hotpath._templates import Params, Plan
+from obs_sdk._hotpath._templates import Plan
 from obs_sdk.exceptions import ConfigurationError
 
 __all__ = ["WHEN", "When", "build_plan", "defined_at", "instrument", "params_of"]

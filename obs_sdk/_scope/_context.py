@@ -11,13 +11,14 @@ import contextvars
 import functools
 import inspect
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar
 
 from opentelemetry import context as otel_context
 
+from obs_sdk._hotpath._runtime import runtime  # the scope provider configure() set
 from obs_sdk._scope._sync_block import SyncBlock
 from obs_sdk._scope._values import EMPTY_SCOPE, Actor, Scope
 from obs_sdk._vendor_private import SUPPRESS_INSTRUMENTATION_KEY, fast_context_getter
@@ -45,9 +46,6 @@ SCOPE_KEY = otel_context.create_key("obs_sdk.scope")
 SUPPRESS_KEY = otel_context.create_key("obs_sdk.suppressed")
 # opentelemetry.context.get_current(), one call deep where OTel's runtime allows (see there).
 current_context = fast_context_getter()
-
-# Set by configure(scope_provider=...): fills fields no scope set, read only when a record is made.
-provider: Callable[[], Mapping[str, Any]] | None = None
 
 # Set by obs_sdk._ledger._tx: called with the session when a scope opens a unit of work on it, and
 # with the session and the unit when that scope exits (it closes the unit, see Unit).
@@ -155,6 +153,7 @@ def current_frame() -> Frame | None:
 
 def provided_fields(fields: tuple[Any, ...]) -> tuple[Any, ...]:
     """Fill the fields no scope set from the configured scope provider (caller's thread)."""
+    provider = runtime.provider
     assert provider is not None
     extra = provider() or {}
     actor, workspace, organization, ip, user_agent, request_id = fields
@@ -177,7 +176,7 @@ def current_scope() -> Scope:
     """Return the scope in effect here, with provider fields filled in. Thread- and task-safe."""
     frame = current_frame()
     merged = frame.scope if frame is not None else EMPTY_SCOPE
-    if provider is None:
+    if runtime.provider is None:
         return merged
     from obs_sdk._guard import guard
 

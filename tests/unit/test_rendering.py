@@ -29,8 +29,10 @@ from obs_sdk._delivery._redact import Redactor, limit_size, to_json
 from obs_sdk._delivery._sanitize import bound_mapping
 from obs_sdk._delivery._sinks import _sqlite_row, _sqlite_row_of, _sqlite_time
 from obs_sdk._hotpath import _records
+from obs_sdk._hotpath._params import Params
+from obs_sdk._hotpath._plain import optional_text
 from obs_sdk._hotpath._records import _Uuid7, render_audit, to_datetime, uuid7
-from obs_sdk._hotpath._templates import Params, Plan, optional_text
+from obs_sdk._hotpath._templates import Plan
 from obs_sdk.testing import capture
 
 UTC = datetime.timezone.utc
