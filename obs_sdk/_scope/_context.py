@@ -396,7 +396,7 @@ def frame_with(**changes: Any) -> Iterator[Frame]:
         _close_unit(frame)
 
 
-class _Suppressed:
+class _Suppressed(SyncBlock[None]):
     __slots__ = ("_repeated",)
 
     def __init__(self, repeated: bool = False) -> None:
@@ -416,12 +416,6 @@ class _Suppressed:
 
     def __exit__(self, *exc_info: object) -> None:
         _detach(self)
-
-    async def __aenter__(self) -> None:
-        self.__enter__()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.__exit__()
 
 
 def suppressed() -> _Suppressed:
