@@ -471,28 +471,29 @@ class _DriverCursor:
         self._cursor.close()
 
 
-# What watches a statement run through SQLAlchemy: the events exec_driver_sql fires, on the
-# connection (and its engine) and on the dialect (where an engine's handle_error goes too).
-_CONNECTION_EVENTS = ("before_execute", "after_execute", "before_cursor_execute")
-_DIALECT_EVENTS = ("do_execute", "handle_error")
-
-
 def _runner(conn: Connection) -> Connection | _DriverCursor:
     """The driver's cursor when nothing watches SQLAlchemy run statements; else *conn*.
 
     Watching: SQL logging (``echo``, or the ``sqlalchemy.engine`` logger at INFO), or a
-    listener of the statement events other than obs_sdk's own ``_note_statement`` (OTel's
-    SQLAlchemy instrumentation, an app's query logger or timer): they see the insert as
-    before. obs_sdk's own listener has nothing to note at the commit's insert.
+    listener of an event that ``exec_driver_sql`` fires (on the connection or its engine:
+    ``before_execute``, ``after_execute``, ``before_cursor_execute``,
+    ``after_cursor_execute``; on the dialect: ``do_execute``, ``handle_error``) other than
+    obs_sdk's own ``_note_statement``: OTel's SQLAlchemy instrumentation, an app's query
+    logger or timer see the insert as before. Checked at each commit, since listeners come
+    and go; written out rather than looped over, as this runs on every commit.
     """
     if conn.engine.logger.isEnabledFor(logging.INFO):
         return conn
     events, dialect_events = conn.dispatch, conn.dialect.dispatch
-    if any(getattr(events, name) for name in _CONNECTION_EVENTS):
-        return conn
-    if any(getattr(dialect_events, name) for name in _DIALECT_EVENTS):
-        return conn
-    if any(fn is not _note_statement for fn in events.after_cursor_execute):
+    ours = 1 if conn.engine in _watched else 0  # _note_statement, once per engine
+    if (
+        events.before_execute
+        or events.after_execute
+        or events.before_cursor_execute
+        or len(events.after_cursor_execute) > ours
+        or dialect_events.do_execute
+        or dialect_events.handle_error
+    ):
         return conn
     return _DriverCursor(conn)
 
@@ -506,14 +507,19 @@ def _insert_rows(
     """Insert *records*; one whose id is taken is written under a new id (logged, counted).
 
     ``ON CONFLICT DO NOTHING`` would skip it silently: ``RETURNING id`` says which rows were
-    written, with no error to roll back.
+    written, with no error to roll back. A single row (a call's record: the usual commit)
+    needs no ``RETURNING``: the statement's row count says whether it was written.
     """
     todo = list(enumerate(records))
     for _ in range(_INSERT_ATTEMPTS):
         rows = [driver.row(r) for _, r in todo]
         written: set[Any] = set()
         try:
-            driver.insert_returning(conn, rows, written)
+            if len(rows) == 1:
+                if conn.exec_driver_sql(driver.sql, rows[0]).rowcount == 1:
+                    written.add(rows[0][0])
+            else:
+                driver.insert_returning(conn, rows, written)
         finally:
             stored.update(t for t, row in zip(todo, rows, strict=True) if row[0] in written)
         todo = [
