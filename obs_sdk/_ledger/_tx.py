@@ -510,16 +510,20 @@ def _insert_rows(
     written, with no error to roll back. A single row (a call's record: the usual commit)
     needs no ``RETURNING``: the statement's row count says whether it was written.
     """
+    if len(records) == 1:
+        record = records[0]
+        for _ in range(_INSERT_ATTEMPTS):
+            if conn.exec_driver_sql(driver.sql, driver.row(record)).rowcount == 1:
+                stored[0] = record
+                return
+            record = _with_new_id(record)
+        raise RuntimeError(f"no free audit record id after {_INSERT_ATTEMPTS} attempts")
     todo = list(enumerate(records))
     for _ in range(_INSERT_ATTEMPTS):
         rows = [driver.row(r) for _, r in todo]
         written: set[Any] = set()
         try:
-            if len(rows) == 1:
-                if conn.exec_driver_sql(driver.sql, rows[0]).rowcount == 1:
-                    written.add(rows[0][0])
-            else:
-                driver.insert_returning(conn, rows, written)
+            driver.insert_returning(conn, rows, written)
         finally:
             stored.update(t for t, row in zip(todo, rows, strict=True) if row[0] in written)
         todo = [
