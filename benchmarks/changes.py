@@ -2,8 +2,7 @@
 
 The call is what an app's request does: a session of its own, load one row, update one
 field, commit. Five contenders, interleaved call by call in one process (in a new random order
-each time), on one SQLite file
-(WAL, as obs_sdk configures it) and on PostgreSQL when given:
+each time), on one SQLite file (WAL, as obs_sdk configures it) and on PostgreSQL when given:
 
 - **bare**: the function undecorated, no scope;
 - **undecorated, in the same scope**: the function undecorated inside
