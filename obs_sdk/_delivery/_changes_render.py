@@ -6,10 +6,12 @@ the call's hot path. Registered into ``_records`` (``render_changes``) on import
 
 from __future__ import annotations
 
+import datetime
 import re
+import uuid
 from typing import Any
 
-from obs_sdk._delivery._redact import to_json
+from obs_sdk._delivery._redact import REDACTED, to_json
 from obs_sdk._delivery._sanitize import MAX_KEY_CHARS, TRUNCATED, bound_mapping
 from obs_sdk._hotpath import _records
 from obs_sdk._hotpath._records import RenderSettings
@@ -35,17 +37,22 @@ def render(changes: list[dict[str, Any]], c: RenderSettings) -> tuple[list[Any],
     if changes and "omitted" in changes[-1]:  # rows the call did not diff (MAX_ROWS)
         omitted = changes[-1]["omitted"]
         changes = changes[:-1]
+    most = 2  # at most this many bytes of JSON, the list's brackets first (see _plain_size)
     for entry in changes:
-        if _plain(entry, limit):
+        size = _plain_size(entry, limit)
+        if size >= 0:
             bounded = entry  # nothing to sanitize or cut: bound_mapping would copy it as is
+            most += size + 1
         else:
             bounded, how = bound_mapping(entry, limit)
             if how is not None and how.sanitized:
                 sanitized = True
+            most += limit  # not bounded here: measured below
         rows.append(redactor.redact(bounded))
     if omitted:
         rows.append({TRUNCATED: True, "omitted": omitted})
-    if _size(rows) <= limit:
+        most += limit
+    if most <= limit or _size(rows) <= limit:
         return rows, sanitized
     if omitted:
         rows.pop()
@@ -64,30 +71,68 @@ def render(changes: list[dict[str, Any]], c: RenderSettings) -> tuple[list[Any],
     return _omitting(best, limit, omitted), sanitized
 
 
-def _plain(value: Any, limit: int) -> bool:
-    """Whether bound_mapping would keep *value* as it is: clean text, no string over *limit*.
+def _plain_size(value: Any, limit: int) -> int:
+    """At most how many bytes of JSON *value* takes once redacted; -1 when it is not plain.
 
-    Plain values only (freeze() made them): text, 64-bit ints, finite floats, None, bools,
-    and the scalars whose JSON text is short (datetimes, UUIDs, Decimals).
+    Plain is what bound_mapping would keep as it is: clean text (ASCII, no NUL) no longer
+    than *limit*, 64-bit ints, finite floats, None, bools, and the scalars freeze() keeps.
+    The bound spares the call's usual changes a serialisation to measure them: a string
+    takes at most 2 bytes a character when printable (an escaped quote or backslash), else
+    6 (a control character as a unicode escape); any value may become ``"[REDACTED]"``.
     """
     kind = type(value)
     if kind is str:
-        return len(value) <= limit and "\x00" not in value and value.isascii()
-    if kind is dict:
-        return all(
-            type(k) is str and len(k) <= MAX_KEY_CHARS and k.isascii() and "\x00" not in k
-            for k in value
-        ) and all(_plain(v, limit) for v in value.values())
-    if kind is list:
-        return all(_plain(v, limit) for v in value)
-    if kind is int:
-        return bool(value.bit_length() <= _INT_BITS)
-    if kind is float:
-        return bool(value - value == 0.0)  # not NaN or an infinity
-    return kind is not bytes
+        if len(value) > limit or "\x00" in value or not value.isascii():
+            return -1
+        size = _text_size(value)
+    elif kind is dict:
+        size = 1
+        for k, v in value.items():
+            if type(k) is not str or len(k) > MAX_KEY_CHARS or not k.isascii() or "\x00" in k:
+                return -1
+            inner = _plain_size(v, limit)
+            if inner < 0:
+                return -1
+            size += _text_size(k) + 2 + inner  # "key": and a comma
+    elif kind is list:
+        size = 1
+        for v in value:
+            inner = _plain_size(v, limit)
+            if inner < 0:
+                return -1
+            size += inner + 1
+    elif kind is int:
+        if value.bit_length() > _INT_BITS:
+            return -1
+        size = 20
+    elif kind is float:
+        if value - value != 0.0:  # NaN or an infinity
+            return -1
+        size = 24
+    elif kind is bytes:
+        return -1
+    else:
+        size = _SCALAR_BYTES.get(kind) or _size(value)
+    return max(size, _REDACTED_BYTES)
+
+
+def _text_size(text: str) -> int:
+    """At most the JSON bytes of ASCII *text*: quoted, a character escaped in 2 or 6 bytes."""
+    return (2 if text.isprintable() else 6) * len(text) + 2
 
 
 _INT_BITS = 63
+# JSON bytes of the scalars freeze() keeps, at most: None, bools, and the ISO text of dates
+# and times (with an offset), a timedelta's text, a UUID's, all quoted. Others measured.
+_SCALAR_BYTES = {
+    type(None): 4,
+    bool: 5,
+    datetime.datetime: 34,
+    datetime.date: 12,
+    datetime.time: 23,
+    datetime.timedelta: 34,
+    uuid.UUID: 38,
+}
 _SHORTEST = 32  # bytes of a string kept before rows are left out rather than cut further
 _MARKER = re.compile(r"…\[truncated (\d+) bytes\]\Z")
 
@@ -143,6 +188,9 @@ def _omitting(rows: list[Any], limit: int, omitted: int = 0) -> list[Any]:
 
 def _size(value: Any) -> int:
     return len(to_json(value).encode("utf-8", "surrogatepass"))
+
+
+_REDACTED_BYTES = _size(REDACTED)
 
 
 _records.render_changes = render

@@ -137,6 +137,12 @@ def _replacement(taken: Any) -> Any:
     return uuid7.replacing(taken)
 
 
+class RunsDriverSQL(Protocol):
+    """Runs one driver-level statement: a ``Connection``, or the driver's cursor (``_tx``)."""
+
+    def exec_driver_sql(self, statement: str, parameters: Any, /) -> Any: ...
+
+
 class _DriverInsert:
     """The INSERT for the driver, one row or many at once, and the row builder matching it.
 
@@ -206,7 +212,7 @@ class _DriverInsert:
         return written
 
     def insert_returning(
-        self, conn: Connection, rows: list[tuple[Any, ...]], written: set[Any]
+        self, conn: RunsDriverSQL, rows: list[tuple[Any, ...]], written: set[Any]
     ) -> None:
         """Insert *rows* as multi-row statements, adding to *written* the ids each wrote.
 

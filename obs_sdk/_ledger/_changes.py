@@ -144,10 +144,12 @@ class _Tracker:
                 state = instance_state(obj)
                 values = {}
                 if op != DELETE:
+                    touched = state.committed_state  # see _note
                     for key, _ in _mapped(state.mapper).columns:
-                        changed, _old, new, _loaded = _old_and_new(state, key)
-                        if changed:
-                            values[key] = freeze(new)
+                        if key in touched:
+                            changed, _old, new, _loaded = _old_and_new(state, key)
+                            if changed:
+                                values[key] = freeze(new)
                 self.baseline[state] = (op, values)
 
     def collect(self, session: Session) -> None:
@@ -183,7 +185,13 @@ class _Tracker:
                     fields[name] = [None, freeze(value)]
             self._merge(state, [op, mapped, self._pk(state, mapped), fields])
             return
+        # An attribute set since the row was loaded or last flushed has its value then in
+        # committed_state (NO_VALUE when it was not loaded): the others have no change to
+        # read, and a table's other columns cost no history lookup. A delete shows them all.
+        touched = state.committed_state if op != DELETE else None
         for key, name in mapped.columns:
+            if touched is not None and key not in touched and (base is None or key not in base):
+                continue
             changed, old, new, loaded = _old_and_new(state, key)
             if base is not None and key in base:
                 old = base[key]
