@@ -11,8 +11,8 @@ from obs_sdk._config import configure, flush, posthog_on_error, shutdown, stats
 from obs_sdk._hotpath._analytics import identify_group, track, tracked
 from obs_sdk._hotpath._audit import arecord_audit_now, audited, record_audit, record_audit_now
 from obs_sdk._hotpath._instrument import instrument, uninstrument
+from obs_sdk._hotpath._plain import Call
 from obs_sdk._hotpath._records import AnalyticsEvent, AuditRecord
-from obs_sdk._hotpath._templates import Call
 from obs_sdk._ledger._idempotency import idempotent, once, purge_idempotency_keys
 from obs_sdk._ledger._metered_storage import metered_storage
 from obs_sdk._ledger._query import aaudit_log, audit_log

@@ -41,9 +41,7 @@ from obs_sdk._hotpath._rendering import Renderer
 from obs_sdk._hotpath._resolving import ARGS, CALL, RESULT, Resolver
 from obs_sdk.exceptions import ConfigurationError
 
-# Call, Params and freeze live in _plain and _params; the ledger and the package import
-# them from here, where they were first.
-__all__ = ["ARGS", "CALL", "RESULT", "Call", "Field", "Params", "Plan", "Slot", "freeze"]
+__all__ = ["Field", "Plan", "Slot"]
 
 _PARSER = string.Formatter()
 

@@ -32,8 +32,8 @@ from obs_sdk._delivery._dispatch import dispatcher
 from obs_sdk._delivery._sanitize import TRUNCATED
 from obs_sdk._guard import count_error, warn_once
 from obs_sdk._hotpath._emit import emit
+from obs_sdk._hotpath._plain import freeze
 from obs_sdk._hotpath._records import SUCCESS, Instrumentation, RawRecord
-from obs_sdk._hotpath._templates import freeze
 from obs_sdk._ledger._tx import hold, sync_session
 from obs_sdk._scope._context import current_frame
 from obs_sdk.exceptions import ConfigurationError

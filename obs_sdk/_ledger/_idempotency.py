@@ -33,8 +33,11 @@ from sqlalchemy.sql.expression import Executable
 
 from obs_sdk import _config
 from obs_sdk._guard import count, logger
+from obs_sdk._hotpath._params import Params
+from obs_sdk._hotpath._plain import Call
 from obs_sdk._hotpath._records import EVENT, Instrumentation
-from obs_sdk._hotpath._templates import ARGS, Call, Params, Plan
+from obs_sdk._hotpath._resolving import ARGS
+from obs_sdk._hotpath._templates import Plan
 from obs_sdk._ledger._older_than import cutoff_from
 from obs_sdk._ledger._session_block import SessionBlock
 from obs_sdk._ledger._tables import tables
