@@ -390,6 +390,20 @@ class TestAsync:
 
         assert [a["resource_id"] for a in cap.audits] == ["in_1"]
 
+    async def test_repeated_key_meters_nothing(self, AsyncSessions):
+        """async with metered_storage inside a repeated key charges nothing; the first does."""
+        for size in (100, 500):  # the repeat would grow the object, if it were metered
+            async with AsyncSessions() as session, session.begin():
+                async with obs.once(session, "upload:1"):
+                    async with obs.metered_storage(
+                        session, object_id="doc_1", bytes=size, owner="org_1"
+                    ):
+                        pass
+
+        async with AsyncSessions() as session:
+            usage = await session.run_sync(lambda s: obs.storage_usage("org_1", s))
+        assert usage == 100
+
     async def test_plain_with_on_async_session_is_refused(self, AsyncSessions):
         """`with` (not `async with`) on an AsyncSession is a ConfigurationError."""
         async with AsyncSessions() as session:
