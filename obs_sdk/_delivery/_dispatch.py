@@ -163,6 +163,12 @@ class Dispatcher:
         return [p.sink for p in run.pipelines] if run.state is not State.WAITING else []
 
     @property
+    def mirrored(self) -> bool:
+        """Whether stored records go on to other sinks (OTel logs), which need the record."""
+        run = self._run
+        return run.state is State.RUNNING and bool(run.mirrors)
+
+    @property
     def capture(self) -> Callable[[RawRecord], None] | None:
         """The test capture that receives records instead of the intake (testing.capture())."""
         return self._capture

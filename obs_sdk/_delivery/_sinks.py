@@ -144,7 +144,10 @@ class RunsDriverSQL(Protocol):
 
 
 class _DriverInsert:
-    """The INSERT for the driver, one row or many at once, and the row builder matching it.
+    """The INSERT for the driver, one row or many at once, and the row builders matching it.
+
+    ``row`` takes a rendered ``AuditRecord``; ``row_of`` a raw record, making neither the
+    record nor its UUID and datetime (for writers that need nothing else).
 
     On SQLite, a batch goes in as one multi-row ``INSERT ... VALUES (...), (...)`` statement
     (up to ``MAX_ROWS_PER_STATEMENT`` rows and the driver's parameter limit), not 500: the
@@ -166,11 +169,13 @@ class _DriverInsert:
         if dialect_name == "sqlite":
             values = ", ".join("?" for _ in columns)
             self.row: Callable[[AuditRecord], tuple[Any, ...]] = _sqlite_row
+            self.row_of: Callable[[RawRecord], tuple[Any, ...]] = _sqlite_row_of
         else:
             values = ", ".join(
                 "CAST(%s AS JSONB)" if c in ("metadata", "changes") else "%s" for c in columns
             )
             self.row = _postgres_row
+            self.row_of = _postgres_row_of
         self._head = f'INSERT INTO "{table.name}" ({quoted}) VALUES '
         self._values = f"({values})"
         self.sql = f"{self._head}{self._values} ON CONFLICT (id) DO NOTHING"

@@ -25,9 +25,12 @@ and is queued when the scope ends with none begun.
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import re
 import threading
+import uuid
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -80,6 +83,11 @@ _WRITES = frozenset(
     }
 )
 
+# What the insert at commit writes for one held record: the driver's row made straight from
+# the raw record (see _row_builder), or the AuditRecord. Both in column order: [0] is the id
+# (the row's as 32 hex digits), [2] the action.
+_Rendered = tuple[Any, ...]
+
 # A held record, with the unit of work it was made in and the savepoint in progress then.
 _Held = tuple[RawRecord, Unit | None, SessionTransaction | None]
 
@@ -97,7 +105,7 @@ class _Pending:
         self.lock = threading.Lock()
         self.closed = False
         self.audits: list[_Held] = []  # inserted at before_commit
-        self.stored: list[AuditRecord] = []  # what that insert wrote: announced after commit
+        self.stored: list[_Rendered] = []  # what that insert wrote: announced after commit
         self.queued: list[_Held] = []  # submitted after the commit
         self.callbacks: list[Callable[[], Any]] = []
 
@@ -361,9 +369,9 @@ class CommitInsertFailed(Exception):
     is named by type and never logged.
     """
 
-    def __init__(self, records: list[AuditRecord], error: BaseException) -> None:
-        actions = sorted({r.action for r in records})
-        ids = ", ".join(str(r.id) for r in records[:_SHOWN_IDS])
+    def __init__(self, records: list[_Rendered], error: BaseException) -> None:
+        actions = sorted({r[2] for r in records})
+        ids = ", ".join(str(_as_uuid(r[0])) for r in records[:_SHOWN_IDS])
         more = f" and {len(records) - _SHOWN_IDS} more" if len(records) > _SHOWN_IDS else ""
         super().__init__(
             f"{len(records)} audit record(s) could not be inserted in the caller's transaction "
@@ -383,12 +391,13 @@ def _insert_held_audits(session: Session) -> None:
         held, pending.audits = pending.audits, []
     with suppressed():
         try:
-            records = [render_audit(raw) for raw, _, _ in held]
+            render = _row_builder(session) or render_audit
+            records = [render(raw) for raw, _, _ in held]
         except Exception as exc:
             count_error("render", exc)
             pending.queued.extend(held)
             return
-        stored: dict[int, AuditRecord] = {}  # position in held → the record as written
+        stored: dict[int, _Rendered] = {}  # position in held → the record as written
         try:
             _insert(session.connection(), records, stored)
         except Exception as exc:
@@ -400,8 +409,32 @@ def _insert_held_audits(session: Session) -> None:
         pending.stored.extend(stored.values())
 
 
-def _insert(conn: Connection, records: list[AuditRecord], stored: dict[int, AuditRecord]) -> None:
+def _row_builder(session: Session) -> Callable[[RawRecord], _Rendered] | None:
+    """The driver's row builder for raw records at commit; None when records are needed.
+
+    The row made straight from the raw record skips a UUID, a datetime and the record,
+    each made only to be taken apart again (as the SQL sink's ``render_alone`` does). The
+    record is needed only where something else takes it: a mirror sink (OTel logs) that
+    receives the stored record, or a database without the driver-level insert.
+    """
+    if dispatcher.mirrored:
+        return None
+    try:
+        dialect = session.get_bind().dialect
+    except Exception:  # the insert's session.connection() meets it, and handles it
+        return None
+    if not dialect.insert_returning:
+        return None
+    from obs_sdk._config import current  # _config imports this module
+
+    driver = driver_insert(tables(current().table_prefix).audit, dialect.name)
+    return None if driver is None else driver.row_of
+
+
+def _insert(conn: Connection, records: list[_Rendered], stored: dict[int, _Rendered]) -> None:
     """Insert *records* in the caller's transaction, noting in *stored* each one written.
+
+    *records* are driver rows (see ``_row_builder``) or ``AuditRecord`` objects, all alike.
 
     One driver-level statement (the delivery sink's, see ``driver_insert``). A failed
     statement must leave the caller's transaction as it was: on SQLite each statement is
@@ -419,7 +452,10 @@ def _insert(conn: Connection, records: list[AuditRecord], stored: dict[int, Audi
     if driver is None or not conn.dialect.insert_returning:  # other databases: as before
         _begin_sqlite(conn, before_savepoint=True)
         with conn.begin_nested():
-            conn.execute(insert_ignoring_duplicates(table, name), [r.as_dict() for r in records])
+            conn.execute(
+                insert_ignoring_duplicates(table, name),
+                [r.as_dict() for r in records],  # type: ignore[attr-defined]  # AuditRecords here
+            )
         stored.update(enumerate(records))
         return
     if name == "sqlite":
@@ -432,7 +468,7 @@ def _insert(conn: Connection, records: list[AuditRecord], stored: dict[int, Audi
         # Not released: the commit that follows releases it, and a RELEASE would cost
         # another round trip (the caller's final flush runs inside it, and any failure of
         # that flush rolls the whole transaction back, as it would have).
-        inside: dict[int, AuditRecord] = {}
+        inside: dict[int, _Rendered] = {}
         run.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}", ())
         try:
             _insert_rows(run, driver, records, inside)
@@ -501,8 +537,8 @@ def _runner(conn: Connection) -> Connection | _DriverCursor:
 def _insert_rows(
     conn: RunsDriverSQL,
     driver: _DriverInsert,
-    records: list[AuditRecord],
-    stored: dict[int, AuditRecord],
+    records: list[_Rendered],
+    stored: dict[int, _Rendered],
 ) -> None:
     """Insert *records*; one whose id is taken is written under a new id (logged, counted).
 
@@ -510,36 +546,64 @@ def _insert_rows(
     written, with no error to roll back. A single row (a call's record: the usual commit)
     needs no ``RETURNING``: the statement's row count says whether it was written.
     """
+    row: Callable[[Any], _Rendered] = driver.row if type(records[0]) is AuditRecord else _as_is
     if len(records) == 1:
         record = records[0]
         for _ in range(_INSERT_ATTEMPTS):
-            if conn.exec_driver_sql(driver.sql, driver.row(record)).rowcount == 1:
+            if conn.exec_driver_sql(driver.sql, row(record)).rowcount == 1:
                 stored[0] = record
                 return
             record = _with_new_id(record)
         raise RuntimeError(f"no free audit record id after {_INSERT_ATTEMPTS} attempts")
     todo = list(enumerate(records))
     for _ in range(_INSERT_ATTEMPTS):
-        rows = [driver.row(r) for _, r in todo]
-        written: set[Any] = set()
+        rows = [row(r) for _, r in todo]
+        returned: set[Any] = set()
         try:
-            driver.insert_returning(conn, rows, written)
+            driver.insert_returning(conn, rows, returned)
         finally:
-            stored.update(t for t, row in zip(todo, rows, strict=True) if row[0] in written)
+            # As UUIDs: PostgreSQL returns them so, where the row holds the id as hex digits.
+            written = {_as_uuid(i) for i in returned}
+            stored.update(
+                t for t, row in zip(todo, rows, strict=True) if _as_uuid(row[0]) in written
+            )
         todo = [
             (i, _with_new_id(r))
             for (i, r), row in zip(todo, rows, strict=True)
-            if row[0] not in written
+            if _as_uuid(row[0]) not in written
         ]
         if not todo:
             return
     raise RuntimeError(f"no free audit record id after {_INSERT_ATTEMPTS} attempts")
 
 
-def _with_new_id(record: AuditRecord) -> AuditRecord:
-    replaced = record._replace(id=uuid7.replacing(record.id))
-    count_error("transaction_insert", IdCollision(record.id, replaced.id))
+def _as_is(row: _Rendered) -> _Rendered:
+    return row
+
+
+def _with_new_id(record: _Rendered) -> _Rendered:
+    taken = record[0]
+    if type(record) is AuditRecord:
+        replaced: _Rendered = record._replace(id=uuid7.replacing(taken))
+    else:  # a driver row: the id as 32 hex digits
+        replaced = (uuid7.replacing(_as_uuid(taken)).hex, *record[1:])
+    count_error("transaction_insert", IdCollision(_as_uuid(taken), _as_uuid(replaced[0])))
     return replaced
+
+
+def _record_of_row(row: _Rendered) -> AuditRecord:
+    """The AuditRecord a driver row (see ``_row_builder``) was made from."""
+    occurred = datetime.datetime.fromisoformat(row[1])
+    if occurred.tzinfo is None:  # SQLite's row: naive UTC
+        occurred = occurred.replace(tzinfo=datetime.timezone.utc)
+    changes = None if row[21] is None else json.loads(row[21])
+    columns = (_as_uuid(row[0]), occurred, *row[2:19], json.loads(row[19]), row[20], changes)
+    return tuple.__new__(AuditRecord, columns)  # as render_audit makes it
+
+
+def _as_uuid(record_id: Any) -> Any:
+    """A record's id as a UUID: a driver row holds it as 32 hex digits."""
+    return uuid.UUID(hex=record_id) if type(record_id) is str else record_id
 
 
 def _begin_sqlite(conn: Any, *, before_savepoint: bool) -> None:
@@ -581,8 +645,12 @@ def _release_after_commit(session: Session) -> None:
             hold(session, unit, held[0])  # its scope goes on: the next transaction takes it
     for raw, _, _ in pending.queued:
         dispatcher.submit(raw)
-    for record in pending.stored:  # already in the database: for the other sinks and stats()
-        dispatcher.submit((STORED, record))
+    for written in pending.stored:  # already in the database: for the other sinks and stats()
+        if type(written) is not AuditRecord and dispatcher.mirrored:
+            # A mirror sink (OTel logs) configured during the commit: it takes records.
+            dispatcher.submit((STORED, _record_of_row(written)))
+        else:
+            dispatcher.submit((STORED, written))
     for fn in pending.callbacks:
         try:
             fn()
