@@ -38,7 +38,7 @@ from obs_sdk._ledger._tables import Tables, insert_ignoring_duplicates
 if TYPE_CHECKING:
     import posthog
 
-__all__ = ["DatabaseSink", "PostHogSink", "Sink", "driver_insert"]
+__all__ = ["DatabaseSink", "PostHogSink", "Sink", "as_uuid", "driver_insert", "replacement_id"]
 
 Record = Any  # AuditRecord | AnalyticsEvent
 
@@ -126,11 +126,12 @@ def _postgres_row(r: AuditRecord) -> tuple[Any, ...]:
     return (*r[:19], to_json(r[19]), r[20], _json(r[21]))
 
 
-def _as_uuid(stored: Any) -> uuid.UUID:
+def as_uuid(stored: Any) -> uuid.UUID:
+    """A stored record id as a UUID (SQLite and driver rows hold it as 32 hex digits)."""
     return uuid.UUID(hex=stored) if isinstance(stored, str) else stored
 
 
-def _replacement(taken: Any) -> Any:
+def replacement_id(taken: Any) -> Any:
     """A new id in the stored form of *taken* (SQLite: 32 hex digits; PostgreSQL: a UUID)."""
     if isinstance(taken, str):
         return uuid7.replacing(uuid.UUID(hex=taken)).hex
@@ -423,7 +424,7 @@ class DatabaseSink:
             for r in rows:
                 unsure.pop(r[0], None)
         for taken, replacement in replaced:
-            count_error("id_collision", IdCollision(_as_uuid(taken), _as_uuid(replacement)))
+            count_error("id_collision", IdCollision(as_uuid(taken), as_uuid(replacement)))
         return None
 
     def _write(
@@ -469,7 +470,7 @@ class DatabaseSink:
             pending = []
             for r in skipped:
                 collided.add(r[0])
-                replacement = _replacement(r[0])
+                replacement = replacement_id(r[0])
                 replaced.append((r[0], replacement))
                 pending.append((replacement, *r[1:]))
         raise RuntimeError(f"no free audit record id after {_ID_ATTEMPTS} attempts")

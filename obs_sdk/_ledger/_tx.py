@@ -30,7 +30,6 @@ import json
 import logging
 import re
 import threading
-import uuid
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -40,7 +39,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
 from obs_sdk._delivery._dispatch import dispatcher
-from obs_sdk._delivery._sinks import driver_insert
+from obs_sdk._delivery._sinks import as_uuid, driver_insert, replacement_id
 from obs_sdk._guard import count, count_error, warn_once
 from obs_sdk._hotpath._records import (
     AUDIT,
@@ -371,7 +370,7 @@ class CommitInsertFailed(Exception):
 
     def __init__(self, records: list[_Rendered], error: BaseException) -> None:
         actions = sorted({r[2] for r in records})
-        ids = ", ".join(str(_as_uuid(r[0])) for r in records[:_SHOWN_IDS])
+        ids = ", ".join(str(as_uuid(r[0])) for r in records[:_SHOWN_IDS])
         more = f" and {len(records) - _SHOWN_IDS} more" if len(records) > _SHOWN_IDS else ""
         super().__init__(
             f"{len(records)} audit record(s) could not be inserted in the caller's transaction "
@@ -563,14 +562,14 @@ def _insert_rows(
             driver.insert_returning(conn, rows, returned)
         finally:
             # As UUIDs: PostgreSQL returns them so, where the row holds the id as hex digits.
-            written = {_as_uuid(i) for i in returned}
+            written = {as_uuid(i) for i in returned}
             stored.update(
-                t for t, row in zip(todo, rows, strict=True) if _as_uuid(row[0]) in written
+                t for t, row in zip(todo, rows, strict=True) if as_uuid(row[0]) in written
             )
         todo = [
             (i, _with_new_id(r))
             for (i, r), row in zip(todo, rows, strict=True)
-            if _as_uuid(row[0]) not in written
+            if as_uuid(row[0]) not in written
         ]
         if not todo:
             return
@@ -586,8 +585,8 @@ def _with_new_id(record: _Rendered) -> _Rendered:
     if type(record) is AuditRecord:
         replaced: _Rendered = record._replace(id=uuid7.replacing(taken))
     else:  # a driver row: the id as 32 hex digits
-        replaced = (uuid7.replacing(_as_uuid(taken)).hex, *record[1:])
-    count_error("transaction_insert", IdCollision(_as_uuid(taken), _as_uuid(replaced[0])))
+        replaced = (replacement_id(taken), *record[1:])
+    count_error("transaction_insert", IdCollision(as_uuid(taken), as_uuid(replaced[0])))
     return replaced
 
 
@@ -597,13 +596,8 @@ def _record_of_row(row: _Rendered) -> AuditRecord:
     if occurred.tzinfo is None:  # SQLite's row: naive UTC
         occurred = occurred.replace(tzinfo=datetime.timezone.utc)
     changes = None if row[21] is None else json.loads(row[21])
-    columns = (_as_uuid(row[0]), occurred, *row[2:19], json.loads(row[19]), row[20], changes)
+    columns = (as_uuid(row[0]), occurred, *row[2:19], json.loads(row[19]), row[20], changes)
     return tuple.__new__(AuditRecord, columns)  # as render_audit makes it
-
-
-def _as_uuid(record_id: Any) -> Any:
-    """A record's id as a UUID: a driver row holds it as 32 hex digits."""
-    return uuid.UUID(hex=record_id) if type(record_id) is str else record_id
 
 
 def _begin_sqlite(conn: Any, *, before_savepoint: bool) -> None:
