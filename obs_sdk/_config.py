@@ -122,14 +122,34 @@ def _sqlite_pragmas(busy_ms: int) -> Callable[[Any, Any], None]:
     def on_connect(dbapi_connection: Any, connection_record: Any) -> None:
         cursor = dbapi_connection.cursor()
         try:
-            # WAL lets readers run beside the one writer; the busy timeout turns lock
-            # contention into a wait instead of "database is locked".
-            cursor.execute("PRAGMA journal_mode=WAL")
+            # The busy timeout turns lock contention into a wait instead of "database is
+            # locked"; WAL lets readers run beside the one writer.
             cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+            _switch_to_wal(cursor, deadline=time.monotonic() + busy_ms / 1000)
         finally:
             cursor.close()
 
     return on_connect
+
+
+def _switch_to_wal(cursor: Any, *, deadline: float) -> None:
+    """Put the file in WAL mode, waiting for other processes doing the same.
+
+    Switching a file's journal mode takes its exclusive lock, and SQLite refuses a second
+    connection asking for it at once, without calling the busy handler: workers starting
+    together on a fresh file would fail configure(). So wait here, up to the busy timeout.
+    A file already in WAL mode answers at once.
+    """
+    pause = 0.001
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:  # the driver's OperationalError; sqlite3 is not imported here
+            if "database is locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def _engine_for_url(url: str, *, busy_ms: int = SQLITE_BUSY_TIMEOUT_SECONDS * 1000) -> Engine:

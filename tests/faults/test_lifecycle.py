@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import sqlite3
@@ -20,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -27,12 +29,15 @@ import pytest
 import sqlalchemy as sa
 
 import obs_sdk as obs
+from tests.support.processes import configure_in_step
 
 pytestmark = pytest.mark.acceptance
 
 TIMEOUT = 60  # seconds; a hung child fails the test instead of hanging the suite
 CONFIGURE_BOUND = 3.0  # seconds; generous: a configure() that waits for nothing takes ms
 RECORDS = 3000
+WORKERS = 8  # processes starting together
+FILES = 100  # fresh files each of them configures; the race is per file
 
 
 @pytest.fixture
@@ -325,6 +330,35 @@ class TestStartupCreates:
             conn.execute(sa.text("DROP INDEX obs_audit_actor_time_idx"))
         obs.configure(database_url)
         assert "obs_audit_actor_time_idx" not in schema_names(reader)["obs_audit_log"]
+
+
+class TestStartupTogether:
+    """A deployment starts its workers at once: every one of them configures the same file."""
+
+    def test_processes_configuring_one_fresh_sqlite_file_at_once(self, tmp_path: Path) -> None:
+        """8 processes configure() each of 100 fresh files in the same instant: none fails.
+
+        Switching a new SQLite file to WAL takes its exclusive lock, and SQLite answers a
+        second process asking for it with "database is locked" at once, without the busy
+        timeout's wait; a deployment's workers starting together hit that.
+        """
+        ctx = multiprocessing.get_context("spawn")
+        barrier = ctx.Barrier(WORKERS)
+        urls = [f"sqlite:///{tmp_path / f'obs{n}.db'}" for n in range(FILES)]
+        procs = [
+            ctx.Process(target=configure_in_step, args=(urls, barrier)) for _ in range(WORKERS)
+        ]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(TIMEOUT * 2)
+        assert [p.exitcode for p in procs] == [0] * WORKERS
+        for url in urls:
+            engine = sa.create_engine(url)
+            try:
+                assert versions(engine) == [(3,)]
+            finally:
+                engine.dispose()
 
 
 # -- SIGTERM -------------------------------------------------------------------------------
