@@ -203,15 +203,22 @@ def _bundle(filters: dict[str, Any], output: Path | None) -> None:
             f"--with-proofs takes --organization only (not {', '.join(others)}): the "
             "bundle is the organization's whole sealed trail"
         )
-    export_bundle = _ledger.function("export_bundle")
-    bundle = export_bundle(state().engine(), organization=filters["organization"])
-    text = json.dumps(bundle, sort_keys=True, default=str) + "\n"
+    write_bundle = _ledger.function("write_bundle")
+    engine, organization = state().engine(), filters["organization"]
     if output is None:
-        sys.stdout.write(text)
+        count = write_bundle(sys.stdout, engine, organization=organization)
     else:
-        output.write_text(text)
+        # Written beside the file and renamed when whole: an interrupted export never
+        # leaves a cut bundle under the name the customer is sent.
+        partial = output.with_name(output.name + ".partial")
+        try:
+            with open(partial, "w", encoding="utf-8") as out:
+                count = write_bundle(out, engine, organization=organization)
+            os.replace(partial, output)
+        finally:
+            partial.unlink(missing_ok=True)
     click.echo(
-        f"bundle of {len(bundle['proofs']):,} records of {filters['organization']}; "
+        f"bundle of {count:,} records of {organization}; "
         "they check it with: obs-sdk verify --bundle FILE --public-key KEY.pub",
         err=True,
     )

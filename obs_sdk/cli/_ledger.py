@@ -22,7 +22,7 @@ class NotAvailable(obs_sdk.ObsError):
 
 
 # Functions the commands need that SPEC does not make public: where they live.
-_HOMES = {"export_bundle": "obs_sdk._seals._proof", "verify_bundle": "obs_sdk._seals._proof"}
+_HOMES = {"write_bundle": "obs_sdk._seals._proof", "verify_bundle": "obs_sdk._seals._proof"}
 
 
 def function(name: str) -> Callable[..., Any]:

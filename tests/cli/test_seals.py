@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tracemalloc
 import uuid
 from pathlib import Path
 
@@ -129,6 +130,59 @@ class TestProofs:
         )
         assert cli.returncode == 0, cli.stdout + cli.stderr
         assert cli.stdout.startswith("OK: 3 sealed records of organization org_acme")
+
+    def test_bundle_is_streamed_in_flat_memory(
+        self, sqlite_url: str, keys: tuple[str, str], tmp_path: Path
+    ) -> None:
+        """Five times the seals and records, about the same peak: one seal's tree at a time."""
+
+        def seal_rounds(rounds: int) -> None:
+            for _ in range(rounds):
+                seed(sqlite_url, 200, start=next_record[0])
+                next_record[0] += 200
+                run("-d", sqlite_url, "seal", "--key", keys[0])
+
+        def bundle_peak() -> int:
+            bundle = tmp_path / "bundle.json"
+            tracemalloc.start()
+            try:
+                result = run(
+                    "-d", sqlite_url, "export", "-o", "org_acme", "--with-proofs", "-O", str(bundle)
+                )
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert result.exit_code == 0, result.stderr
+            return peak
+
+        next_record = [0]
+        seal_rounds(2)
+        bundle_peak()  # warm: imports and first-use caches are not the bundle's
+        small = bundle_peak()
+        seal_rounds(8)
+        large = bundle_peak()
+        assert len(json.loads((tmp_path / "bundle.json").read_text())["proofs"]) == 1000
+        assert large < 1.5 * small, (small, large)
+
+    def test_a_bundle_cut_short_never_replaces_the_file(
+        self, sqlite_url: str, keys: tuple[str, str], tmp_path: Path
+    ) -> None:
+        """An export that fails mid-stream leaves the last whole bundle, and no partial file."""
+        for start in (0, 4):
+            seed(sqlite_url, 4, start=start)
+            run("-d", sqlite_url, "seal", "--key", keys[0])
+        bundle = tmp_path / "bundle.json"
+        args = ("-d", sqlite_url, "export", "-o", "org_acme", "--with-proofs", "-O", str(bundle))
+        assert run(*args).exit_code == 0
+        whole = bundle.read_text()
+        engine = sa.create_engine(sqlite_url)
+        with engine.begin() as conn:  # the second seal's header goes: its proofs cannot be built
+            conn.execute(sa.text("DELETE FROM obs_seals WHERE seq = 2"))
+        engine.dispose()
+        result = run(*args)
+        assert result.exit_code != 0
+        assert bundle.read_text() == whole
+        assert [p.name for p in tmp_path.iterdir() if "bundle" in p.name] == ["bundle.json"]
 
     def test_with_proofs_needs_an_organization(self, sqlite_url: str) -> None:
         """A bundle is one organization's: without --organization, say so."""
